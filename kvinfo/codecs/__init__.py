@@ -1,0 +1,20 @@
+"""Lossless entropy coders and lossy KV codecs behind one contract (see :mod:`kvinfo.codecs.abc`).
+
+Importing this package registers every built-in codec.
+"""
+
+from ..errors import CodecConfigError, CorruptStreamError, UnknownCodecError
+from .abc import Codec, RateBreakdown
+from .registry import codec_registry, get_codec, list_codecs, register_codec
+
+__all__ = [
+    "Codec",
+    "RateBreakdown",
+    "get_codec",
+    "list_codecs",
+    "register_codec",
+    "codec_registry",
+    "CorruptStreamError",
+    "UnknownCodecError",
+    "CodecConfigError",
+]

@@ -1,0 +1,21 @@
+"""KV dumps: the HDF5 format (``docs/dump-format.md``), its reader, writer and capture.
+
+Public API: :func:`open_dump`, :class:`Dump`, :class:`DumpWriter`,
+:func:`write_synthetic_dump`, ``FORMAT_VERSION``. Capture from a model lives in
+:mod:`kvinfo.dumps.capture` (it imports torch, so it is not imported here).
+"""
+
+from ._format import FORMAT, FORMAT_VERSION, KINDS
+from ._reader import Dump, open_dump
+from ._synthetic import write_synthetic_dump
+from ._writer import DumpWriter
+
+__all__ = [
+    "open_dump",
+    "Dump",
+    "DumpWriter",
+    "write_synthetic_dump",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "KINDS",
+]

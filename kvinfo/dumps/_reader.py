@@ -1,0 +1,299 @@
+"""The lazy kvdump reader returned by :func:`kvinfo.open_dump`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..errors import DumpFormatError
+from ._format import (
+    BITS_VIEW,
+    DTYPES,
+    KINDS,
+    REQUIRED_ATTRS,
+    TENSOR_DATASETS,
+    check_version,
+    from_storage,
+)
+
+__all__ = ["Dump", "open_dump"]
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, str) and v[:1] in "{[":
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v
+
+
+class Dump:
+    """A kvdump opened for reading; nothing but metadata is read until asked for.
+
+    Use :func:`open_dump` to create one. It is a context manager; slabs are read one
+    (layer, head) at a time, so memory stays bounded by one slab.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+    meta : dict
+        Every root attribute (JSON-valued ones decoded).
+    num_layers, num_heads, num_kv_heads, head_dim, num_tokens, num_sequences : int
+    dtype : str
+        ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+    kinds : tuple of str
+        The tensor datasets present, in the order keys, values, queries, keys_pre_rope.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        where = str(self.path)
+        if not self.path.exists():
+            raise DumpFormatError(f"{where}: no such file")
+        if self.path.is_dir():
+            raise DumpFormatError(f"{where}: is a directory, not a KV dump")
+        try:
+            is_h5 = h5py.is_hdf5(self.path)
+        except OSError as exc:
+            raise DumpFormatError(f"{where}: cannot read ({exc})") from None
+        if not is_h5:
+            raise DumpFormatError(f"{where}: not an HDF5 file")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DumpFormatError(f"{where}: damaged or truncated HDF5 file ({exc})") from None
+        try:
+            self._load_meta(where)
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _load_meta(self, where: str) -> None:
+        f = self._f
+        try:
+            attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        except OSError as exc:
+            raise DumpFormatError(
+                f"{where}: damaged file, cannot read attributes ({exc})"
+            ) from None
+        check_version(attrs, where)
+        missing = [a for a in REQUIRED_ATTRS if a not in attrs]
+        if missing:
+            raise DumpFormatError(f"{where}: missing root attributes {missing}")
+        if not attrs.get("complete", False):
+            raise DumpFormatError(f"{where}: incomplete dump (the writer did not finish)")
+        self.meta = attrs
+        self.dtype = str(attrs["dtype"])
+        if self.dtype not in DTYPES:
+            raise DumpFormatError(f"{where}: unknown dtype attribute {self.dtype!r}")
+        self.num_layers = int(attrs["num_layers"])
+        self.num_heads = int(attrs["num_heads"])
+        self.num_kv_heads = int(attrs["num_kv_heads"])
+        self.head_dim = int(attrs["head_dim"])
+        try:
+            names = set(f.keys())
+        except OSError as exc:
+            raise DumpFormatError(f"{where}: damaged file ({exc})") from None
+        for req in ("keys", "values", "token_ids", "sequence_offsets"):
+            if req not in names:
+                raise DumpFormatError(f"{where}: missing dataset {req!r}")
+        self.kinds = tuple(k for k in KINDS if k in names)
+        try:
+            self._offsets = np.asarray(f["sequence_offsets"][...], dtype=np.int64)
+            T = int(f["token_ids"].shape[0])
+            for kind in self.kinds:
+                want_heads = getattr(self, TENSOR_DATASETS[kind])
+                shape = f[kind].shape
+                want = (self.num_layers, want_heads, T, self.head_dim)
+                if shape != want:
+                    raise DumpFormatError(
+                        f"{where}: dataset {kind!r} has shape {shape}, expected {want}"
+                    )
+                if f[kind].dtype.itemsize != DTYPES[self.dtype].itemsize:
+                    raise DumpFormatError(
+                        f"{where}: dataset {kind!r} dtype does not match {self.dtype}"
+                    )
+        except OSError as exc:
+            raise DumpFormatError(f"{where}: damaged file ({exc})") from None
+        o = self._offsets
+        if o.ndim != 1 or o.size < 2 or o[0] != 0 or o[-1] != T or np.any(np.diff(o) <= 0):
+            raise DumpFormatError(f"{where}: sequence_offsets are inconsistent with {T} tokens")
+        self.num_tokens = T
+        self.num_sequences = o.size - 1
+
+    # -- metadata -----------------------------------------------------------------------
+    @property
+    def has_queries(self) -> bool:
+        return "queries" in self.kinds
+
+    @property
+    def has_pre_rope(self) -> bool:
+        return "keys_pre_rope" in self.kinds
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        return self._read(self._f["token_ids"], ...)
+
+    @property
+    def sequence_offsets(self) -> np.ndarray:
+        return self._offsets.copy()
+
+    def sequences(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` token ranges of the sequences."""
+        o = self._offsets
+        return [(int(o[i]), int(o[i + 1])) for i in range(o.size - 1)]
+
+    def sequence_index(self) -> np.ndarray:
+        """For each token, the index of its sequence."""
+        return np.repeat(np.arange(self.num_sequences), np.diff(self._offsets))
+
+    def positions(self) -> np.ndarray:
+        """For each token, its position inside its sequence (0 for the first token)."""
+        return np.arange(self.num_tokens) - np.repeat(self._offsets[:-1], np.diff(self._offsets))
+
+    def nbytes(self, kind: str | None = None) -> int:
+        """Bytes of the stored tensors (one kind, or all)."""
+        kinds = [kind] if kind else self.kinds
+        return sum(int(np.prod(self._f[k].shape)) * DTYPES[self.dtype].itemsize for k in kinds)
+
+    # -- tensor access ------------------------------------------------------------------
+    def _check(self, kind: str, layer: int, head: int | None) -> None:
+        if kind not in self.kinds:
+            hint = " (capture with --queries)" if kind == "queries" else ""
+            hint = " (capture with --pre-rope)" if kind == "keys_pre_rope" else hint
+            raise DumpFormatError(
+                f"{self.path}: this dump has no {kind!r}{hint}; has {list(self.kinds)}"
+            )
+        if not 0 <= int(layer) < self.num_layers:
+            raise DumpFormatError(f"layer {layer} out of range [0, {self.num_layers})")
+        if head is not None:
+            nh = getattr(self, TENSOR_DATASETS[kind])
+            if not 0 <= int(head) < nh:
+                raise DumpFormatError(f"{kind} head {head} out of range [0, {nh})")
+
+    def _read(self, ds, sel):
+        try:
+            return ds[sel]
+        except OSError as exc:
+            raise DumpFormatError(f"{self.path}: damaged data in {ds.name!r} ({exc})") from None
+
+    def raw_bits(self, kind: str, layer: int, head: int) -> np.ndarray:
+        """Bit patterns of one slab, shape ``(num_tokens, head_dim)``, as uint16 or uint32."""
+        self._check(kind, layer, head)
+        return self._read(self._f[kind], (int(layer), int(head))).view(BITS_VIEW[self.dtype])
+
+    def slab(self, kind: str, layer: int, head: int) -> np.ndarray:
+        """One (layer, head) slab, shape ``(num_tokens, head_dim)``, in the stored dtype."""
+        self._check(kind, layer, head)
+        return from_storage(self._read(self._f[kind], (int(layer), int(head))), self.dtype)
+
+    def tensor(self, kind: str, layer: int, head: int | None = None) -> np.ndarray:
+        """All heads ``(heads, num_tokens, head_dim)`` of one layer, or one head's slab."""
+        if head is not None:
+            return self.slab(kind, layer, head)
+        self._check(kind, layer, None)
+        return from_storage(self._read(self._f[kind], int(layer)), self.dtype)
+
+    def keys(self, layer: int, head: int | None = None) -> np.ndarray:
+        return self.tensor("keys", layer, head)
+
+    def values(self, layer: int, head: int | None = None) -> np.ndarray:
+        return self.tensor("values", layer, head)
+
+    def queries(self, layer: int, head: int | None = None) -> np.ndarray:
+        return self.tensor("queries", layer, head)
+
+    def keys_pre_rope(self, layer: int, head: int | None = None) -> np.ndarray:
+        return self.tensor("keys_pre_rope", layer, head)
+
+    def iter_slabs(
+        self,
+        kinds: Sequence[str] | None = None,
+        layers: Sequence[int] | None = None,
+        heads: Sequence[int] | None = None,
+    ) -> Iterator[tuple[int, str, int, np.ndarray]]:
+        """Yield ``(layer, kind, head, slab)`` one slab at a time (bounded memory)."""
+        kinds = (
+            list(kinds) if kinds is not None else [k for k in ("keys", "values") if k in self.kinds]
+        )
+        layers = list(layers) if layers is not None else list(range(self.num_layers))
+        for layer in layers:
+            for kind in kinds:
+                nh = getattr(self, TENSOR_DATASETS.get(kind, "num_kv_heads"))
+                for head in list(heads) if heads is not None else range(nh):
+                    yield layer, kind, head, self.slab(kind, layer, head)
+
+    def describe(self) -> dict:
+        """A JSON-able summary (what ``kvinfo info --json`` prints)."""
+        m = self.meta
+        return {
+            "path": str(self.path),
+            "format_version": int(m["format_version"]),
+            "model": m.get("model"),
+            "weights_checksum": m.get("weights_checksum"),
+            "dtype": self.dtype,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "num_tokens": self.num_tokens,
+            "num_sequences": self.num_sequences,
+            "kinds": list(self.kinds),
+            "shapes": {k: list(self._f[k].shape) for k in self.kinds},
+            "tensor_bytes": {k: self.nbytes(k) for k in self.kinds},
+            "file_bytes": self.path.stat().st_size,
+            "rope": m.get("rope"),
+            "kvinfo_version": m.get("kvinfo_version"),
+            "created": m.get("created"),
+            "capture": m.get("capture"),
+        }
+
+    # -- lifetime -----------------------------------------------------------------------
+    def close(self) -> None:
+        if getattr(self, "_f", None) is not None:
+            self._f.close()
+
+    def __enter__(self) -> Dump:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<kvinfo Dump {str(self.path)!r}: {self.meta.get('model')}, {self.dtype}, "
+            f"{self.num_layers} layers x {self.num_kv_heads} kv heads x {self.num_tokens} tokens "
+            f"x {self.head_dim}>"
+        )
+
+
+def open_dump(path: str | os.PathLike) -> Dump:
+    """Open a kvdump for lazy reading.
+
+    Raises
+    ------
+    DumpFormatError
+        If the file is missing, not HDF5, not a kvdump, damaged, truncated or of a newer
+        format version.
+
+    Examples
+    --------
+    >>> import tempfile, os, kvinfo
+    >>> from kvinfo.dumps import write_synthetic_dump
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.h5")
+    >>> _ = write_synthetic_dump(path, num_layers=2, num_kv_heads=2, num_tokens=32, head_dim=8)
+    >>> with kvinfo.open_dump(path) as d:
+    ...     print(d.num_layers, d.num_kv_heads, d.num_tokens, d.slab("keys", 1, 0).shape)
+    2 2 32 (32, 8)
+    """
+    return Dump(path)

@@ -1,0 +1,60 @@
+"""Exception classes shared by every layer of kvinfo.
+
+Every error that bad input can cause subclasses :class:`KvinfoError`, which is a
+:class:`ValueError`. The command line catches :class:`KvinfoError` and prints its
+message as one line with exit status 2, so messages must be one line and say what
+was expected and what was found.
+"""
+
+__all__ = [
+    "KvinfoError",
+    "DumpFormatError",
+    "ModelNotFoundError",
+    "CaptureInputError",
+    "UnknownCodecError",
+    "CodecConfigError",
+    "CorruptStreamError",
+    "AnalysisInputError",
+    "ResultsSchemaError",
+    "CudaUnavailableError",
+]
+
+
+class KvinfoError(ValueError):
+    """Base class of every kvinfo error caused by bad input."""
+
+
+class DumpFormatError(KvinfoError):
+    """A file is missing, is not a kvinfo KV dump, or is damaged or of an unknown version."""
+
+
+class ModelNotFoundError(KvinfoError):
+    """A ``--model`` argument names no local folder, GGUF file or reachable hub model."""
+
+
+class CaptureInputError(KvinfoError):
+    """Prompts or capture options that cannot be used (empty prompt, bad prompts file...)."""
+
+
+class UnknownCodecError(KvinfoError):
+    """A codec config names an id that is not registered."""
+
+
+class CodecConfigError(KvinfoError):
+    """A codec config has a bad parameter, or a codec got input it cannot encode."""
+
+
+class CorruptStreamError(KvinfoError):
+    """An encoded stream is damaged: truncated, altered, or not a kvinfo stream."""
+
+
+class AnalysisInputError(KvinfoError):
+    """Data given to an analysis function cannot be analysed (NaN, too few vectors...)."""
+
+
+class ResultsSchemaError(KvinfoError):
+    """A results JSON document does not follow ``docs/results-schema.md``."""
+
+
+class CudaUnavailableError(KvinfoError):
+    """``device="cuda"`` was asked for but no usable CUDA device (or simulator) is present."""

@@ -1,0 +1,201 @@
+"""The one results JSON schema: ``analyze``, ``bench`` and ``eval`` write it, ``report`` reads it.
+
+The schema is documented in ``docs/results-schema.md``. In short, a results document is::
+
+    {
+      "schema": "kvinfo.results", "schema_version": 1,
+      "tool": "analyze" | "bench" | "eval",
+      "kvinfo_version": "...", "created": "ISO-8601 UTC", "command": ["kvinfo", ...],
+      "source": {...},        # what was measured: dump path and its metadata, or model and text
+      "settings": {...},      # the options of the run
+      "records": [            # one per measured unit
+        {"scope": "slab" | "layer" | "kind" | "overall" | "run",
+         "layer": int | null, "kind": "keys" | "values" | ... | null, "head": int | null,
+         "codec": {codec config} | null,
+         "metrics": {name: number | null | list | dict}}
+      ]
+    }
+
+Metric names carry their units (``bits_per_element``, ``mse_per_element``, ``snr_db``).
+Non-finite floats are written as ``null`` so that the file is strict JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .errors import ResultsSchemaError
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "TOOLS",
+    "SCOPES",
+    "new_results",
+    "make_record",
+    "validate_results",
+    "write_results",
+    "load_results",
+    "to_jsonable",
+]
+
+SCHEMA = "kvinfo.results"
+SCHEMA_VERSION = 1
+TOOLS = ("analyze", "bench", "eval")
+SCOPES = ("slab", "layer", "kind", "overall", "run")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, tuples and non-finite floats into strict-JSON values."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if np is not None:
+        if isinstance(obj, np.ndarray):
+            return to_jsonable(obj.tolist())
+        if isinstance(obj, np.bool_):
+            return bool(obj)
+        if isinstance(obj, np.integer):
+            return int(obj)
+        if isinstance(obj, np.floating):
+            obj = float(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def new_results(tool: str, source: dict, settings: dict, command: list[str] | None = None) -> dict:
+    """A fresh results document with no records."""
+    if tool not in TOOLS:
+        raise ResultsSchemaError(f"tool must be one of {TOOLS}; got {tool!r}")
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "tool": tool,
+        "kvinfo_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": list(command) if command is not None else ["kvinfo", *sys.argv[1:]],
+        "source": to_jsonable(source),
+        "settings": to_jsonable(settings),
+        "records": [],
+    }
+
+
+def make_record(
+    scope: str,
+    metrics: dict,
+    layer: int | None = None,
+    kind: str | None = None,
+    head: int | None = None,
+    codec: dict | None = None,
+) -> dict:
+    """One record of the ``records`` list (values converted with :func:`to_jsonable`)."""
+    if scope not in SCOPES:
+        raise ResultsSchemaError(f"scope must be one of {SCOPES}; got {scope!r}")
+    return {
+        "scope": scope,
+        "layer": None if layer is None else int(layer),
+        "kind": kind,
+        "head": None if head is None else int(head),
+        "codec": to_jsonable(codec) if codec is not None else None,
+        "metrics": to_jsonable(metrics),
+    }
+
+
+def _fail(msg: str, where: str) -> None:
+    raise ResultsSchemaError(f"{where}: {msg}")
+
+
+def validate_results(doc: Any, where: str = "results") -> dict:
+    """Check ``doc`` against the schema; return it or raise :class:`ResultsSchemaError`."""
+    if not isinstance(doc, dict):
+        _fail(f"expected a JSON object, found {type(doc).__name__}", where)
+    if doc.get("schema") != SCHEMA:
+        _fail(f"expected schema {SCHEMA!r}, found {doc.get('schema')!r}", where)
+    ver = doc.get("schema_version")
+    if not isinstance(ver, int) or ver < 1:
+        _fail(f"schema_version must be a positive integer, found {ver!r}", where)
+    if ver > SCHEMA_VERSION:
+        _fail(
+            f"schema_version {ver} is newer than this kvinfo understands ({SCHEMA_VERSION}); "
+            "upgrade kvinfo",
+            where,
+        )
+    if doc.get("tool") not in TOOLS:
+        _fail(f"tool must be one of {TOOLS}, found {doc.get('tool')!r}", where)
+    for key, typ in (
+        ("kvinfo_version", str),
+        ("created", str),
+        ("command", list),
+        ("source", dict),
+        ("settings", dict),
+        ("records", list),
+    ):
+        if not isinstance(doc.get(key), typ):
+            _fail(f"{key!r} must be a {typ.__name__}, found {type(doc.get(key)).__name__}", where)
+    for i, rec in enumerate(doc["records"]):
+        w = f"{where}: records[{i}]"
+        if not isinstance(rec, dict):
+            _fail("expected an object", w)
+        if rec.get("scope") not in SCOPES:
+            _fail(f"scope must be one of {SCOPES}, found {rec.get('scope')!r}", w)
+        for key in ("layer", "head"):
+            if rec.get(key) is not None and not isinstance(rec.get(key), int):
+                _fail(f"{key} must be an integer or null", w)
+        if rec.get("kind") is not None and not isinstance(rec.get("kind"), str):
+            _fail("kind must be a string or null", w)
+        if rec.get("codec") is not None and not (
+            isinstance(rec["codec"], dict) and "id" in rec["codec"]
+        ):
+            _fail("codec must be null or a codec config with an 'id'", w)
+        if not isinstance(rec.get("metrics"), dict):
+            _fail("metrics must be an object", w)
+    return doc
+
+
+def write_results(doc: dict, path: str | os.PathLike) -> Path:
+    """Validate and write ``doc`` atomically (temporary file, then rename)."""
+    validate_results(doc)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(to_jsonable(doc), f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Read and validate a results JSON file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ResultsSchemaError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ResultsSchemaError(f"{path}: not a text file") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsSchemaError(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})"
+        ) from None
+    return validate_results(doc, where=str(path))
