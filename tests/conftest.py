@@ -71,3 +71,17 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(d)
     tok.save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real default model (SmolLM2-135M-Instruct GGUF), loaded once per session in float32."""
+    pytest.importorskip("torch")
+    pytest.importorskip("gguf")
+    from kvinfo.dumps._model import default_gguf_path, load_model
+
+    try:
+        default_gguf_path()
+    except ValueError as exc:  # pragma: no cover - only without the README set-up
+        pytest.skip(str(exc))
+    return load_model(None, dtype="float32")

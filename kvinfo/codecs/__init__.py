@@ -4,6 +4,12 @@ Importing this package registers every built-in codec.
 """
 
 from ..errors import CodecConfigError, CorruptStreamError, UnknownCodecError
+from . import (
+    arith,  # noqa: F401  (registers 'arith')
+    constriction_peers,  # noqa: F401  (registers 'constriction-ans', 'constriction-range')
+    huffman,  # noqa: F401  (registers 'huffman')
+    rans,  # noqa: F401  (registers 'rans')
+)
 from .abc import Codec, RateBreakdown
 from .registry import codec_registry, get_codec, list_codecs, register_codec
 

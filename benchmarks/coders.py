@@ -1,0 +1,208 @@
+"""Benchmark the lossless coders against the order-0 entropy and against constriction.
+
+Run::
+
+    python benchmarks/coders.py [--dump dumps/default.h5] [--symbols 4200000] [--repeats 5]
+
+Three sources of at least ``--symbols`` symbols each:
+
+* ``kv4``: real KV (keys and values of the first layers/heads of ``--dump``), each token
+  row quantized to 4 bits with its own absmax scale (16 levels). Without a dump a
+  synthetic one is generated and the table says so.
+* ``gauss16``: a discretised Gaussian (sigma 2.5 levels) over 16 levels.
+* ``heavy256``: a heavy-tailed source (Student t, 2 degrees of freedom, scale 4) over 256
+  levels.
+
+For each coder the table gives the total rate in bits per symbol (stream length, so
+header, tables, chunk index and checksums included), its overhead over the empirical
+order-0 entropy of the whole array, the side information, and single-thread encode and
+decode throughput in M symbols/s of the full codec (``encode``/``decode`` including
+histogram, table building, validation and CRCs), best of ``--repeats`` after warm-up.
+A second table compares the bare coders: ``kvinfo.kernels.cpu.rans_encode/decode``
+with a prepared table against ``constriction.stream.stack.AnsCoder.encode_reverse``/
+``decode`` with a prepared model, same symbols, single thread, then kvinfo's rans with
+all threads (``numba.get_num_threads()`` at start).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import constriction  # noqa: E402
+
+import kvinfo  # noqa: E402
+from kvinfo.codecs import get_codec  # noqa: E402
+from kvinfo.codecs.constriction_peers import categorical_models  # noqa: E402
+from kvinfo.codecs.models import PerChannelTables, entropy_bits  # noqa: E402
+from kvinfo.kernels import cpu, warmup  # noqa: E402
+
+CODERS = [
+    ("rans", {"id": "rans"}),
+    ("rans 2^18-symbol chunks", {"id": "rans", "chunk_size": 1 << 18}),
+    ("rans 15-bit table", {"id": "rans", "precision_bits": 15}),
+    ("rans per-channel", {"id": "rans", "per_channel": True}),
+    ("huffman", {"id": "huffman"}),
+    ("arith order-0", {"id": "arith", "context": "none"}),
+    ("arith channel", {"id": "arith", "context": "channel"}),
+    ("arith channel+prev", {"id": "arith", "context": "channel+prev"}),
+    ("constriction-ans", {"id": "constriction-ans"}),
+    ("constriction-range", {"id": "constriction-range"}),
+]
+
+
+def kv4_source(dump: str | None, n: int) -> tuple[np.ndarray, str]:
+    note = ""
+    if dump is None or not os.path.exists(dump):
+        tmp = pathlib.Path(tempfile.mkdtemp()) / "synthetic.h5"
+        kvinfo.dumps.write_synthetic_dump(tmp, num_layers=4, num_kv_heads=2, num_heads=4,
+                                          num_tokens=4200, head_dim=64, queries=False)
+        dump, note = str(tmp), "SYNTHETIC dump (no real dump given)"
+    rows = []
+    total = 0
+    with kvinfo.open_dump(dump) as d:
+        name = d.meta.get("model", "?")
+        for _layer, _kind, _head, a in d.iter_slabs(kinds=("keys", "values")):
+            x = np.asarray(a, dtype=np.float32)
+            scale = np.abs(x).max(axis=1, keepdims=True)
+            scale[scale == 0] = 1
+            rows.append(np.clip(np.round(x / scale * 7.5 + 7.5), 0, 15).astype(np.uint8))
+            total += x.size
+            if total >= n:
+                break
+    q = np.concatenate(rows)
+    return q, note or f"{name}, {len(rows)} slabs of {dump}"
+
+
+def sources(dump, n, seed=0):
+    rng = np.random.default_rng(seed)
+    kv, note = kv4_source(dump, n)
+    g = np.clip(np.round(rng.normal(7.5, 2.5, n)), 0, 15).astype(np.uint8).reshape(-1, 64)
+    h = np.clip(np.round(rng.standard_t(2, n) * 4) + 128, 0, 255).astype(np.uint8).reshape(-1, 64)
+    return [("kv4", kv, note), ("gauss16", g, "N(7.5, 2.5) rounded, clipped to 0..15"),
+            ("heavy256", h, "round(4 t_2) + 128 clipped to 0..255")]
+
+
+def best_time(fn, repeats):
+    best = float("inf")
+    out = None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def codec_table(srcs, repeats, threads_all):
+    lines = ["| source | coder | bits/sym | vs H0 | side bits/sym | enc M/s (1 thr) | "
+             f"dec M/s (1 thr) | enc M/s ({threads_all} thr) | dec M/s ({threads_all} thr) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, x, _ in srcs:
+        counts = np.bincount(x.ravel(), minlength=256)
+        h0 = entropy_bits(counts) / x.size
+        lines.append(f"| {name} | order-0 entropy H0 | {h0:.4f} | | | | | | |")
+        for label, cfg in CODERS:
+            codec = get_codec(cfg)
+            codec.decode(codec.encode(x[:1000]))
+            res = {}
+            for thr in (1, threads_all):
+                numba.set_num_threads(thr)
+                te, data = best_time(lambda c=codec, x=x: c.encode(x), repeats)
+                td, y = best_time(lambda c=codec, d=data: c.decode(d), repeats)
+                assert np.array_equal(y, x)
+                res[thr] = (te, td, data)
+            numba.set_num_threads(threads_all)
+            r = codec.rate(res[1][2])
+            bps = r["bits_per_element"]
+            par = (f"{x.size / res[threads_all][0] / 1e6:.1f} | "
+                   f"{x.size / res[threads_all][1] / 1e6:.1f}"
+                   if not cfg["id"].startswith("constriction") else "- | -")
+            lines.append(
+                f"| {name} | {label} | {bps:.4f} | {100 * (bps / h0 - 1):+.2f} % | "
+                f"{r['side_bits_per_element']:.4f} | {x.size / res[1][0] / 1e6:.1f} | "
+                f"{x.size / res[1][1] / 1e6:.1f} | {par} |"
+            )
+    return lines
+
+
+def coder_table(srcs, repeats, threads_all):
+    lines = ["| source | constriction enc M/s | constriction dec M/s | rans enc M/s (1 thr) | "
+             f"rans dec M/s (1 thr) | enc ratio | dec ratio | rans enc M/s ({threads_all} thr)"
+             f" | rans dec M/s ({threads_all} thr) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, x, _ in srcs:
+        flat = x.reshape(-1)
+        counts = cpu.histogram(flat, 0, int(flat.max()) + 1)
+        tables = PerChannelTables.from_counts(counts, 12, 0)
+        (model,) = categorical_models(tables)
+        sym32 = flat.astype(np.int32)
+
+        def c_enc(m=model, s=sym32):
+            coder = constriction.stream.stack.AnsCoder()
+            coder.encode_reverse(s, m)
+            return coder.get_compressed()
+
+        ce, comp = best_time(c_enc, repeats)
+        cd, cy = best_time(lambda m=model, w=comp, k=sym32.size:
+                           constriction.stream.stack.AnsCoder(w).decode(m, k), repeats)
+        assert np.array_equal(cy, sym32)
+        f = tables.frequencies
+        table = cpu.rans_decode_table(f, 12)
+        out = np.empty_like(flat)
+        res = {}
+        for thr in (1, threads_all):
+            numba.set_num_threads(thr)
+            re_, (w, nw, st) = best_time(
+                lambda fl=flat, c=counts, f=f: cpu.rans_encode(fl, 0, f, 12, 1 << 16, counts=c),
+                repeats)
+            rd, _ = best_time(lambda w=w, nw=nw, st=st, f=f, o=out, t=table: cpu.rans_decode(
+                w, nw, st, f, 12, 1 << 16, 0, 1, o, table=t), repeats)
+            assert np.array_equal(out, flat)
+            res[thr] = (re_, rd)
+        numba.set_num_threads(threads_all)
+        m = flat.size / 1e6
+        lines.append(
+            f"| {name} | {m / ce:.1f} | {m / cd:.1f} | {m / res[1][0]:.1f} | {m / res[1][1]:.1f} "
+            f"| {ce / res[1][0]:.2f}x | {cd / res[1][1]:.2f}x | {m / res[threads_all][0]:.1f} | "
+            f"{m / res[threads_all][1]:.1f} |"
+        )
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dump", default="dumps/default.h5", help="KV dump for the kv4 source")
+    ap.add_argument("--symbols", type=int, default=4_200_000, help="symbols per source")
+    ap.add_argument("--repeats", type=int, default=5, help="timing repeats (best is kept)")
+    args = ap.parse_args(argv)
+    threads_all = numba.get_num_threads()
+    t = time.perf_counter()
+    warmup()
+    print(f"warmup (compile or load cache): {time.perf_counter() - t:.1f} s")
+    srcs = sources(args.dump, args.symbols)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+          f"numba {numba.__version__} ({numba.threading_layer()}), constriction "
+          f"{importlib.metadata.version('constriction')}, numpy {np.__version__}, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for name, x, note in srcs:
+        print(f"source {name}: {x.size} symbols, shape {x.shape}, {note}")
+    print("\nFull codecs (rate includes every byte of the stream):\n")
+    print("\n".join(codec_table(srcs, args.repeats, threads_all)))
+    print("\nBare rANS coder vs constriction AnsCoder (same symbols, same 12-bit table):\n")
+    print("\n".join(coder_table(srcs, args.repeats, threads_all)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""Canonical length-limited Huffman coding with table-driven decoding.
+
+Parameters
+----------
+max_code_length : int, default 12
+    Longest codeword in bits (1..16), so a ``2**max_code_length``-entry table decodes
+    any codeword with one lookup (4096 entries by default, small enough for GPU shared
+    memory). If more than ``2**max_code_length`` distinct symbols occur, the stream uses
+    the smallest limit that fits them (recorded in the stream as ``table_bits``).
+chunk_size : int, default 65536
+    Symbols per independently decodable chunk; a multiple of ``sub_block_size``.
+sub_block_size : int, default 4096
+    The index stores the bit offset of every sub-block of this many symbols, so
+    decoders (a GPU thread per sub-block) can start anywhere. Costs 32 bits each.
+
+Notes
+-----
+Code lengths are the optimal ones under the length limit (package-merge; without a
+binding limit these are Huffman's lengths). Codes are canonical (shorter first, then
+by symbol) and written MSB first into little-endian 32-bit words; each chunk starts on
+a word boundary. A single distinct symbol codes with zero payload bits. Symbols are
+uint8, uint16 or int32 (negative allowed; ``max - min + 1 <= 65536``). The rate of a
+Huffman code exceeds the order-0 entropy by less than ``p_max + 0.086`` bits per
+symbol (Gallager, 1978), plus what the length limit costs.
+
+Examples
+--------
+>>> import numpy as np
+>>> from kvinfo.codecs import get_codec
+>>> codec = get_codec({"id": "huffman"})
+>>> x = np.random.default_rng(0).integers(0, 16, size=(64, 128), dtype=np.uint8)
+>>> bool(np.array_equal(codec.decode(codec.encode(x)), x))
+True
+
+References
+----------
+D. A. Huffman, "A method for the construction of minimum-redundancy codes", 1952.
+L. L. Larmore and D. S. Hirschberg, "A fast algorithm for optimal length-limited
+Huffman codes", J. ACM 37(3), 1990.
+R. G. Gallager, "Variations on a theme by Huffman", IEEE Trans. IT 24(6), 1978.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CodecConfigError, CorruptStreamError
+from ..kernels import cpu
+from . import _container as C
+from .abc import Codec, RateBreakdown
+from .models import decode_uints, encode_uints
+from .registry import register_codec
+
+__all__ = ["Huffman", "HUFFMAN_INDEX_DTYPE", "huffman_code_lengths"]
+
+#: one chunk-index record (little-endian, 16 bytes)
+HUFFMAN_INDEX_DTYPE = np.dtype([("byte_offset", "<u8"), ("num_symbols", "<u4"),
+                                ("num_words", "<u4")])
+
+_PARAM_SPEC = {
+    "table_bits": (0, 16),
+    "chunk_size": (1, 1 << 30),
+    "sub_block_size": (1, 1 << 30),
+    "min_symbol": (-(1 << 31), (1 << 32) - 1),
+    "alphabet_size": (0, C.MAX_ALPHABET),
+    "num_chunks": (0, 1 << 40),
+}
+
+
+def _package_merge(weights: np.ndarray, limit: int) -> np.ndarray:
+    """Optimal code lengths of ascending ``weights`` with no length above ``limit``.
+
+    The package-merge algorithm (Larmore and Hirschberg, 1990), using the fact that the
+    items chosen at every level form a prefix of that level's sorted list, so only the
+    number of leaves in each prefix needs tracking.
+    """
+    n = weights.shape[0]
+    levels = []
+    prev = np.empty(0, np.int64)
+    for _ in range(limit):
+        packages = prev[: prev.shape[0] // 2 * 2].reshape(-1, 2).sum(axis=1)
+        merged = np.concatenate([weights, packages])
+        order = np.argsort(merged, kind="stable")
+        levels.append(order < n)
+        prev = merged[order]
+    lengths = np.zeros(n, np.int64)
+    m = 2 * n - 2
+    for is_leaf in reversed(levels):
+        c = int(is_leaf[:m].sum())
+        lengths[:c] += 1
+        m = 2 * (m - c)
+    return lengths
+
+
+def huffman_code_lengths(counts, max_code_length: int) -> np.ndarray:
+    """Optimal length-limited code lengths (0 for unused symbols) for ``counts``.
+
+    A single used symbol gets length 0 (it needs no bits). Raises
+    :class:`CodecConfigError` if more than ``2**max_code_length`` symbols are used.
+
+    Examples
+    --------
+    >>> huffman_code_lengths([8, 4, 2, 1, 1], 16).tolist()
+    [1, 2, 3, 4, 4]
+    >>> huffman_code_lengths([8, 4, 2, 1, 1], 3).tolist()
+    [1, 3, 3, 3, 3]
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    used = np.flatnonzero(counts)
+    if used.size > (1 << max_code_length):
+        raise CodecConfigError(
+            f"huffman: {used.size} symbols do not fit codes of at most {max_code_length} bits"
+        )
+    lengths = np.zeros(counts.shape[0], np.int64)
+    if used.size <= 1:
+        return lengths
+    order = used[np.argsort(counts[used], kind="stable")]
+    lengths[order] = _package_merge(counts[order], min(max_code_length, used.size - 1))
+    return lengths
+
+
+def _int(name, v, lo, hi):
+    if type(v) is not int or not lo <= v <= hi:
+        raise CodecConfigError(f"huffman: {name} must be an int in [{lo}, {hi}], found {v!r}")
+
+
+@register_codec
+class Huffman(Codec):
+    """Canonical length-limited Huffman codec; the module docstring lists parameters."""
+
+    codec_id = "huffman"
+
+    def __init__(self, max_code_length: int = 12, chunk_size: int = 1 << 16,
+                 sub_block_size: int = 4096):
+        _int("max_code_length", max_code_length, 1, 16)
+        _int("chunk_size", chunk_size, 1, 1 << 30)
+        _int("sub_block_size", sub_block_size, 1, 1 << 30)
+        if chunk_size % sub_block_size:
+            raise CodecConfigError(
+                f"huffman: chunk_size {chunk_size} must be a multiple of sub_block_size "
+                f"{sub_block_size}"
+            )
+        self.max_code_length = max_code_length
+        self.chunk_size = chunk_size
+        self.sub_block_size = sub_block_size
+
+    def get_config(self) -> dict:
+        return {
+            "id": self.codec_id,
+            "max_code_length": self.max_code_length,
+            "chunk_size": self.chunk_size,
+            "sub_block_size": self.sub_block_size,
+        }
+
+    def encode(self, array: np.ndarray) -> bytes:
+        a = C.as_symbol_array(array, self.codec_id)
+        flat = a.reshape(-1)
+        n = flat.size
+        nchunks = -(-n // self.chunk_size)
+        lo, span, table_bits = 0, 0, 0
+        lengths = np.zeros(0, np.int64)
+        words = np.empty(0, np.uint32)
+        num_words = np.zeros(nchunks, np.uint32)
+        nsub = sum(-(-min(self.chunk_size, n - k * self.chunk_size) // self.sub_block_size)
+                   for k in range(nchunks))
+        sub = np.zeros(nsub, np.uint32)
+        if n:
+            lo, span = C.symbol_range(flat, self.codec_id)
+            counts = cpu.histogram(flat, lo, span)[0]
+            used = int((counts > 0).sum())
+            limit = max(self.max_code_length, int(np.ceil(np.log2(max(used, 1)))))
+            lengths = huffman_code_lengths(counts, limit)
+            table_bits = int(lengths.max())
+            if table_bits:
+                idx = np.subtract(flat, lo, dtype=np.int32) if lo else flat.astype(np.int32)
+                words, num_words, sub = cpu.huffman_encode(
+                    idx, cpu.canonical_codes(lengths), lengths, self.chunk_size,
+                    self.sub_block_size,
+                )
+        index = np.zeros(nchunks, HUFFMAN_INDEX_DTYPE)
+        index["num_words"] = num_words
+        if nchunks > 1:
+            index["byte_offset"][1:] = 4 * np.cumsum(num_words[:-1], dtype=np.uint64)
+        index["num_symbols"] = np.minimum(
+            self.chunk_size, n - np.arange(nchunks, dtype=np.int64) * self.chunk_size
+        )
+        params = {
+            "table_bits": table_bits,
+            "chunk_size": self.chunk_size,
+            "sub_block_size": self.sub_block_size,
+            "min_symbol": lo,
+            "alphabet_size": span,
+            "num_chunks": nchunks,
+        }
+        return C.pack(
+            self.get_config(), a.shape, a.dtype.name, params,
+            [
+                ("lengths", encode_uints(lengths) if n else b""),
+                ("index", index.tobytes()),
+                ("subblocks", sub.astype("<u4").tobytes()),
+                ("payload", words.astype("<u4").tobytes()),
+            ],
+            C.symbols_crc32(a),
+        )
+
+    def parse(self, data):
+        """Validate a stream completely; return ``(container, lengths, index, sub, words)``."""
+        c = C.unpack(data, self.codec_id)
+        p = C.require_params(c.params, _PARAM_SPEC)
+        n = c.num_symbols
+        C.check_chunks(p, n)
+        cs, sb = p["chunk_size"], p["sub_block_size"]
+        if cs % sb:
+            raise CorruptStreamError("corrupt kvinfo stream: chunk_size % sub_block_size != 0")
+        if set(c.sections) != {"lengths", "index", "subblocks", "payload"}:
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: huffman sections {sorted(c.sections)}"
+            )
+        nchunks = p["num_chunks"]
+        nsub = ((nchunks - 1) * (cs // sb) + -(-(n - (nchunks - 1) * cs) // sb)) if n else 0
+        index = C.section_array(c, "index", HUFFMAN_INDEX_DTYPE, nchunks)
+        sub = C.section_array(c, "subblocks", "<u4", nsub)
+        words = C.section_array(c, "payload", "<u4")
+        if n == 0:
+            if p["alphabet_size"] or p["table_bits"] or len(c.sections["lengths"]) or len(words):
+                raise CorruptStreamError("corrupt kvinfo stream: empty array with non-empty data")
+            return c, None, index, sub, words
+        if p["alphabet_size"] < 1:
+            raise CorruptStreamError("corrupt kvinfo stream: alphabet_size must be >= 1")
+        C.check_dtype_range(p, c.dtype)
+        lengths = np.zeros(p["alphabet_size"], np.int64)
+        buf = bytes(c.sections["lengths"])
+        if decode_uints(buf, 0, len(buf), lengths, 16) != len(buf):
+            raise CorruptStreamError("corrupt kvinfo stream: trailing bytes after code lengths")
+        tb = p["table_bits"]
+        if int(lengths.max()) != tb:
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: longest code {int(lengths.max())} != table_bits {tb}"
+            )
+        if tb == 0:
+            if p["alphabet_size"] != 1:
+                raise CorruptStreamError("corrupt kvinfo stream: no codes for several symbols")
+        elif int((1 << (tb - lengths[lengths > 0])).sum()) > (1 << tb):
+            raise CorruptStreamError("corrupt kvinfo stream: code lengths violate Kraft")
+        nw = index["num_words"].astype(np.int64)
+        offs = np.zeros_like(nw)
+        np.cumsum(4 * nw[:-1], out=offs[1:])
+        expect = np.minimum(cs, n - np.arange(nchunks, dtype=np.int64) * cs)
+        if not np.array_equal(index["byte_offset"].astype(np.int64), offs) or not np.array_equal(
+            index["num_symbols"].astype(np.int64), expect
+        ):
+            raise CorruptStreamError("corrupt kvinfo stream: huffman chunk index inconsistent")
+        if int(nw.sum()) != words.shape[0] or np.any(nw * 32 > expect * max(tb, 1) + 31):
+            raise CorruptStreamError("corrupt kvinfo stream: huffman word counts inconsistent")
+        if tb == 0 and (words.shape[0] or np.any(sub)):
+            raise CorruptStreamError("corrupt kvinfo stream: payload for a single-symbol stream")
+        if nsub and np.any(sub.astype(np.int64) > np.repeat(nw * 32, -(-expect // sb))):
+            raise CorruptStreamError("corrupt kvinfo stream: sub-block offset past its chunk")
+        return c, lengths, index, sub, words
+
+    def decode(self, data, device: str = "cpu") -> np.ndarray:
+        if device != "cpu":
+            raise CodecConfigError(f"huffman: this decoder runs on device 'cpu', found {device!r}")
+        c, lengths, index, sub, words = self.parse(data)
+        p = c.params
+        n = c.num_symbols
+        if n == 0:
+            out = np.empty(0, c.dtype)
+        elif p["table_bits"] == 0:
+            out = np.full(n, p["min_symbol"], dtype=c.dtype)
+        else:
+            idx, status = cpu.huffman_decode(
+                words, np.ascontiguousarray(index["num_words"], np.uint32), sub, lengths,
+                p["table_bits"], p["chunk_size"], p["sub_block_size"], n,
+            )
+            C.raise_status(status, "huffman")
+            out = (idx + p["min_symbol"]).astype(c.dtype) if p["min_symbol"] else idx.astype(
+                c.dtype)
+        out = out.reshape(c.shape)
+        C.check_symbols(c, out)
+        return out
+
+    def rate(self, data) -> RateBreakdown:
+        c = C.unpack(data, self.codec_id)
+        return RateBreakdown.from_bits(
+            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
+        )

@@ -1,0 +1,256 @@
+"""Static interleaved rANS: 32 lanes of 32-bit states, 16-bit words, chunked for parallelism.
+
+Parameters
+----------
+precision_bits : int, default 12
+    Probability precision of the quantized frequency table (frequencies sum to
+    ``2**precision_bits``). At most 12 keeps the decode table within a GPU's shared
+    memory; up to 16 is allowed on the CPU. If more distinct symbols occur than the
+    table has slots, the stream uses the smallest precision that fits them (recorded in
+    the stream), so every alphabet up to 65536 symbols codes.
+chunk_size : int, default 65536
+    Symbols per independently decodable chunk (a multiple of 32). Each chunk costs 144
+    bytes of index (offset, counts and 32 final lane states).
+per_channel : bool, default False
+    Give every channel (the last axis, for arrays of 2 or more dimensions) its own
+    frequency table.
+
+Notes
+-----
+Symbols may be uint8, uint16 or int32 of any shape; int32 symbols may be negative, the
+model is offset by the minimum symbol, and ``max - min + 1`` must not exceed 65536
+(else :class:`~kvinfo.errors.CodecConfigError`). The coder is the byte-exact layout of
+``docs/container-format.md`` (section "rans"): symbol ``j`` of a chunk is coded by lane
+``j % 32``; the encoder walks the chunk backwards and the decoder, at each step of 32
+symbols, lets the lanes that need a renormalisation read consecutive 16-bit words in
+lane order (the warp-ballot design of DietGPU), so a CUDA warp decodes one chunk.
+
+Examples
+--------
+>>> import numpy as np
+>>> from kvinfo.codecs import get_codec
+>>> codec = get_codec({"id": "rans"})
+>>> x = np.random.default_rng(0).integers(0, 16, size=(64, 128), dtype=np.uint8)
+>>> data = codec.encode(x)
+>>> bool(np.array_equal(codec.decode(data), x))
+True
+>>> r = codec.rate(data)
+>>> 3.9 < r["symbol_bits_per_element"] < 4.05
+True
+
+References
+----------
+J. Duda, "Asymmetric numeral systems", arXiv:1311.2540, 2013.
+F. Giesen, "Interleaved entropy coders", arXiv:1402.3392, 2014.
+J. Johnson, "DietGPU: GPU-based lossless compression", github.com/facebookresearch/dietgpu.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CodecConfigError, CorruptStreamError
+from ..kernels import cpu
+from . import _container as C
+from .abc import Codec, RateBreakdown
+from .models import PerChannelTables, min_precision_bits
+from .registry import register_codec
+
+__all__ = ["Rans", "RANS_INDEX_DTYPE"]
+
+#: one chunk-index record (little-endian, 144 bytes)
+RANS_INDEX_DTYPE = np.dtype(
+    [
+        ("byte_offset", "<u8"),
+        ("num_symbols", "<u4"),
+        ("num_words", "<u4"),
+        ("states", "<u4", (cpu.RANS_LANES,)),
+    ]
+)
+
+_PARAM_SPEC = {
+    "precision_bits": (1, 16),
+    "chunk_size": (32, 1 << 30),
+    "num_lanes": (cpu.RANS_LANES, cpu.RANS_LANES),
+    "num_tables": (0, 1 << 24),
+    "period": (1, 1 << 40),
+    "min_symbol": (-(1 << 31), (1 << 32) - 1),
+    "alphabet_size": (0, C.MAX_ALPHABET),
+    "num_chunks": (0, 1 << 40),
+}
+
+
+def _validate_int(name, value, lo, hi, codec_id):
+    if type(value) is not int or not lo <= value <= hi:
+        raise CodecConfigError(
+            f"{codec_id}: {name} must be an int in [{lo}, {hi}], found {value!r}"
+        )
+
+
+def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool):
+    """Shared front end of the static coders: flat symbols, offset, tables and counts."""
+    a = C.as_symbol_array(array, codec_id)
+    flat = a.reshape(-1)
+    period = C.channel_period(a.shape)
+    if flat.size == 0:
+        return a, flat, period, 0, 0, None, None
+    lo, span = C.symbol_range(flat, codec_id)
+    per = per_channel and period > 1
+    counts = cpu.histogram(flat, lo, span, period, per_channel=per)
+    used = int((counts > 0).sum(axis=1).max())
+    prec = max(precision_bits, min_precision_bits(used))
+    tables = PerChannelTables.from_counts(counts, prec, lo)
+    return a, flat, period, lo, span, tables, counts
+
+
+@register_codec
+class Rans(Codec):
+    """Static interleaved rANS codec; the module docstring lists parameters and notes."""
+
+    codec_id = "rans"
+
+    def __init__(self, precision_bits: int = 12, chunk_size: int = 1 << 16,
+                 per_channel: bool = False):
+        _validate_int("precision_bits", precision_bits, 1, 16, self.codec_id)
+        _validate_int("chunk_size", chunk_size, 32, 1 << 30, self.codec_id)
+        if chunk_size % 32:
+            raise CodecConfigError(
+                f"rans: chunk_size must be a multiple of 32, found {chunk_size}"
+            )
+        if not isinstance(per_channel, bool):
+            raise CodecConfigError(f"rans: per_channel must be a bool, found {per_channel!r}")
+        self.precision_bits = precision_bits
+        self.chunk_size = chunk_size
+        self.per_channel = per_channel
+
+    def get_config(self) -> dict:
+        return {
+            "id": self.codec_id,
+            "precision_bits": self.precision_bits,
+            "chunk_size": self.chunk_size,
+            "per_channel": self.per_channel,
+        }
+
+    # -- encode ------------------------------------------------------------------------
+    def encode(self, array: np.ndarray) -> bytes:
+        a, flat, period, lo, span, tables, counts = encode_tables(
+            self.codec_id, array, self.precision_bits, self.per_channel
+        )
+        n = flat.size
+        nchunks = -(-n // self.chunk_size)
+        if n == 0:
+            prec, num_tables, tbytes = self.precision_bits, 0, b""
+            words = np.empty(0, np.uint16)
+            index = np.zeros(0, RANS_INDEX_DTYPE)
+        else:
+            prec, num_tables = tables.precision_bits, tables.num_tables
+            words, num_words, states = cpu.rans_encode(
+                flat, lo, tables.frequencies, prec, self.chunk_size, period, counts=counts
+            )
+            index = np.zeros(nchunks, RANS_INDEX_DTYPE)
+            index["num_words"] = num_words
+            index["byte_offset"][1:] = 2 * np.cumsum(num_words[:-1], dtype=np.uint64)
+            index["num_symbols"] = np.minimum(
+                self.chunk_size, n - np.arange(nchunks, dtype=np.int64) * self.chunk_size
+            )
+            index["states"] = states
+            tbytes = tables.to_bytes()
+        params = {
+            "precision_bits": prec,
+            "chunk_size": self.chunk_size,
+            "num_lanes": cpu.RANS_LANES,
+            "num_tables": num_tables,
+            "period": period,
+            "min_symbol": lo,
+            "alphabet_size": span,
+            "num_chunks": nchunks,
+        }
+        return C.pack(
+            self.get_config(),
+            a.shape,
+            a.dtype.name,
+            params,
+            [
+                ("tables", tbytes),
+                ("index", index.tobytes()),
+                ("payload", words.astype("<u2").tobytes()),
+            ],
+            C.symbols_crc32(a),
+        )
+
+    # -- decode ------------------------------------------------------------------------
+    def parse(self, data):
+        """Validate a stream completely; return ``(container, tables, index, words)``.
+
+        Everything a decode kernel will follow is checked here: parameters against the
+        shape and dtype, table sums, chunk offsets and counts, lane states.
+        """
+        c = C.unpack(data, self.codec_id)
+        p = C.require_params(c.params, _PARAM_SPEC)
+        n = c.num_symbols
+        C.check_chunks(p, n)
+        if p["chunk_size"] % 32:
+            raise CorruptStreamError("corrupt kvinfo stream: rans chunk_size not a multiple of 32")
+        if p["period"] != C.channel_period(c.shape):
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: period {p['period']} does not match shape {c.shape}"
+            )
+        if set(c.sections) != {"tables", "index", "payload"}:
+            raise CorruptStreamError(f"corrupt kvinfo stream: rans sections {sorted(c.sections)}")
+        if n == 0:
+            if p["num_tables"] or p["alphabet_size"] or any(len(v) for v in c.sections.values()):
+                raise CorruptStreamError("corrupt kvinfo stream: empty array with non-empty data")
+            return c, None, np.zeros(0, RANS_INDEX_DTYPE), np.empty(0, np.uint16)
+        if p["alphabet_size"] < 1 or p["num_tables"] not in (1, p["period"]):
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: alphabet_size {p['alphabet_size']} / num_tables "
+                f"{p['num_tables']} inconsistent with period {p['period']}"
+            )
+        C.check_dtype_range(p, c.dtype)
+        tables = PerChannelTables.from_bytes(
+            c.sections["tables"], p["num_tables"], p["alphabet_size"], p["precision_bits"],
+            p["min_symbol"],
+        )
+        index = C.section_array(c, "index", RANS_INDEX_DTYPE, p["num_chunks"])
+        words = C.section_array(c, "payload", "<u2")
+        nw = index["num_words"].astype(np.int64)
+        offs = np.zeros_like(nw)
+        np.cumsum(2 * nw[:-1], out=offs[1:])
+        expect_syms = np.minimum(
+            p["chunk_size"], n - np.arange(p["num_chunks"], dtype=np.int64) * p["chunk_size"]
+        )
+        if not np.array_equal(index["byte_offset"].astype(np.int64), offs):
+            raise CorruptStreamError("corrupt kvinfo stream: rans chunk byte offsets inconsistent")
+        if not np.array_equal(index["num_symbols"].astype(np.int64), expect_syms):
+            raise CorruptStreamError("corrupt kvinfo stream: rans chunk symbol counts inconsistent")
+        if int(nw.sum()) != words.shape[0] or np.any(nw > expect_syms):
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: chunk word counts sum to {int(nw.sum())}, payload "
+                f"holds {words.shape[0]} words"
+            )
+        if np.any(index["states"] < cpu.RANS_STATE_LOWER):
+            raise CorruptStreamError("corrupt kvinfo stream: a final rans state is below 2**16")
+        return c, tables, index, words
+
+    def decode(self, data, device: str = "cpu") -> np.ndarray:
+        if device != "cpu":
+            raise CodecConfigError(f"rans: this decoder runs on device 'cpu', found {device!r}")
+        c, tables, index, words = self.parse(data)
+        out = np.empty(c.num_symbols, dtype=c.dtype)
+        if c.num_symbols:
+            p = c.params
+            status = cpu.rans_decode(
+                words, np.ascontiguousarray(index["num_words"], dtype=np.uint32),
+                np.ascontiguousarray(index["states"], dtype=np.uint32), tables.frequencies,
+                p["precision_bits"], p["chunk_size"], p["min_symbol"], p["period"], out,
+            )
+            C.raise_status(status, "rans")
+        out = out.reshape(c.shape)
+        C.check_symbols(c, out)
+        return out
+
+    def rate(self, data) -> RateBreakdown:
+        c = C.unpack(data, self.codec_id)
+        return RateBreakdown.from_bits(
+            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
+        )

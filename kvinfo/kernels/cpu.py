@@ -1,0 +1,862 @@
+"""Numba CPU kernels of the lossless coders, each behind a thin validating wrapper.
+
+Kernels come in threes (the stumpy design): a private ``@njit`` kernel that only does
+arithmetic and trusts its inputs, a public wrapper here that validates dtypes, shapes,
+table sums and every offset the kernel will follow, and a slow obvious reference in
+``tests/reference_coders.py`` that the tests compare against. Numba does not check
+bounds, so no kernel is entered before its wrapper has proven that every index it can
+form lies inside its arrays; decode kernels additionally clamp word reads to their
+chunk and report overruns in a per-chunk status array instead of reading past it.
+
+All kernels are ``cache=True`` and parallel over chunks (``prange``); use
+``numba.set_num_threads`` to control the thread count and :func:`warmup` to compile
+everything before measuring.
+
+Bit-stream layouts are specified in ``docs/container-format.md``:
+
+* rANS: 32-bit states in ``[2**16, 2**32)``, 16-bit words, 32 interleaved lanes per
+  chunk (symbol ``j`` of a chunk belongs to lane ``j % 32``), one word stream per
+  chunk read forward; at decode step ``t`` the lanes that need a word read
+  consecutive words in lane order.
+* Huffman: canonical MSB-first codes packed into 32-bit words (first code bit is the
+  most significant bit of the word), each chunk starting on a word boundary, with bit
+  offsets of every sub-block.
+* arith: an LZMA-style byte-oriented binary range coder (32-bit range, carry
+  propagation through a cache byte) over adaptive binary-tree contexts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..errors import CodecConfigError
+
+__all__ = [
+    "RANS_LANES",
+    "RANS_STATE_LOWER",
+    "histogram",
+    "rans_encode",
+    "rans_decode",
+    "rans_decode_table",
+    "huffman_encode",
+    "huffman_decode",
+    "arith_encode",
+    "arith_decode",
+    "warmup",
+]
+
+RANS_LANES = 32
+RANS_STATE_LOWER = 1 << 16
+_L = np.uint64(RANS_STATE_LOWER)
+_U16 = np.uint64(0xFFFF)
+_U32 = np.uint64(0xFFFFFFFF)
+_ONE = np.uint64(1)
+_ZERO = np.uint64(0)
+_S16 = np.uint64(16)
+_S32 = np.uint64(32)
+_S48 = np.uint64(48)
+
+_SYMBOL_DTYPES = (np.uint8, np.uint16, np.int32)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CodecConfigError(msg)
+
+
+def _check_array(a, name: str, dtypes, ndim: int) -> None:
+    if not isinstance(a, np.ndarray):
+        raise CodecConfigError(f"{name}: expected a numpy array, found {type(a).__name__}")
+    if a.dtype.type not in tuple(np.dtype(d).type for d in dtypes) or not a.dtype.isnative:
+        raise CodecConfigError(
+            f"{name}: expected dtype in {[np.dtype(d).name for d in dtypes]}, found {a.dtype}"
+        )
+    if a.ndim != ndim:
+        raise CodecConfigError(f"{name}: expected {ndim}-D, found {a.ndim}-D")
+    if not a.flags.c_contiguous or not a.flags.aligned:
+        raise CodecConfigError(f"{name}: expected a C-contiguous aligned array")
+
+
+def _num_chunks(n: int, chunk_size: int) -> int:
+    return (n + chunk_size - 1) // chunk_size
+
+
+@contextlib.contextmanager
+def _threads_for(num_tasks: int):
+    """Run a parallel kernel single-threaded when it has only one task: waking the thread
+    pool for one chunk costs more than the chunk itself (milliseconds on a busy machine)."""
+    if num_tasks > 1:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------
+# histogram
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True, nogil=True)
+def _histogram_kernel(sym, min_symbol, period, counts):  # pragma: no cover - numba
+    n = sym.shape[0]
+    nparts = counts.shape[0]
+    num_tables = counts.shape[1]
+    for p in prange(nparts):
+        a = p * n // nparts
+        b = (p + 1) * n // nparts
+        if num_tables == 1:
+            for j in range(a, b):
+                counts[p, 0, np.int64(sym[j]) - min_symbol] += 1
+        else:
+            ch = a % period
+            for j in range(a, b):
+                counts[p, ch, np.int64(sym[j]) - min_symbol] += 1
+                ch += 1
+                if ch == period:
+                    ch = 0
+
+
+def histogram(symbols: np.ndarray, min_symbol: int, alphabet_size: int, period: int = 1,
+              per_channel: bool = False) -> np.ndarray:
+    """Counts of each symbol, shape ``(num_tables, alphabet_size)``.
+
+    With ``per_channel`` the table of element ``j`` of the flat array is ``j % period``
+    (``period`` = size of the last axis), else everything goes to table 0.
+    ``symbols`` must lie in ``[min_symbol, min_symbol + alphabet_size)``.
+    """
+    _check_array(symbols, "symbols", _SYMBOL_DTYPES, 1)
+    _check(1 <= alphabet_size <= 1 << 16, f"alphabet_size must be in [1, 65536], found "
+           f"{alphabet_size}")
+    _check(period >= 1, f"period must be >= 1, found {period}")
+    if symbols.size:
+        lo, hi = int(symbols.min()), int(symbols.max())
+        _check(lo >= min_symbol and hi < min_symbol + alphabet_size,
+               f"symbols must lie in [{min_symbol}, {min_symbol + alphabet_size}), "
+               f"found [{lo}, {hi}]")
+    num_tables = period if per_channel else 1
+    cells = num_tables * alphabet_size
+    nparts = int(max(1, min(numba.get_num_threads() * 2, (1 << 24) // cells,
+                            symbols.size // (1 << 16) + 1)))
+    counts = np.zeros((nparts, num_tables, alphabet_size), dtype=np.int64)
+    with _threads_for(nparts):
+        _histogram_kernel(symbols, np.int64(min_symbol), np.int64(period), counts)
+    return counts.sum(axis=0)
+
+
+# ---------------------------------------------------------------------------------------
+# rANS
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True, nogil=True)
+def _rans_encode_kernel(sym, min_symbol, period, freq, cum, precision, chunk_size,
+                        scratch, word_start, num_words, states):  # pragma: no cover
+    n = sym.shape[0]
+    nchunks = states.shape[0]
+    num_tables = freq.shape[0]
+    P = np.uint64(precision)
+    shift = np.uint64(32 - precision)
+    for k in prange(nchunks):
+        start = k * chunk_size
+        stop = min(n, start + chunk_size)
+        region_end = stop + k + 1
+        ptr = region_end
+        st = np.empty(32, np.uint64)
+        for l in range(32):
+            st[l] = _L
+        if num_tables == 1:
+            for j in range(stop - 1, start - 1, -1):
+                l = (j - start) & 31
+                s = np.int64(sym[j]) - min_symbol
+                f = np.uint64(freq[0, s])
+                x = st[l]
+                scratch[ptr - 1] = np.uint16(x & _U16)
+                if x >= (f << shift):
+                    x = x >> _S16
+                    ptr -= 1
+                q = x // f
+                st[l] = (q << P) + (x - q * f) + np.uint64(cum[0, s])
+        else:
+            ch = (stop - 1) % period
+            for j in range(stop - 1, start - 1, -1):
+                l = (j - start) & 31
+                s = np.int64(sym[j]) - min_symbol
+                f = np.uint64(freq[ch, s])
+                c = np.uint64(cum[ch, s])
+                ch = ch - 1 if ch > 0 else period - 1
+                x = st[l]
+                scratch[ptr - 1] = np.uint16(x & _U16)
+                if x >= (f << shift):
+                    x = x >> _S16
+                    ptr -= 1
+                q = x // f
+                st[l] = (q << P) + (x - q * f) + c
+        word_start[k] = ptr
+        num_words[k] = region_end - ptr
+        for l in range(32):
+            states[k, l] = np.uint32(st[l])
+
+
+@njit(cache=True, nogil=True)
+def _gather_words(scratch, word_start, num_words, out):  # pragma: no cover - numba
+    pos = 0
+    for k in range(word_start.shape[0]):
+        a = word_start[k]
+        for i in range(num_words[k]):
+            out[pos + i] = scratch[a + i]
+        pos += num_words[k]
+
+
+def _rans_tables(frequencies: np.ndarray, precision_bits: int) -> None:
+    f = frequencies
+    _check_array(f, "frequencies", (np.int64,), 2)
+    _check(1 <= precision_bits <= 16, f"precision_bits must be in [1, 16], found {precision_bits}")
+    _check(f.shape[0] >= 1 and 1 <= f.shape[1] <= 1 << 16,
+           f"frequencies must have shape (num_tables >= 1, 1..65536), found {f.shape}")
+    _check(bool(np.all(f >= 0)) and bool(np.all(f.sum(axis=1) == (1 << precision_bits))),
+           f"every frequency row must be non-negative and sum to 2**{precision_bits}")
+
+
+def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
+                precision_bits: int, chunk_size: int, period: int = 1, counts=None):
+    """Encode flat ``symbols`` with static interleaved rANS.
+
+    Parameters
+    ----------
+    symbols : 1-D uint8/uint16/int32 array
+    min_symbol : int
+        Symbol value of column 0 of ``frequencies``.
+    frequencies : int64 array (num_tables, alphabet_size)
+        Rows sum to ``2**precision_bits``; every symbol that occurs in the rows it is
+        coded with must have a non-zero frequency (checked).
+    precision_bits, chunk_size : int
+        ``chunk_size`` is a positive multiple of 32.
+    period : int
+        With ``num_tables > 1`` element ``j`` uses row ``j % period``; ``num_tables``
+        must equal ``period``.
+    counts : int64 array like ``frequencies``, optional
+        The histogram of ``symbols`` (:func:`histogram`) if the caller has it; it is
+        computed otherwise. Used to check that no occurring symbol has frequency 0.
+
+    Returns
+    -------
+    words : uint16 array, the concatenated word streams of all chunks
+    num_words : uint32 array (num_chunks,)
+    states : uint32 array (num_chunks, 32), the final encoder states
+    """
+    _check_array(symbols, "symbols", _SYMBOL_DTYPES, 1)
+    _rans_tables(frequencies, precision_bits)
+    _check(chunk_size >= 32 and chunk_size % 32 == 0 and chunk_size <= 1 << 30,
+           f"chunk_size must be a positive multiple of 32, found {chunk_size}")
+    num_tables, a = frequencies.shape
+    _check(num_tables == 1 or num_tables == period,
+           f"num_tables must be 1 or period={period}, found {num_tables}")
+    n = symbols.shape[0]
+    if n:
+        lo, hi = int(symbols.min()), int(symbols.max())
+        _check(lo >= min_symbol and hi < min_symbol + a,
+               f"symbols must lie in [{min_symbol}, {min_symbol + a}), found [{lo}, {hi}]")
+        if counts is None:
+            counts = histogram(symbols, min_symbol, a, period, per_channel=num_tables > 1)
+        _check(isinstance(counts, np.ndarray) and counts.shape == frequencies.shape,
+               f"counts must have shape {frequencies.shape}")
+        _check(not np.any((counts > 0) & (frequencies == 0)),
+               "a symbol that occurs has frequency 0 in its table")
+    nchunks = _num_chunks(n, chunk_size)
+    scratch = np.empty(n + nchunks, dtype=np.uint16)
+    word_start = np.empty(nchunks, dtype=np.int64)
+    num_words = np.empty(nchunks, dtype=np.int64)
+    states = np.empty((nchunks, RANS_LANES), dtype=np.uint32)
+    freq = frequencies.astype(np.uint32)
+    cum = np.zeros_like(freq)
+    np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
+    if nchunks:
+        with _threads_for(nchunks):
+            _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), freq, cum,
+                                np.int64(precision_bits), np.int64(chunk_size), scratch,
+                                word_start, num_words, states)
+    words = np.empty(int(num_words.sum()), dtype=np.uint16)
+    if nchunks:
+        _gather_words(scratch, word_start, num_words, words)
+    return words, num_words.astype(np.uint32), states
+
+
+def rans_decode_table(frequencies: np.ndarray, precision_bits: int) -> np.ndarray:
+    """The combined slot table: ``uint64`` per (table, slot) packing
+    ``freq | (slot - cum) << 32 | symbol_index << 48``."""
+    _rans_tables(frequencies, precision_bits)
+    num_tables, a = frequencies.shape
+    m = 1 << precision_bits
+    out = np.empty((num_tables, m), dtype=np.uint64)
+    slots = np.arange(m, dtype=np.uint64)
+    for t in range(num_tables):
+        f = frequencies[t]
+        sym = np.repeat(np.arange(a, dtype=np.uint64), f)
+        cum = np.concatenate(([0], np.cumsum(f)[:-1])).astype(np.uint64)
+        out[t] = (f.astype(np.uint64)[sym] | ((slots - cum[sym]) << np.uint64(32))
+                  | (sym << np.uint64(48)))
+    return out
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _rans_decode_kernel(words, word_off, num_words, states, table, precision, chunk_size,
+                        min_symbol, period, out, status):  # pragma: no cover - numba
+    n = out.shape[0]
+    nchunks = states.shape[0]
+    num_tables = table.shape[0]
+    P = np.uint64(precision)
+    mask = (_ONE << P) - _ONE
+    for k in prange(nchunks):
+        start = k * chunk_size
+        stop = min(n, start + chunk_size)
+        ptr = word_off[k]
+        end = ptr + num_words[k]
+        st = np.empty(32, np.uint64)
+        for l in range(32):
+            st[l] = np.uint64(states[k, l])
+        nfull = (stop - start) >> 5
+        if num_tables == 1:
+            for t in range(nfull):
+                base = start + 32 * t
+                for l in range(32):
+                    x = st[l]
+                    e = table[0, x & mask]
+                    out[base + l] = np.int64(e >> _S48) + min_symbol
+                    x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
+                    w = np.uint64(words[min(ptr, end)])
+                    if x < _L:
+                        x = (x << _S16) | w
+                        ptr += 1
+                    st[l] = x
+            ch = 0
+        else:
+            ch = start % period
+            for t in range(nfull):
+                base = start + 32 * t
+                for l in range(32):
+                    x = st[l]
+                    e = table[ch, x & mask]
+                    ch += 1
+                    if ch == period:
+                        ch = 0
+                    out[base + l] = np.int64(e >> _S48) + min_symbol
+                    x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
+                    w = np.uint64(words[min(ptr, end)])
+                    if x < _L:
+                        x = (x << _S16) | w
+                        ptr += 1
+                    st[l] = x
+        base = start + 32 * nfull
+        for l in range(stop - base):
+            x = st[l]
+            e = table[ch, x & mask]
+            if num_tables > 1:
+                ch += 1
+                if ch == period:
+                    ch = 0
+            out[base + l] = np.int64(e >> _S48) + min_symbol
+            x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
+            w = np.uint64(words[min(ptr, end)])
+            if x < _L:
+                x = (x << _S16) | w
+                ptr += 1
+            st[l] = x
+        bad = 0
+        if ptr != end:
+            bad = 1
+        for l in range(32):
+            if st[l] != _L:
+                bad = 2
+        status[k] = bad
+
+
+def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
+                frequencies: np.ndarray, precision_bits: int, chunk_size: int,
+                min_symbol: int, period: int, out: np.ndarray, table=None) -> np.ndarray:
+    """Decode into ``out`` (1-D, the symbol dtype); returns the per-chunk status array.
+
+    Status 0 means the chunk consumed exactly its words and every lane ended in the
+    encoder's initial state ``2**16``; 1 means a word-count mismatch; 2 a state
+    mismatch. ``words`` must hold ``num_words.sum()`` words (a padded copy is made).
+    ``table`` may pass a precomputed :func:`rans_decode_table`.
+    """
+    _check_array(words, "words", (np.uint16,), 1)
+    _check_array(num_words, "num_words", (np.uint32,), 1)
+    _check_array(states, "states", (np.uint32,), 2)
+    _check_array(out, "out", _SYMBOL_DTYPES, 1)
+    _rans_tables(frequencies, precision_bits)
+    n = out.shape[0]
+    _check(chunk_size >= 32 and chunk_size % 32 == 0, "chunk_size must be a multiple of 32")
+    nchunks = _num_chunks(n, chunk_size)
+    _check(num_words.shape[0] == nchunks and states.shape == (nchunks, RANS_LANES),
+           f"expected {nchunks} chunks of {RANS_LANES} states, found {num_words.shape[0]} "
+           f"and {states.shape}")
+    total = int(num_words.astype(np.int64).sum())
+    _check(total == words.shape[0], f"expected {total} words, found {words.shape[0]}")
+    _check(bool(np.all(states >= RANS_STATE_LOWER)), "final states must be >= 2**16")
+    num_tables = frequencies.shape[0]
+    _check(num_tables == 1 or num_tables == period, "num_tables must be 1 or period")
+    if table is None:
+        table = rans_decode_table(frequencies, precision_bits)
+    _check_array(table, "table", (np.uint64,), 2)
+    _check(table.shape == (num_tables, 1 << precision_bits), "decode table has the wrong shape")
+    padded = np.empty(total + 1, dtype=np.uint16)
+    padded[:total] = words
+    padded[total] = 0
+    offsets = np.zeros(nchunks, dtype=np.int64)
+    if nchunks > 1:
+        np.cumsum(num_words[:-1], out=offsets[1:])
+    status = np.zeros(nchunks, dtype=np.int64)
+    if nchunks:
+        with _threads_for(nchunks):
+            _rans_decode_kernel(padded, offsets, num_words.astype(np.int64), states, table,
+                                np.int64(precision_bits), np.int64(chunk_size),
+                                np.int64(min_symbol), np.int64(period), out, status)
+    return status
+
+
+# ---------------------------------------------------------------------------------------
+# Huffman
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True, nogil=True)
+def _huffman_encode_kernel(idx, codes, lengths, chunk_size, sub_block, region_words, scratch,
+                           num_words, sub_offsets):  # pragma: no cover - numba
+    n = idx.shape[0]
+    nchunks = num_words.shape[0]
+    spc = chunk_size // sub_block
+    for k in prange(nchunks):
+        start = k * chunk_size
+        stop = min(n, start + chunk_size)
+        base = k * region_words
+        wp = base
+        acc = _ZERO
+        nb = 0
+        nsb = (stop - start + sub_block - 1) // sub_block
+        for b in range(nsb):
+            sub_offsets[k * spc + b] = (wp - base) * 32 + nb
+            a = start + b * sub_block
+            z = min(stop, a + sub_block)
+            for j in range(a, z):
+                s = idx[j]
+                ln = lengths[s]
+                acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+                nb += ln
+                if nb >= 32:
+                    nb -= 32
+                    scratch[wp] = np.uint32((acc >> np.uint64(nb)) & _U32)
+                    wp += 1
+        if nb > 0:
+            scratch[wp] = np.uint32((acc << np.uint64(32 - nb)) & _U32)
+            wp += 1
+        num_words[k] = wp - base
+
+
+@njit(cache=True, nogil=True)
+def _gather_u32(scratch, region_words, num_words, out):  # pragma: no cover - numba
+    pos = 0
+    for k in range(num_words.shape[0]):
+        a = k * region_words
+        for i in range(num_words[k]):
+            out[pos + i] = scratch[a + i]
+        pos += num_words[k]
+
+
+def huffman_encode(idx: np.ndarray, codes: np.ndarray, lengths: np.ndarray, chunk_size: int,
+                   sub_block: int):
+    """Encode symbol indices ``idx`` (int32, each < len(codes)) with a prefix code.
+
+    ``codes[s]`` holds the ``lengths[s]``-bit codeword of index ``s`` (MSB first).
+    Returns ``(words uint32, num_words uint32 per chunk, sub_offsets uint32)`` where
+    ``sub_offsets`` has one bit offset per sub-block (relative to its chunk's start).
+    """
+    _check_array(idx, "idx", (np.int32,), 1)
+    _check_array(codes, "codes", (np.uint32,), 1)
+    _check_array(lengths, "lengths", (np.int64,), 1)
+    _check(codes.shape == lengths.shape, "codes and lengths differ in shape")
+    _check(bool(np.all((lengths >= 0) & (lengths <= 16))), "code lengths must be in [0, 16]")
+    _check(sub_block >= 1 and chunk_size % sub_block == 0,
+           f"chunk_size {chunk_size} must be a multiple of sub_block {sub_block}")
+    n = idx.shape[0]
+    if n:
+        lo, hi = int(idx.min()), int(idx.max())
+        _check(lo >= 0 and hi < codes.shape[0], "symbol index outside the code table")
+        _check(bool(np.all(lengths[np.unique(idx)] > 0)), "a symbol that occurs has no code")
+    nchunks = _num_chunks(n, chunk_size)
+    max_len = int(lengths.max()) if lengths.size else 0
+    region_words = (chunk_size * max_len + 31) // 32 + 1
+    scratch = np.empty(max(nchunks * region_words, 1), dtype=np.uint32)
+    num_words = np.zeros(nchunks, dtype=np.int64)
+    nsub = sum((min(n, (k + 1) * chunk_size) - k * chunk_size + sub_block - 1) // sub_block
+               for k in range(nchunks)) if nchunks else 0
+    sub_offsets = np.zeros(max(nsub, 0), dtype=np.int64)
+    if nchunks:
+        with _threads_for(nchunks):
+            _huffman_encode_kernel(idx, codes, lengths, np.int64(chunk_size), np.int64(sub_block),
+                                   np.int64(region_words), scratch, num_words, sub_offsets)
+    words = np.empty(int(num_words.sum()), dtype=np.uint32)
+    if nchunks:
+        _gather_u32(scratch, np.int64(region_words), num_words, words)
+    return words, num_words.astype(np.uint32), sub_offsets.astype(np.uint32)
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table_bits,
+                           chunk_size, sub_block, out, status):  # pragma: no cover - numba
+    n = out.shape[0]
+    nchunks = num_words.shape[0]
+    spc = chunk_size // sub_block
+    tb = np.uint64(64 - table_bits)
+    for k in prange(nchunks):
+        start = k * chunk_size
+        stop = min(n, start + chunk_size)
+        w0 = word_off[k]
+        last = w0 + num_words[k]
+        nbits = num_words[k] * 32
+        bitpos = 0
+        bad = 0
+        nsb = (stop - start + sub_block - 1) // sub_block
+        for b in range(nsb):
+            if sub_offsets[k * spc + b] != bitpos:
+                bad = 1
+                break
+            a = start + b * sub_block
+            z = min(stop, a + sub_block)
+            for j in range(a, z):
+                w = min(w0 + (bitpos >> 5), last)
+                win = (np.uint64(words[w]) << _S32) | np.uint64(words[w + 1])
+                e = table[(win << np.uint64(bitpos & 31)) >> tb]
+                ln = e & 0xFF
+                if ln == 0:
+                    bad = 2
+                    break
+                out[j] = e >> 8
+                bitpos += ln
+            if bad:
+                break
+            if bitpos > nbits:
+                bad = 3
+                break
+        if bad == 0:
+            if (bitpos + 31) // 32 != num_words[k]:
+                bad = 4
+            elif bitpos & 31:
+                w = w0 + (bitpos >> 5)
+                if (np.uint64(words[w]) << np.uint64(bitpos & 31)) & _U32:
+                    bad = 5
+        status[k] = bad
+
+
+def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.ndarray,
+                   lengths: np.ndarray, table_bits: int, chunk_size: int, sub_block: int,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``n`` symbol indices; returns ``(idx int32, status per chunk)``.
+
+    ``lengths`` are canonical code lengths (index order); the decode table has
+    ``2**table_bits`` entries, ``table_bits >= max(lengths)``. Status 0 is success.
+    """
+    _check_array(words, "words", (np.uint32,), 1)
+    _check_array(num_words, "num_words", (np.uint32,), 1)
+    _check_array(sub_offsets, "sub_offsets", (np.uint32,), 1)
+    _check(sub_block >= 1 and chunk_size % sub_block == 0, "chunk_size % sub_block != 0")
+    nchunks = _num_chunks(n, chunk_size)
+    _check(num_words.shape[0] == nchunks, f"expected {nchunks} chunks, found "
+           f"{num_words.shape[0]}")
+    spc = chunk_size // sub_block
+    nsub = ((nchunks - 1) * spc + (n - (nchunks - 1) * chunk_size + sub_block - 1) // sub_block
+            if nchunks else 0)
+    _check(sub_offsets.shape[0] == nsub, f"expected {nsub} sub-block offsets, found "
+           f"{sub_offsets.shape[0]}")
+    total = int(num_words.astype(np.int64).sum())
+    _check(total == words.shape[0], f"expected {total} words, found {words.shape[0]}")
+    table = huffman_decode_table(lengths, table_bits)
+    padded = np.zeros(total + 2, dtype=np.uint32)
+    padded[:total] = words
+    offsets = np.zeros(nchunks, dtype=np.int64)
+    if nchunks > 1:
+        np.cumsum(num_words[:-1], out=offsets[1:])
+    out = np.empty(n, dtype=np.int32)
+    status = np.zeros(nchunks, dtype=np.int64)
+    if nchunks:
+        with _threads_for(nchunks):
+            _huffman_decode_kernel(padded, offsets, num_words.astype(np.int64),
+                                   sub_offsets.astype(np.int64), table, np.int64(table_bits),
+                                   np.int64(chunk_size), np.int64(sub_block), out, status)
+    return out, status
+
+
+def canonical_codes(lengths: np.ndarray) -> np.ndarray:
+    """Canonical codewords (uint32) for code ``lengths`` (0 = unused), shortest first and
+    by symbol index within a length (the DEFLATE convention)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    codes = np.zeros(lengths.shape[0], dtype=np.uint32)
+    order = np.lexsort((np.arange(lengths.shape[0]), lengths))
+    code = 0
+    prev = 0
+    for s in order:
+        ln = int(lengths[s])
+        if ln == 0:
+            continue
+        code <<= ln - prev
+        prev = ln
+        codes[s] = code
+        code += 1
+    return codes
+
+
+def huffman_decode_table(lengths: np.ndarray, table_bits: int) -> np.ndarray:
+    """Table of ``2**table_bits`` uint32 entries ``index << 8 | length`` (length 0 = invalid).
+
+    Raises :class:`CodecConfigError` if the lengths violate the Kraft inequality or exceed
+    ``table_bits``.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    _check(1 <= table_bits <= 16, f"table_bits must be in [1, 16], found {table_bits}")
+    _check(bool(np.all((lengths >= 0) & (lengths <= table_bits))),
+           f"code lengths must be in [0, {table_bits}]")
+    used = lengths > 0
+    kraft = int((np.left_shift(1, table_bits - lengths[used])).sum())
+    _check(kraft <= 1 << table_bits, "code lengths violate the Kraft inequality")
+    codes = canonical_codes(lengths)
+    table = np.zeros(1 << table_bits, dtype=np.uint32)
+    for s in np.flatnonzero(used):
+        ln = int(lengths[s])
+        lo = int(codes[s]) << (table_bits - ln)
+        table[lo : lo + (1 << (table_bits - ln))] = (int(s) << 8) | ln
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# adaptive binary range coder (arith)
+# ---------------------------------------------------------------------------------------
+_TOP = np.uint64(1 << 24)
+_PMIN = 32
+_PMAX = 65536 - 32
+
+
+@njit(cache=True, inline="always")
+def _shift_low(low, cache, cache_size, buf, pos, end):  # pragma: no cover - numba
+    if low < np.uint64(0xFF000000) or low >= np.uint64(1 << 32):
+        carry = np.uint8(low >> _S32)
+        temp = cache
+        while True:
+            if pos < end:
+                buf[pos] = np.uint8(temp + carry)
+            pos += 1
+            temp = np.uint8(0xFF)
+            cache_size -= 1
+            if cache_size == 0:
+                break
+        cache = np.uint8((low >> np.uint64(24)) & np.uint64(0xFF))
+    cache_size += 1
+    low = (low & np.uint64(0x00FFFFFF)) << np.uint64(8)
+    return low, cache, cache_size, pos
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _arith_encode_kernel(idx, chunk_size, region_bytes, period, symbol_bits, nch, prev_bits,
+                         rate, scratch, num_bytes):  # pragma: no cover - numba
+    n = idx.shape[0]
+    nchunks = num_bytes.shape[0]
+    nodes = (nch << prev_bits) << symbol_bits
+    limit = rate.shape[0] - 1
+    pshift = symbol_bits - prev_bits
+    for k in prange(nchunks):
+        start = k * chunk_size
+        stop = min(n, start + chunk_size)
+        prob = np.full(nodes, 32768, np.int64)
+        cnt = np.zeros(nodes, np.int64)
+        pos = k * region_bytes
+        end = pos + region_bytes
+        low = _ZERO
+        rng = _U32
+        cache = np.uint8(0)
+        cache_size = 1
+        ch = start % period
+        for j in range(start, stop):
+            s = np.int64(idx[j])
+            c = ch if nch > 1 else 0
+            pb = 0
+            if prev_bits > 0 and j - period >= start:
+                pb = np.int64(idx[j - period]) >> pshift
+            base = ((c << prev_bits) | pb) << symbol_bits
+            ch += 1
+            if ch == period:
+                ch = 0
+            node = 1
+            for i in range(symbol_bits - 1, -1, -1):
+                bit = (s >> i) & 1
+                q = base + node
+                p = prob[q]
+                r = rate[cnt[q]]
+                bound = (rng >> _S16) * np.uint64(p)
+                if bit == 0:
+                    rng = bound
+                    p += ((65536 - p) * r) >> 16
+                else:
+                    low += bound
+                    rng -= bound
+                    p -= (p * r) >> 16
+                prob[q] = min(max(p, _PMIN), _PMAX)
+                if cnt[q] < limit:
+                    cnt[q] += 1
+                while rng < _TOP:
+                    rng = rng << np.uint64(8)
+                    low, cache, cache_size, pos = _shift_low(low, cache, cache_size, scratch,
+                                                             pos, end)
+                node = 2 * node + bit
+        for _ in range(5):
+            low, cache, cache_size, pos = _shift_low(low, cache, cache_size, scratch, pos, end)
+        num_bytes[k] = pos - k * region_bytes
+
+
+def _arith_rate(adapt_limit: int) -> np.ndarray:
+    return (65536 // (np.arange(adapt_limit + 1, dtype=np.int64) + 2)).astype(np.int64)
+
+
+def arith_encode(idx: np.ndarray, chunk_size: int, period: int, symbol_bits: int,
+                 num_channel_contexts: int, prev_bits: int, adapt_limit: int):
+    """Encode indices ``idx`` (int32 in ``[0, 2**symbol_bits)``) with the adaptive
+    binary-tree model; returns ``(payload uint8, num_bytes uint32 per chunk)``."""
+    _check_array(idx, "idx", (np.int32,), 1)
+    _check(1 <= symbol_bits <= 16, f"symbol_bits must be in [1, 16], found {symbol_bits}")
+    _check(0 <= prev_bits <= symbol_bits, "prev_bits must be in [0, symbol_bits]")
+    _check(num_channel_contexts in (1, period), "num_channel_contexts must be 1 or period")
+    _check((num_channel_contexts << (prev_bits + symbol_bits)) <= 1 << 22,
+           "too many adaptive contexts")
+    _check(1 <= adapt_limit <= 65534, "adapt_limit must be in [1, 65534]")
+    _check(chunk_size >= 1, "chunk_size must be >= 1")
+    n = idx.shape[0]
+    if n:
+        _check(int(idx.min()) >= 0 and int(idx.max()) < 1 << symbol_bits,
+               "symbol index outside [0, 2**symbol_bits)")
+    nchunks = _num_chunks(n, chunk_size)
+    region = (min(chunk_size, max(n, 1)) * symbol_bits * 12) // 8 + 16
+    scratch = np.empty(max(nchunks * region, 1), dtype=np.uint8)
+    num_bytes = np.zeros(nchunks, dtype=np.int64)
+    if nchunks:
+        with _threads_for(nchunks):
+            _arith_encode_kernel(idx, np.int64(chunk_size), np.int64(region), np.int64(period),
+                                 np.int64(symbol_bits), np.int64(num_channel_contexts),
+                                 np.int64(prev_bits), _arith_rate(adapt_limit), scratch, num_bytes)
+    if np.any(num_bytes > region):  # pragma: no cover - the bound is proven in the docs
+        raise CodecConfigError("arith: output exceeded its proven bound")
+    parts = [scratch[k * region : k * region + int(num_bytes[k])] for k in range(nchunks)]
+    payload = np.concatenate(parts) if parts else np.empty(0, np.uint8)
+    return payload, num_bytes.astype(np.uint32)
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _arith_decode_kernel(buf, byte_off, num_bytes, chunk_size, period, symbol_bits, nch,
+                         prev_bits, rate, out, status):  # pragma: no cover - numba
+    n = out.shape[0]
+    nchunks = num_bytes.shape[0]
+    nodes = (nch << prev_bits) << symbol_bits
+    limit = rate.shape[0] - 1
+    pshift = symbol_bits - prev_bits
+    for k in prange(nchunks):
+        start = k * chunk_size
+        stop = min(n, start + chunk_size)
+        prob = np.full(nodes, 32768, np.int64)
+        cnt = np.zeros(nodes, np.int64)
+        pos = byte_off[k]
+        end = pos + num_bytes[k]
+        rng = _U32
+        code = _ZERO
+        for _ in range(5):
+            b = np.uint64(buf[pos]) if pos < end else _ZERO
+            pos += 1
+            code = ((code << np.uint64(8)) | b) & _U32
+        ch = start % period
+        for j in range(start, stop):
+            c = ch if nch > 1 else 0
+            pb = 0
+            if prev_bits > 0 and j - period >= start:
+                pb = np.int64(out[j - period]) >> pshift
+            base = ((c << prev_bits) | pb) << symbol_bits
+            ch += 1
+            if ch == period:
+                ch = 0
+            node = 1
+            for _i in range(symbol_bits):
+                q = base + node
+                p = prob[q]
+                r = rate[cnt[q]]
+                bound = (rng >> _S16) * np.uint64(p)
+                if code < bound:
+                    rng = bound
+                    p += ((65536 - p) * r) >> 16
+                    bit = 0
+                else:
+                    code -= bound
+                    rng -= bound
+                    p -= (p * r) >> 16
+                    bit = 1
+                prob[q] = min(max(p, _PMIN), _PMAX)
+                if cnt[q] < limit:
+                    cnt[q] += 1
+                while rng < _TOP:
+                    rng = rng << np.uint64(8)
+                    b = np.uint64(buf[pos]) if pos < end else _ZERO
+                    pos += 1
+                    code = ((code << np.uint64(8)) | b) & _U32
+                node = 2 * node + bit
+            out[j] = node - (1 << symbol_bits)
+        status[k] = 0 if pos == end else 1
+
+
+def arith_decode(payload: np.ndarray, num_bytes: np.ndarray, n: int, chunk_size: int,
+                 period: int, symbol_bits: int, num_channel_contexts: int, prev_bits: int,
+                 adapt_limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode ``n`` indices; returns ``(idx int32, status per chunk)`` (0 = consumed
+    exactly its bytes)."""
+    _check_array(payload, "payload", (np.uint8,), 1)
+    _check_array(num_bytes, "num_bytes", (np.uint32,), 1)
+    _check(1 <= symbol_bits <= 16, "symbol_bits must be in [1, 16]")
+    _check(0 <= prev_bits <= symbol_bits, "prev_bits must be in [0, symbol_bits]")
+    _check(num_channel_contexts in (1, period), "num_channel_contexts must be 1 or period")
+    _check((num_channel_contexts << (prev_bits + symbol_bits)) <= 1 << 22,
+           "too many adaptive contexts")
+    _check(1 <= adapt_limit <= 65534, "adapt_limit must be in [1, 65534]")
+    _check(chunk_size >= 1 and period >= 1, "chunk_size and period must be >= 1")
+    nchunks = _num_chunks(n, chunk_size)
+    _check(num_bytes.shape[0] == nchunks, f"expected {nchunks} chunks, found "
+           f"{num_bytes.shape[0]}")
+    total = int(num_bytes.astype(np.int64).sum())
+    _check(total == payload.shape[0], f"expected {total} bytes, found {payload.shape[0]}")
+    offsets = np.zeros(nchunks, dtype=np.int64)
+    if nchunks > 1:
+        np.cumsum(num_bytes[:-1], out=offsets[1:])
+    out = np.empty(n, dtype=np.int32)
+    status = np.zeros(nchunks, dtype=np.int64)
+    if nchunks:
+        with _threads_for(nchunks):
+            _arith_decode_kernel(payload, offsets, num_bytes.astype(np.int64), np.int64(chunk_size),
+                                 np.int64(period), np.int64(symbol_bits),
+                                 np.int64(num_channel_contexts), np.int64(prev_bits),
+                                 _arith_rate(adapt_limit), out, status)
+    return out, status
+
+
+# ---------------------------------------------------------------------------------------
+def warmup() -> None:
+    """Compile (or load from cache) every kernel for every supported dtype on tiny input."""
+    for dt in _SYMBOL_DTYPES:
+        sym = (np.arange(70) % 5).astype(dt)
+        freq = np.array([[1024, 1024, 1024, 512, 512]], dtype=np.int64)
+        histogram(sym, 0, 5)
+        words, nw, st = rans_encode(sym, 0, freq, 12, 64)
+        rans_decode(words, nw, st, freq, 12, 64, 0, 1, np.empty(70, dt))
+        freq2 = np.tile(freq, (7, 1))
+        words, nw, st = rans_encode(sym, 0, freq2, 12, 64, period=7)
+        rans_decode(words, nw, st, freq2, 12, 64, 0, 7, np.empty(70, dt))
+    idx = (np.arange(70) % 5).astype(np.int32)
+    lengths = np.array([2, 2, 2, 3, 3], dtype=np.int64)
+    w, nw, so = huffman_encode(idx, canonical_codes(lengths), lengths, 64, 16)
+    huffman_decode(w, nw, so, lengths, 3, 64, 16, 70)
+    p, nb = arith_encode(idx, 64, 7, 3, 7, 3, 1022)
+    arith_decode(p, nb, 70, 64, 7, 3, 7, 3, 1022)

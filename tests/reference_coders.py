@@ -1,0 +1,217 @@
+"""Slow, obviously correct reference implementations of the kvinfo coders.
+
+Written from ``docs/container-format.md`` in plain Python (one symbol at a time, Python
+ints, ``struct`` and ``json`` for the container) so the Numba kernels can be checked
+against them bit for bit. Only for small inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+
+LANES = 32
+L = 1 << 16
+
+
+# ------------------------------------------------------------------------------- container
+def parse_container(data: bytes) -> dict:
+    """Parse a stream following the spec only; returns meta plus raw sections."""
+    magic, version, flags, meta_len, total_len, sym_crc = struct.unpack_from("<4sHHIQI", data)
+    assert magic == b"KVIC" and version == 1 and flags == 0 and total_len == len(data)
+    assert struct.unpack_from("<I", data, len(data) - 4)[0] == zlib.crc32(data[:-4])
+    meta = json.loads(data[24 : 24 + meta_len])
+    sections = {name: data[off : off + ln] for name, off, ln in meta["sections"]}
+    return {**meta, "sections": sections, "symbols_crc32": sym_crc}
+
+
+# ------------------------------------------------------------------------------------ rANS
+def rans_encode(symbols, min_symbol, freqs, precision, chunk_size, period):
+    """Returns (words per chunk as lists, final states per chunk as lists)."""
+    freqs = [list(map(int, row)) for row in np.atleast_2d(freqs)]
+    cums = [[sum(row[:i]) for i in range(len(row))] for row in freqs]
+    syms = [int(s) - min_symbol for s in np.asarray(symbols).ravel()]
+    n = len(syms)
+    chunks_words, chunks_states = [], []
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        state = [L] * LANES
+        emitted = []
+        for j in range(stop - 1, start - 1, -1):
+            lane = (j - start) % LANES
+            t = (j % period) if len(freqs) > 1 else 0
+            f, c = freqs[t][syms[j]], cums[t][syms[j]]
+            x = state[lane]
+            if x >= f << (32 - precision):
+                emitted.append(x & 0xFFFF)
+                x >>= 16
+            state[lane] = (x // f << precision) + x % f + c
+        chunks_words.append(emitted[::-1])
+        chunks_states.append(state)
+    return chunks_words, chunks_states
+
+
+def rans_decode(chunks_words, chunks_states, n, min_symbol, freqs, precision, chunk_size, period):
+    freqs = [list(map(int, row)) for row in np.atleast_2d(freqs)]
+    cums = [[sum(row[:i]) for i in range(len(row))] for row in freqs]
+    out = []
+    mask = (1 << precision) - 1
+    for k, start in enumerate(range(0, n, chunk_size)):
+        stop = min(n, start + chunk_size)
+        words = list(chunks_words[k])
+        state = list(chunks_states[k])
+        ptr = 0
+        for j in range(start, stop):
+            lane = (j - start) % LANES
+            t = (j % period) if len(freqs) > 1 else 0
+            x = state[lane]
+            slot = x & mask
+            s = max(i for i in range(len(freqs[t])) if cums[t][i] <= slot and freqs[t][i] > 0)
+            out.append(s + min_symbol)
+            x = freqs[t][s] * (x >> precision) + slot - cums[t][s]
+            if x < L:
+                x = (x << 16) | words[ptr]
+                ptr += 1
+            state[lane] = x
+        assert ptr == len(words) and all(x == L for x in state)
+    return out
+
+
+def decode_rans_stream(data: bytes) -> np.ndarray:
+    """Decode a complete ``rans`` stream from its bytes using only the spec."""
+    c = parse_container(data)
+    p = c["params"]
+    n = math.prod(c["shape"])
+    if n == 0:
+        return np.zeros(c["shape"], dtype=c["dtype"])
+    freqs = read_tables(c["sections"]["tables"], p["num_tables"], p["alphabet_size"])
+    rec = 8 + 4 + 4 + 4 * LANES
+    idx = c["sections"]["index"]
+    payload = c["sections"]["payload"]
+    words, states = [], []
+    for k in range(p["num_chunks"]):
+        off, nsym, nw = struct.unpack_from("<QII", idx, k * rec)
+        states.append(list(struct.unpack_from(f"<{LANES}I", idx, k * rec + 16)))
+        words.append(list(struct.unpack_from(f"<{nw}H", payload, off)))
+    out = rans_decode(words, states, n, p["min_symbol"], freqs, p["precision_bits"],
+                      p["chunk_size"], p["period"])
+    arr = np.array(out, dtype=c["dtype"]).reshape(c["shape"])
+    assert zlib.crc32(arr.astype(np.dtype(c["dtype"]).newbyteorder("<")).tobytes()) == c[
+        "symbols_crc32"]
+    return arr
+
+
+def read_tables(buf: bytes, num_tables: int, alphabet_size: int) -> list:
+    """Varint-with-zero-runs tables, as in the spec."""
+    pos = 0
+
+    def varint():
+        nonlocal pos
+        v, shift = 0, 0
+        while True:
+            b = buf[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return v
+
+    tables = []
+    for _ in range(num_tables):
+        row = []
+        while len(row) < alphabet_size:
+            v = varint()
+            if v == 0:
+                row.extend([0] * (varint() + 1))
+            else:
+                row.append(v)
+        tables.append(row)
+    assert pos == len(buf)
+    return tables
+
+
+# --------------------------------------------------------------------------------- Huffman
+def huffman_code_lengths(counts) -> list:
+    """Unlimited optimal Huffman code lengths (0 for unused symbols)."""
+    import heapq
+
+    items = [(int(c), i, [i]) for i, c in enumerate(counts) if c > 0]
+    lengths = [0] * len(counts)
+    if len(items) == 1:
+        lengths[items[0][1]] = 0
+        return lengths
+    heapq.heapify(items)
+    tie = len(counts)
+    while len(items) > 1:
+        c1, _, s1 = heapq.heappop(items)
+        c2, _, s2 = heapq.heappop(items)
+        for s in s1 + s2:
+            lengths[s] += 1
+        heapq.heappush(items, (c1 + c2, tie, s1 + s2))
+        tie += 1
+    return lengths
+
+
+def canonical_codes(lengths) -> dict:
+    """{symbol: (code, length)} in canonical order (length, then symbol)."""
+    order = sorted((ln, s) for s, ln in enumerate(lengths) if ln > 0)
+    codes, code, prev = {}, 0, 0
+    for ln, s in order:
+        code <<= ln - prev
+        prev = ln
+        codes[s] = (code, ln)
+        code += 1
+    return codes
+
+
+def huffman_encode_bits(idx, lengths) -> str:
+    codes = canonical_codes(lengths)
+    return "".join(format(codes[s][0], f"0{codes[s][1]}b") for s in idx)
+
+
+def huffman_decode_bits(bits: str, lengths, n: int) -> list:
+    inv = {format(c, f"0{ln}b"): s for s, (c, ln) in canonical_codes(lengths).items()}
+    out, cur = [], ""
+    for b in bits:
+        cur += b
+        if cur in inv:
+            out.append(inv[cur])
+            cur = ""
+            if len(out) == n:
+                break
+    return out
+
+
+# ------------------------------------------------------------------- adaptive binary model
+def arith_ideal_bits(idx, period, symbol_bits, nch, prev_bits, adapt_limit, chunk_size) -> float:
+    """Ideal code length (bits) of the arith model with exact float probabilities of the
+    same fixed-point state machine; the real coder must be within a few bytes per chunk."""
+    rate = [65536 // (n + 2) for n in range(adapt_limit + 1)]
+    total = 0.0
+    idx = [int(s) for s in idx]
+    for start in range(0, len(idx), chunk_size):
+        stop = min(len(idx), start + chunk_size)
+        prob, cnt = {}, {}
+        for j in range(start, stop):
+            s = idx[j]
+            c = (j % period) if nch > 1 else 0
+            pb = 0
+            if prev_bits and j - period >= start:
+                pb = idx[j - period] >> (symbol_bits - prev_bits)
+            base = ((c << prev_bits) | pb) << symbol_bits
+            node = 1
+            for i in range(symbol_bits - 1, -1, -1):
+                bit = (s >> i) & 1
+                q = base + node
+                p = prob.get(q, 32768)
+                r = rate[cnt.get(q, 0)]
+                total += -math.log2(p / 65536 if bit == 0 else 1 - p / 65536)
+                p = p + ((65536 - p) * r >> 16) if bit == 0 else p - (p * r >> 16)
+                prob[q] = min(max(p, 32), 65536 - 32)
+                cnt[q] = min(cnt.get(q, 0) + 1, adapt_limit)
+                node = 2 * node + bit
+    return total

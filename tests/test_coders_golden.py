@@ -1,0 +1,55 @@
+"""Golden streams: fixed inputs with their encoded bytes make any bitstream change visible.
+
+A deliberate format change must bump ``kvinfo.codecs._container.FORMAT_VERSION`` (and the
+docs) and regenerate the files with ``KVINFO_REGEN_GOLDEN=1 python -m pytest
+tests/test_coders_golden.py``; without that switch the files are never written.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from kvinfo.codecs import get_codec
+from kvinfo.codecs._container import FORMAT_VERSION
+
+GOLDEN = pathlib.Path(__file__).with_name("golden")
+REGEN = os.environ.get("KVINFO_REGEN_GOLDEN") == "1"
+
+
+def _inputs():
+    rng = np.random.default_rng(20240601)
+    gauss = np.clip(np.round(rng.normal(7.5, 2.5, (96, 16))), 0, 15).astype(np.uint8)
+    heavy = (rng.zipf(1.6, 700).clip(1, 300) - 20).astype(np.int32).reshape(70, 10)
+    walk = (np.cumsum(rng.integers(-1, 2, (80, 8)), axis=0) % 16 + 1000).astype(np.uint16)
+    return {"gauss": gauss, "heavy": heavy, "walk": walk, "empty": np.zeros((0, 3), np.uint8),
+            "single": np.full((5, 4), 9, np.int32)}
+
+
+CASES = [
+    ("rans", {"id": "rans", "chunk_size": 512}),
+    ("rans_pc", {"id": "rans", "per_channel": True, "chunk_size": 256, "precision_bits": 11}),
+    ("huffman", {"id": "huffman", "chunk_size": 512, "sub_block_size": 128}),
+    ("arith", {"id": "arith", "chunk_size": 600}),
+]
+PARAMS = [(name, cfg, key) for name, cfg in CASES for key in _inputs()]
+
+
+@pytest.mark.parametrize("name,config,key", PARAMS, ids=[f"{n}-{k}" for n, _, k in PARAMS])
+def test_golden_stream(name, config, key):
+    x = _inputs()[key]
+    codec = get_codec(config)
+    stem = GOLDEN / f"v{FORMAT_VERSION}_{name}_{key}"
+    if REGEN:
+        GOLDEN.mkdir(exist_ok=True)
+        np.save(stem.with_suffix(".npy"), x)
+        stem.with_suffix(".kvic").write_bytes(codec.encode(x))
+    expected_input = np.load(stem.with_suffix(".npy"))
+    golden = stem.with_suffix(".kvic").read_bytes()
+    assert np.array_equal(expected_input, x) and expected_input.dtype == x.dtype
+    assert codec.encode(x) == golden, f"bitstream of {name}/{key} changed: bump the version"
+    out = codec.decode(golden)
+    assert out.dtype == x.dtype and np.array_equal(out, x)

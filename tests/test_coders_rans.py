@@ -1,0 +1,163 @@
+"""rANS: kernels against the slow reference, the format against an independent decoder."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from kvinfo.codecs import CodecConfigError, CorruptStreamError, get_codec
+from kvinfo.codecs.models import PerChannelTables
+from kvinfo.kernels import cpu
+
+_spec = importlib.util.spec_from_file_location(
+    "kvinfo_ref_coders_rans", pathlib.Path(__file__).with_name("reference_coders.py")
+)
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
+
+
+def _skewed(rng, n, a, dtype=np.uint8):
+    p = rng.dirichlet(np.full(a, 0.3))
+    return rng.choice(a, size=n, p=p).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_kernel_matches_reference_bit_exactly(dtype, per_channel):
+    rng = np.random.default_rng(1)
+    period = 7
+    x = _skewed(rng, 1000, 12, dtype)
+    if dtype is np.int32:
+        x = x - 5
+    lo = int(x.min())
+    a = int(x.max()) - lo + 1
+    counts = cpu.histogram(x, lo, a, period, per_channel=per_channel)
+    tables = PerChannelTables.from_counts(counts, 10, lo)
+    words, nw, states = cpu.rans_encode(x, lo, tables.frequencies, 10, 128, period)
+    rw, rs = ref.rans_encode(x, lo, tables.frequencies, 10, 128, period)
+    assert words.tolist() == [w for chunk in rw for w in chunk]
+    assert nw.tolist() == [len(c) for c in rw]
+    assert states.tolist() == rs
+    out = np.empty_like(x)
+    status = cpu.rans_decode(words, nw, states, tables.frequencies, 10, 128, lo, period, out)
+    assert status.tolist() == [0] * len(rw)
+    assert np.array_equal(out, x)
+    assert ref.rans_decode(rw, rs, x.size, lo, tables.frequencies, 10, 128, period) == x.tolist()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"id": "rans"},
+        {"id": "rans", "per_channel": True, "chunk_size": 96, "precision_bits": 14},
+        {"id": "rans", "precision_bits": 8, "chunk_size": 32},
+    ],
+)
+def test_independent_decoder_reads_the_stream(config):
+    rng = np.random.default_rng(2)
+    x = _skewed(rng, 600, 20, np.uint16).reshape(30, 20) + 1000
+    data = get_codec(config).encode(x)
+    assert np.array_equal(ref.decode_rans_stream(data), x)
+
+
+def test_rate_close_to_entropy_and_split():
+    rng = np.random.default_rng(3)
+    x = np.clip(np.round(rng.normal(8, 2.5, 200_000)), 0, 15).astype(np.uint8)
+    codec = get_codec({"id": "rans"})
+    data = codec.encode(x)
+    r = codec.rate(data)
+    assert r["symbol_bits"] + r["side_bits"] == r["total_bits"] == 8 * len(data)
+    counts = np.bincount(x)
+    h = -(counts[counts > 0] / x.size * np.log2(counts[counts > 0] / x.size)).sum()
+    # payload + 32 lane states per chunk stay within 1 % of the order-0 entropy
+    assert h <= r["bits_per_element"] < 1.01 * h
+
+
+def test_per_channel_beats_shared_table_on_channel_structured_data():
+    rng = np.random.default_rng(4)
+    scales = np.linspace(0.3, 4, 16)
+    x = np.clip(np.round(rng.normal(0, scales, (4000, 16))), -8, 7).astype(np.int32)
+    shared = get_codec({"id": "rans"}).encode(x)
+    per = get_codec({"id": "rans", "per_channel": True}).encode(x)
+    assert len(per) < 0.95 * len(shared)
+    assert np.array_equal(get_codec({"id": "rans", "per_channel": True}).decode(per), x)
+
+
+def test_more_symbols_than_precision_raises_precision_in_stream():
+    x = np.arange(5000, dtype=np.uint16)
+    codec = get_codec({"id": "rans", "precision_bits": 8})
+    data = codec.encode(x)
+    assert ref.parse_container(data)["params"]["precision_bits"] == 13
+    assert np.array_equal(codec.decode(data), x)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"precision_bits": 0},
+        {"precision_bits": 17},
+        {"chunk_size": 100},
+        {"chunk_size": 0},
+        {"per_channel": "yes"},
+        {"precision_bits": 12.0},
+    ],
+)
+def test_bad_config_raises(bad):
+    with pytest.raises(CodecConfigError):
+        get_codec({"id": "rans", **bad})
+
+
+def test_bad_input_raises():
+    codec = get_codec({"id": "rans"})
+    with pytest.raises(CodecConfigError, match="dtype"):
+        codec.encode(np.zeros(3, np.float32))
+    with pytest.raises(CodecConfigError, match="spanning at most 65536"):
+        codec.encode(np.array([0, 70000], np.int32))
+    with pytest.raises(CorruptStreamError):
+        codec.decode(get_codec({"id": "rans", "chunk_size": 64}).encode(np.ones(3, np.uint8))[:-1])
+
+
+def test_stream_of_another_codec_is_refused():
+    data = get_codec({"id": "rans"}).encode(np.ones(3, np.uint8))
+    with pytest.raises(CorruptStreamError, match="expected a 'huffman' stream"):
+        get_codec({"id": "huffman"}).decode(data)
+
+
+def test_kernel_wrappers_validate():
+    x = np.tile(np.arange(10, dtype=np.uint8), 50)
+    f = np.array([[4096 - 9] + [1] * 9], dtype=np.int64)
+    with pytest.raises(CodecConfigError, match="sum to"):
+        cpu.rans_encode(x, 0, f[:, :-1], 12, 64)
+    with pytest.raises(CodecConfigError, match="lie in"):
+        cpu.rans_encode(x, 1, f, 12, 64)
+    with pytest.raises(CodecConfigError, match="multiple of 32"):
+        cpu.rans_encode(x, 0, f, 12, 50)
+    words, nw, states = cpu.rans_encode(x, 0, f, 12, 64)
+    with pytest.raises(CodecConfigError, match="words"):
+        cpu.rans_decode(words[:-1], nw, states, f, 12, 64, 0, 1, np.empty(500, np.uint8))
+    with pytest.raises(CodecConfigError, match=">= 2"):
+        cpu.rans_decode(words, nw, states * 0, f, 12, 64, 0, 1, np.empty(500, np.uint8))
+    with pytest.raises(CodecConfigError, match="chunks"):
+        cpu.rans_decode(words, nw, states, f, 12, 64, 0, 1, np.empty(5000, np.uint8))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    x=hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.uint16, np.int32]),
+        shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=40),
+        elements=st.integers(0, 255),
+    ),
+    per_channel=st.booleans(),
+    chunk_size=st.sampled_from([32, 64, 4096]),
+)
+def test_roundtrip_property(x, per_channel, chunk_size):
+    codec = get_codec({"id": "rans", "per_channel": per_channel, "chunk_size": chunk_size})
+    y = codec.decode(codec.encode(x))
+    assert y.dtype == x.dtype and y.shape == x.shape and np.array_equal(y, x)
