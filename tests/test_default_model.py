@@ -9,19 +9,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
 from kvinfo.dumps import open_dump  # noqa: E402
-from kvinfo.dumps._model import default_gguf_path  # noqa: E402
-from kvinfo.dumps.capture import capture_model, load_model  # noqa: E402
+from kvinfo.dumps.capture import capture_model  # noqa: E402
+from kvinfo.evaluate import evaluate  # noqa: E402
+
+U = {"id": "uniform", "coder": {"id": "rans"}}
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def default_model():
-    try:
-        default_gguf_path()
-    except ValueError as exc:  # pragma: no cover - only without the README set-up
-        pytest.skip(str(exc))
-    return load_model(None, dtype="float32")
 
 
 def test_default_model_geometry(default_model):
@@ -53,8 +46,18 @@ def test_default_capture_matches_independent_forward(tmp_path, default_model, dt
                     v = pkv.layers[layer].values[0].float().numpy()
                     np.testing.assert_array_equal(d.keys(layer)[:, a:b].astype(np.float32), k)
                     np.testing.assert_array_equal(d.values(layer)[:, a:b].astype(np.float32), v)
-            # keys of layer 0: the first token (attention sink) differs from the rest
             q = d.queries(3).astype(np.float64)
             assert q.shape == (9, d.num_tokens, 64) and np.isfinite(q).all()
     finally:
         model.to(torch.float32)
+
+
+def test_default_model_quality(default_model):
+    model, tok, _ = default_model
+    codecs = [{"id": "lossless"}, {**U, "bits": 8}, {**U, "bits": 2}]
+    res = evaluate(model, tok, codecs, prefix=160, max_tokens=320)
+    base = res["baseline"]["perplexity"]
+    lossless, u8, u2 = res["results"]
+    assert lossless["perplexity"] == base and lossless["kl"] == 0.0
+    assert abs(u8["perplexity"] / base - 1) < 0.02
+    assert u2["perplexity"] > 1.2 * u8["perplexity"]

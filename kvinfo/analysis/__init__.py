@@ -1,0 +1,71 @@
+"""Information-theoretic limits of KV caches: entropies and rate-distortion bounds.
+
+Rates are **bits per element** (per scalar) and distortion is **mean squared error per
+element** everywhere. See ``docs/analysis.md`` for every formula, its reference, and
+whether it is a bound or an estimate.
+
+- :func:`entropy_discrete`, :func:`entropy_from_counts`: plug-in and Miller-Madow entropy.
+- :func:`entropy_gaussian`: differential entropy of a Gaussian.
+- :func:`entropy_knn`, :func:`entropy_knn_corrected`, :func:`entropy_knn_marginals`:
+  Kozachenko-Leonenko estimates (raw, and prewhitened with a Gaussian bias correction).
+- :func:`rd_gaussian`, :func:`dr_gaussian`: Gaussian R(D) by reverse water-filling, and D(R).
+- :func:`rd_shannon_lower_bound`, :func:`blahut_arimoto`.
+- :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
+- :func:`analyze_slab`: every metric of one (layer, kind, head) slab.
+"""
+
+from ._entropy import (
+    ENTROPY_ESTIMATORS,
+    dither_stored,
+    entropy_discrete,
+    entropy_from_counts,
+    entropy_gaussian,
+    entropy_knn,
+    entropy_knn_corrected,
+    entropy_knn_marginals,
+    knn_gaussian_bias,
+)
+from ._rd import (
+    blahut_arimoto,
+    dr_gaussian,
+    gaussian_eigenvalues,
+    rd_gaussian,
+    rd_gaussian_eigenvalues,
+    rd_shannon_lower_bound,
+    water_level,
+)
+from ._slab import DEFAULT_SNR_DB, AnalysisWarning, analyze_slab, snr_grid_to_mse
+from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
+
+__all__ = [
+    "ENTROPY_ESTIMATORS",
+    "entropy_discrete",
+    "entropy_from_counts",
+    "entropy_gaussian",
+    "entropy_knn",
+    "entropy_knn_corrected",
+    "entropy_knn_marginals",
+    "knn_gaussian_bias",
+    "dither_stored",
+    "gaussian_eigenvalues",
+    "water_level",
+    "rd_gaussian",
+    "rd_gaussian_eigenvalues",
+    "dr_gaussian",
+    "rd_shannon_lower_bound",
+    "blahut_arimoto",
+    "PatternCounts",
+    "MomentStats",
+    "PairStats",
+    "SlabStats",
+    "bit_view",
+    "to_float64",
+    "AnalysisWarning",
+    "DEFAULT_SNR_DB",
+    "analyze_slab",
+    "snr_grid_to_mse",
+]
+
+# distortion measures (MSE, SNR, cosine, attention-score errors) are added below by
+# kvinfo/analysis/distortion.py
+from .distortion import *  # noqa: E402,F401,F403

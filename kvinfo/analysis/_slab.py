@@ -1,0 +1,398 @@
+"""Analysis of one (layer, kind, head) slab: lossless limits, lossy bounds, per-vector costs.
+
+:func:`analyze_slab` streams the slab through :class:`~kvinfo.analysis._stats.SlabStats`
+chunk by chunk, then derives every metric from those sufficient statistics, plus a kNN
+subsample (for the entropy estimate) and a second pass for per-vector code lengths.
+The metric names and their meaning are listed in ``docs/results-schema.md`` and
+``docs/analysis.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from ..errors import AnalysisInputError
+from ._entropy import (
+    LOG2E,
+    dither_stored,
+    entropy_knn_corrected,
+    entropy_knn_marginals,
+    knn_gaussian_bias,
+)
+from ._rd import rd_gaussian_eigenvalues, rd_shannon_lower_bound, water_level
+from ._stats import FIELD_LAYOUT, SlabStats, to_float64
+
+__all__ = ["AnalysisWarning", "analyze_slab", "snr_grid_to_mse", "DEFAULT_SNR_DB"]
+
+#: default distortion grid: SNR in dB relative to the slab's variance per element
+DEFAULT_SNR_DB = tuple(float(v) for v in range(0, 42, 2))
+
+_HALF_LOG2_2PIE = 0.5 * math.log2(2.0 * math.pi * math.e)
+
+
+class AnalysisWarning(UserWarning):
+    """Something in the data was excluded or could not be estimated (NaN/Inf rows...)."""
+
+
+def snr_grid_to_mse(variance_per_element: float, snr_db) -> np.ndarray:
+    """``mse = variance * 10**(-snr_db / 10)``: the distortion grid of one slab."""
+    return float(variance_per_element) * np.power(10.0, -np.asarray(snr_db, float) / 10.0)
+
+
+def _starts_mask(n: int, sequences) -> np.ndarray:
+    starts = np.zeros(n, dtype=bool)
+    if n:
+        starts[0] = True
+    if sequences is not None:
+        for a, b in sequences:
+            if not (0 <= a < b <= n):
+                raise AnalysisInputError(
+                    f"sequence ({a}, {b}) lies outside the slab's {n} vectors"
+                )
+            starts[a] = True
+    return starts
+
+
+def _positions(n: int, sequences) -> tuple[np.ndarray, np.ndarray]:
+    seq = np.zeros(n, dtype=np.int64)
+    pos = np.arange(n, dtype=np.int64)
+    if sequences:
+        for i, (a, b) in enumerate(sequences):
+            seq[a:b] = i
+            pos[a:b] = np.arange(b - a)
+    return seq, pos
+
+
+def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows):
+    """Information density of each vector under N(mean, cov) at water level theta, bits/elt."""
+    active = lam > theta
+    out = np.full(x64.shape[0], np.nan)
+    if not np.any(active):
+        out[valid] = 0.0
+        return out
+    u = eigvecs[:, active]
+    la = lam[active]
+    const = 0.5 * float(np.sum(np.log2(la / theta)))
+    for s in range(0, x64.shape[0], chunk_rows):
+        xs = x64[s : s + chunk_rows]
+        vs = valid[s : s + chunk_rows]
+        y = (xs[vs] - mean) @ u
+        maha = np.einsum("ij,ij->i", y, y / la)
+        bits = const + 0.5 * LOG2E * (maha - la.size)
+        o = out[s : s + chunk_rows]
+        o[vs] = bits / d
+    return out
+
+
+def analyze_slab(
+    slab,
+    *,
+    snr_db=DEFAULT_SNR_DB,
+    sequences=None,
+    token_ids=None,
+    knn_samples: int = 2000,
+    knn_k: int = 4,
+    seed: int = 0,
+    pervector_snr_db: float = 20.0,
+    top_tokens: int = 5,
+    outlier_rms_ratio: float = 4.0,
+    chunk_rows: int = 4096,
+    return_token_bits: bool = False,
+):
+    """Analyse one slab of stored KV vectors; return a dict of metrics.
+
+    Parameters
+    ----------
+    slab : numpy.ndarray, shape (num_tokens, head_dim)
+        Stored values (float32, float16 or ml_dtypes.bfloat16), in token order.
+    snr_db : sequence of float
+        The distortion grid, as SNR in dB relative to the slab's variance per element
+        (``mse = variance * 10**(-snr/10)``).
+    sequences : list of (start, stop), optional
+        Token ranges of the sequences (lag-1 pairs never cross them). Default: one sequence.
+    token_ids : array_like, optional
+        Token id of each row, reported with the most expensive vectors.
+    knn_samples, knn_k, seed :
+        Size of the random subsample for the kNN entropy estimate, neighbour order, seed.
+    pervector_snr_db : float
+        Distortion (SNR in dB) at which per-vector code lengths are computed.
+    top_tokens : int
+        How many of the most expensive vectors to list.
+    outlier_rms_ratio : float
+        A channel is an outlier when its RMS exceeds this multiple of the median channel RMS.
+    chunk_rows : int
+        Rows per streaming chunk.
+    return_token_bits : bool
+        Also return the per-vector code lengths (bits per element, NaN where excluded).
+
+    Returns
+    -------
+    dict or (dict, numpy.ndarray)
+
+    Raises
+    ------
+    AnalysisInputError
+        Empty slab, unsupported dtype, no finite vectors, or no more vectors than dimensions.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = (rng.standard_normal((600, 8)) @ rng.standard_normal((8, 8))).astype(np.float32)
+    >>> m = analyze_slab(x, snr_db=[10.0, 20.0], knn_samples=500)
+    >>> r_joint = m["rd_gaussian_bits_per_element"]
+    >>> r_indep = m["rd_gaussian_independent_bits_per_element"]
+    >>> bool(r_joint[1] < r_indep[1])
+    True
+    """
+    a = np.asarray(slab)
+    if a.ndim != 2:
+        raise AnalysisInputError(f"a slab must be 2-D (num_tokens, head_dim); got shape {a.shape}")
+    dtype = str(a.dtype)
+    if dtype not in FIELD_LAYOUT:
+        raise AnalysisInputError(f"slab dtype must be one of {sorted(FIELD_LAYOUT)}; got {dtype}")
+    n_all, d = a.shape
+    if n_all == 0 or d == 0:
+        raise AnalysisInputError(f"the slab is empty (shape {a.shape})")
+    snr = np.asarray(snr_db, dtype=np.float64).ravel()
+    if snr.size == 0 or not np.all(np.isfinite(snr)):
+        raise AnalysisInputError("snr_db must be a non-empty list of finite numbers")
+    if knn_samples < 2:
+        raise AnalysisInputError(f"knn_samples must be at least 2; got {knn_samples}")
+    notes: list[str] = []
+
+    # ---- pass 1: streaming sufficient statistics ------------------------------------
+    starts = _starts_mask(n_all, sequences)
+    st = SlabStats(d, dtype)
+    for s in range(0, n_all, chunk_rows):
+        st.update(a[s : s + chunk_rows], starts[s : s + chunk_rows])
+    n = st.moments.n
+    metrics: dict = {
+        "num_vectors": n_all,
+        "head_dim": d,
+        "dtype": dtype,
+        "storage_bits_per_element": FIELD_LAYOUT[dtype][0],
+        "nonfinite_elements": st.nonfinite_elements,
+        "excluded_vectors": st.excluded_vectors,
+    }
+    if st.nonfinite_elements:
+        msg = (
+            f"{st.nonfinite_elements} NaN/Inf values in {st.excluded_vectors} of {n_all} vectors; "
+            "those vectors are excluded from all float statistics (their bit patterns still "
+            "count in the lossless entropies)"
+        )
+        notes.append(msg)
+        warnings.warn(msg, AnalysisWarning, stacklevel=2)
+    if n == 0:
+        raise AnalysisInputError(f"all {n_all} vectors contain NaN or Inf; nothing to analyse")
+    if n <= d:
+        raise AnalysisInputError(
+            f"{n} finite vectors in {d} dimensions: needs more vectors than dimensions for a "
+            "covariance (capture more tokens)"
+        )
+
+    # ---- lossless: order-0 entropies of the stored patterns -------------------------
+    metrics.update(st.patterns.entropies())
+
+    # ---- second-order statistics ---------------------------------------------------
+    mean = st.moments.mean
+    cov = st.moments.covariance()
+    var = np.diag(cov).copy()
+    lam, vecs = np.linalg.eigh(cov)
+    lam = np.maximum(lam, 0.0)
+    total = float(lam.sum())
+    sigma2 = float(var.sum()) / d
+    metrics["variance_per_element"] = sigma2
+    metrics["mean_square_per_element"] = float(np.mean(var + mean * mean))
+    metrics["channel_mean"] = mean
+    metrics["channel_variance"] = var
+    metrics["channel_excess_kurtosis"] = st.moments.excess_kurtosis()
+    rms = np.sqrt(var + mean * mean)
+    med = float(np.median(rms))
+    ratio = rms / med if med > 0 else np.zeros(d)
+    outl = np.flatnonzero(ratio > outlier_rms_ratio)
+    metrics["outlier_channels"] = outl.tolist()
+    metrics["outlier_channel_rms_ratio"] = ratio[outl]
+    metrics["max_channel_rms_ratio"] = float(ratio.max())
+    kurt = metrics["channel_excess_kurtosis"]
+    metrics["max_channel_excess_kurtosis"] = (
+        float(np.nanmax(kurt)) if np.any(np.isfinite(kurt)) else None
+    )
+    zero_var = np.flatnonzero(var <= max(float(var.max()), 0.0) * 1e-14)
+    metrics["zero_variance_channels"] = zero_var.tolist()
+    desc = lam[::-1]
+    frac = np.cumsum(desc) / total if total > 0 else np.ones(d)
+    metrics["pca_energy_fraction"] = frac
+    metrics["pca_top1_energy_fraction"] = float(frac[0])
+    metrics["pca_components_90pct"] = int(np.searchsorted(frac, 0.9 - 1e-12) + 1)
+    metrics["pca_components_99pct"] = int(np.searchsorted(frac, 0.99 - 1e-12) + 1)
+    singular = total <= 0 or lam[0] <= lam[-1] * 1e-12
+    if zero_var.size:
+        notes.append(
+            f"zero-variance channels {zero_var.tolist()[:16]}: their rate is 0 in every R(D); "
+            "the differential entropy is -inf, so the entropy-based metrics are null"
+        )
+    elif singular:
+        notes.append(
+            f"singular covariance (eigenvalues {lam[0]:.3g} .. {lam[-1]:.3g}): the channels are "
+            "linearly dependent; the entropy-based metrics are null"
+        )
+
+    # ---- lossy: Gaussian R(D) on the grid --------------------------------------------
+    mse = snr_grid_to_mse(sigma2, snr)
+    rd_full = rd_gaussian_eigenvalues(lam, mse)
+    rd_ind = rd_gaussian_eigenvalues(np.sort(var), mse)
+    metrics["snr_db"] = snr
+    metrics["mse_per_element"] = mse
+    metrics["rd_gaussian_bits_per_element"] = rd_full
+    metrics["rd_gaussian_independent_bits_per_element"] = rd_ind
+    metrics["transform_coding_gain_bits_per_element"] = rd_ind - rd_full
+
+    h_gauss = None
+    if not singular:
+        h_gauss = _HALF_LOG2_2PIE + 0.5 * float(np.mean(np.log2(lam)))
+        metrics["total_correlation_gaussian_bits_per_element"] = 0.5 * float(
+            np.mean(np.log2(var)) - np.mean(np.log2(lam))
+        )
+    else:
+        metrics["total_correlation_gaussian_bits_per_element"] = None
+    metrics["h_gaussian_bits_per_element"] = h_gauss
+
+    # ---- kNN estimate of h on a dithered subsample -----------------------------------
+    rng = np.random.default_rng(seed)
+    valid_idx = np.arange(n_all)
+    if st.excluded_vectors:
+        x_all = a.astype(np.float32) if dtype == "bfloat16" else a
+        valid_idx = np.flatnonzero(np.all(np.isfinite(x_all), axis=1))
+    m = min(int(knn_samples), valid_idx.size)
+    sub = np.sort(rng.choice(valid_idx, size=m, replace=False)) if m < valid_idx.size else valid_idx
+    metrics["knn_samples"] = int(m)
+    metrics["knn_k"] = int(knn_k)
+    for key in (
+        "h_knn_estimate_bits_per_element",
+        "h_knn_raw_bits_per_element",
+        "knn_bias_correction_bits_per_element",
+        "negentropy_estimate_bits_per_element",
+        "total_correlation_estimate_bits_per_element",
+    ):
+        metrics[key] = None
+    metrics["slb_estimate_bits_per_element"] = [None] * snr.size
+    if h_gauss is not None and m > d + knn_k:
+        xs = dither_stored(a[sub], rng)
+        try:
+            est = entropy_knn_corrected(xs, k=knn_k, details=True, seed=seed)
+            marg_raw = entropy_knn_marginals(xs, k=knn_k)
+            marg_bias, _ = knn_gaussian_bias(int(m), 1, int(knn_k), 4, int(seed))
+        except AnalysisInputError as exc:
+            notes.append(f"kNN entropy estimate skipped: {exc}")
+        else:
+            h_est = est["estimate"]
+            metrics["h_knn_estimate_bits_per_element"] = h_est
+            metrics["h_knn_raw_bits_per_element"] = est["raw"]
+            metrics["knn_bias_correction_bits_per_element"] = -est["bias"]
+            metrics["negentropy_estimate_bits_per_element"] = h_gauss - h_est
+            marg = marg_raw - marg_bias
+            metrics["total_correlation_estimate_bits_per_element"] = float(np.mean(marg)) - h_est
+            # h <= h_gauss is a theorem; clip the estimate so the SLB never exceeds R_G(D)
+            metrics["slb_estimate_bits_per_element"] = rd_shannon_lower_bound(
+                min(h_est, h_gauss), mse
+            )
+    elif h_gauss is not None:
+        notes.append(f"kNN entropy estimate skipped: {m} samples for {d} dimensions")
+
+    # ---- temporal prediction (lag 1 within sequences) --------------------------------
+    pairs = st.pairs
+    metrics["temporal_pairs"] = int(pairs.n)
+    if pairs.n > 2 * d + 1:
+        c00, c11, c10 = pairs.blocks()
+        sig_e = pairs.innovation_covariance()
+        lam_e = np.maximum(np.linalg.eigvalsh(sig_e), 0.0)
+        rd_innov = rd_gaussian_eigenvalues(lam_e, mse)
+        metrics["rd_temporal_innovation_bits_per_element"] = rd_innov
+        metrics["temporal_prediction_gain_bits_per_element"] = rd_full - rd_innov
+        tr_e = float(np.trace(sig_e))
+        metrics["temporal_prediction_gain_db"] = (
+            10.0 * math.log10(float(np.trace(c11)) / tr_e) if tr_e > 0 else None
+        )
+        dd = np.sqrt(np.diag(c00) * np.diag(c11))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(dd > 0, np.diag(c10) / dd, np.nan)
+        metrics["lag1_correlation_mean"] = float(np.nanmean(rho)) if np.any(dd > 0) else None
+    else:
+        metrics["rd_temporal_innovation_bits_per_element"] = [None] * snr.size
+        metrics["temporal_prediction_gain_bits_per_element"] = [None] * snr.size
+        metrics["temporal_prediction_gain_db"] = None
+        metrics["lag1_correlation_mean"] = None
+        notes.append(f"temporal prediction skipped: {pairs.n} consecutive pairs for {d} dims")
+
+    # ---- per-vector Shannon code lengths ---------------------------------------------
+    d_pv = float(snr_grid_to_mse(sigma2, pervector_snr_db))
+    theta = float(water_level(lam, d_pv))
+    valid = np.zeros(n_all, dtype=bool)
+    valid[valid_idx] = True
+    x64 = to_float64(a)
+    if st.excluded_vectors:
+        x64 = np.where(np.isfinite(x64), x64, 0.0)
+    bits = _pervector_bits(x64, valid, mean, vecs, lam, theta, d, chunk_rows)
+    del x64
+    vb = bits[valid]
+    metrics["pervector_snr_db"] = float(pervector_snr_db)
+    metrics["pervector_mse_per_element"] = d_pv
+    metrics["pervector_rd_gaussian_bits_per_element"] = float(rd_gaussian_eigenvalues(lam, d_pv))
+    metrics["pervector_mean_bits_per_element"] = float(vb.mean())
+    for q in (50, 90, 99):
+        metrics[f"pervector_p{q}_bits_per_element"] = float(np.percentile(vb, q))
+    metrics["pervector_max_bits_per_element"] = float(vb.max())
+    seq, pos = _positions(n_all, sequences)
+    tok = None if token_ids is None else np.asarray(token_ids)
+    if tok is not None and tok.shape[0] != n_all:
+        raise AnalysisInputError(f"token_ids has {tok.shape[0]} entries; the slab has {n_all}")
+    metrics["pervector_top_tokens"] = top_token_list(bits, seq, pos, tok, top_tokens)
+    metrics.update(first_token_summary(bits, pos))
+    metrics["notes"] = notes
+    if return_token_bits:
+        return metrics, bits
+    return metrics
+
+
+def top_token_list(bits, seq, pos, token_ids, k: int) -> list[dict]:
+    """The ``k`` most expensive vectors as dicts (token index, sequence, position, id, bits)."""
+    finite = np.flatnonzero(np.isfinite(bits))
+    if finite.size == 0 or k <= 0:
+        return []
+    order = finite[np.argsort(bits[finite])[::-1][:k]]
+    out = []
+    for i in order:
+        out.append(
+            {
+                "token_index": int(i),
+                "sequence": int(seq[i]),
+                "position": int(pos[i]),
+                "token_id": None if token_ids is None else int(token_ids[i]),
+                "bits_per_element": float(bits[i]),
+            }
+        )
+    return out
+
+
+def first_token_summary(bits, pos) -> dict:
+    """Mean cost of the first vector of each sequence vs the median vector (sink check)."""
+    finite = np.isfinite(bits)
+    first = finite & (pos == 0)
+    if not np.any(first) or not np.any(finite):
+        return {
+            "pervector_first_token_bits_per_element": None,
+            "pervector_first_token_to_median_ratio": None,
+            "pervector_first_token_percentile": None,
+        }
+    vals = bits[finite]
+    fb = float(np.mean(bits[first]))
+    med = float(np.median(vals))
+    pct = float(np.mean([np.mean(vals <= v) * 100.0 for v in bits[first]]))
+    return {
+        "pervector_first_token_bits_per_element": fb,
+        "pervector_first_token_to_median_ratio": fb / med if med > 0 else None,
+        "pervector_first_token_percentile": pct,
+    }

@@ -1,0 +1,98 @@
+"""kvinfo eval: quality of a model whose KV cache goes through a codec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kvinfo.cli import main  # noqa: E402
+from kvinfo.dumps.capture import load_model  # noqa: E402
+from kvinfo.errors import CodecConfigError, UnknownCodecError  # noqa: E402
+from kvinfo.evaluate import CacheCodec, EvalInputError, _score, evaluate  # noqa: E402
+from kvinfo.results import load_results  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog. " * 4
+
+U = {"id": "uniform", "coder": {"id": "rans"}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+def test_lossless_gives_baseline_logits_tiny(tiny):
+    model, tok, _ = tiny
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    base = _score(model, ids, 40, 0, None)
+    cc = CacheCodec({"id": "lossless"})
+    got = _score(model, ids, 40, 0, cc)
+    assert torch.equal(base, got)
+    # every element of the prefix cache went through the codec: 2 layers x 2 kinds x 2 heads x 40 x 16
+    assert cc.num_elements == 2 * 2 * 2 * 40 * 16 and cc.bits_per_element > 0
+    # serving case: blocks of the scored tokens are compressed as they arrive
+    cc_block = CacheCodec({"id": "lossless"})
+    assert torch.equal(_score(model, ids, 40, 16, None), _score(model, ids, 40, 16, cc_block))
+    assert cc_block.num_elements == 2 * 2 * 2 * (ids.shape[1] - 1) * 16
+
+
+def test_evaluate_orders_results_and_degrades_with_fewer_bits(tiny):
+    model, tok, _ = tiny
+    codecs = [{**U, "bits": 8}, {"id": "lossless"}, {**U, "bits": 1}]
+    res = evaluate(model, tok, codecs, TEXT, prefix=60, max_tokens=180)
+    assert [r["codec"] for r in res["results"]] == codecs
+    r8, rl, r1 = res["results"]
+    assert rl["kl"] == 0.0 and rl["top1_agreement"] == 1.0
+    assert rl["perplexity"] == res["baseline"]["perplexity"]
+    assert r1["kl"] > r8["kl"] >= 0
+    assert r8["bits_per_element"] < rl["bits_per_element"]
+    assert res["num_scored_tokens"] == 180 - 60
+
+
+def test_per_kind_codecs(tiny):
+    model, tok, _ = tiny
+    spec = {"keys": {**U, "bits": 4, "axis": "channel"}, "values": {**U, "bits": 2, "axis": "token"}}
+    res = evaluate(model, tok, [spec], TEXT, prefix=60, max_tokens=120)
+    r = res["results"][0]
+    assert r["bits_per_element_keys"] > r["bits_per_element_values"]
+
+
+def test_bad_codec_specs():
+    with pytest.raises(UnknownCodecError):
+        CacheCodec({"id": "nope"})
+    with pytest.raises(CodecConfigError, match="keys"):
+        CacheCodec({"keys": {"id": "lossless"}})
+
+
+def test_text_shorter_than_prefix(tiny, tiny_model_dir, tmp_path, capsys):
+    model, tok, _ = tiny
+    with pytest.raises(EvalInputError, match="not more than the prefix"):
+        evaluate(model, tok, [{"id": "lossless"}], "short", prefix=512)
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"id":"lossless"}',
+               "--text", str(short), "--prefix", "64"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not more than the prefix" in err and "Traceback" not in err
+    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", "{bad json"])
+    assert rc == 2 and "not valid JSON" in capsys.readouterr().err
+
+
+def test_eval_cli_json_and_results(tiny_model_dir, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    out = tmp_path / "eval.json"
+    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"id":"lossless"}',
+               "--codec", json.dumps({**U, "bits": 2}), "--text", str(text), "--prefix", "50",
+               "--json", "-o", str(out)])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["baseline"]) >= {"perplexity"}
+    assert [r["codec"]["id"] for r in res["results"]] == ["lossless", "uniform"]
+    for r in res["results"]:
+        assert {"bits_per_element", "perplexity", "kl", "top1_agreement"} <= set(r)
+    doc = load_results(out)
+    assert doc["tool"] == "eval" and len(doc["records"]) == 3
