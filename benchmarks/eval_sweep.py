@@ -23,15 +23,22 @@ RANS = {"id": "rans"}
 def sweep() -> list[tuple[str, dict]]:
     out = []
     for bits in (2, 4, 8):
-        out.append((
-            f"uniform {bits}b (K/channel, V/token)",
-            {
-                "keys": {"id": "uniform", "bits": bits, "axis": "channel", "coder": RANS},
-                "values": {"id": "uniform", "bits": bits, "axis": "token", "coder": RANS},
-            },
-        ))
+        out.append(
+            (
+                f"uniform {bits}b (K/channel, V/token)",
+                {
+                    "keys": {"id": "uniform", "bits": bits, "axis": "channel", "coder": RANS},
+                    "values": {"id": "uniform", "bits": bits, "axis": "token", "coder": RANS},
+                },
+            )
+        )
     for step in (0.5, 0.25, 0.1):
-        out.append((f"ecsq step {step} x RMS", {"id": "ecsq", "step": step, "step_mode": "relative", "coder": RANS}))
+        out.append(
+            (
+                f"ecsq step {step} x RMS",
+                {"id": "ecsq", "step": step, "step_mode": "relative", "coder": RANS},
+            )
+        )
     for bits in (2, 3, 4):
         out.append((f"turbo {bits}b", {"id": "turbo", "bits": bits, "coder": RANS}))
     out.append(("lossless", {"id": "lossless"}))
@@ -52,24 +59,37 @@ def main(argv=None) -> int:
     model, tok, name = load_model(None, dtype="float32")
     runs = sweep()
     t0 = time.perf_counter()
-    res = evaluate(model, tok, [c for _, c in runs], prefix=args.prefix,
-                   max_tokens=args.max_tokens, block=args.block)
+    res = evaluate(
+        model,
+        tok,
+        [c for _, c in runs],
+        prefix=args.prefix,
+        max_tokens=args.max_tokens,
+        block=args.block,
+    )
     dt = time.perf_counter() - t0
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
     b = res["baseline"]
-    print(f"model: {name}; machine: {platform.processor() or platform.machine()}, "
-          f"{platform.python_version()}; {res['num_scored_tokens']} tokens scored after a "
-          f"prefix of {res['prefix']} (block {args.block}); {dt:.0f} s")
+    print(
+        f"model: {name}; machine: {platform.processor() or platform.machine()}, "
+        f"{platform.python_version()}; {res['num_scored_tokens']} tokens scored after a "
+        f"prefix of {res['prefix']} (block {args.block}); {dt:.0f} s"
+    )
     print()
-    print("| codec | bits/element (all) | keys | values | perplexity | Δppl % | KL (nats/token) | top-1 agreement |")
+    print(
+        "| codec | bits/element (all) | keys | values | perplexity | Δppl % "
+        "| KL (nats/token) | top-1 agreement |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| baseline (uncompressed float32) | 32 | | | {b['perplexity']:.3f} | 0 | 0 | 1 |")
     for (label, _), r in zip(runs, res["results"], strict=True):
-        print(f"| {label} | {r['bits_per_element']:.3f} | {r['bits_per_element_keys']:.3f} | "
-              f"{r['bits_per_element_values']:.3f} | {r['perplexity']:.3f} | "
-              f"{r['perplexity_increase_pct']:.2f} | {r['kl']:.5f} | {r['top1_agreement']:.3f} |")
+        print(
+            f"| {label} | {r['bits_per_element']:.3f} | {r['bits_per_element_keys']:.3f} | "
+            f"{r['bits_per_element_values']:.3f} | {r['perplexity']:.3f} | "
+            f"{r['perplexity_increase_pct']:.2f} | {r['kl']:.5f} | {r['top1_agreement']:.3f} |"
+        )
     return 0
 
 

@@ -54,7 +54,8 @@ class CacheCodec:
             self.codecs = {k: get_codec(spec[k]) for k in ("keys", "values")}
         else:
             raise CodecConfigError(
-                "a codec spec is a codec config with an 'id', or {'keys': config, 'values': config}; "
+                "a codec spec is a codec config with an 'id', "
+                "or {'keys': config, 'values': config}; "
                 f"got keys {sorted(spec)}"
             )
         self.total_bits = 0
@@ -77,7 +78,8 @@ class CacheCodec:
         out = self.codecs[kind].decode(data)
         if out.shape != arr.shape or out.dtype != arr.dtype:
             raise CodecConfigError(
-                f"codec {self.codecs[kind]!r} returned {out.dtype}{out.shape} for {arr.dtype}{arr.shape}"
+                f"codec {self.codecs[kind]!r} returned {out.dtype}{out.shape} "
+                f"for {arr.dtype}{arr.shape}"
             )
         bits = 8 * len(data)
         self.total_bits += bits
@@ -151,7 +153,12 @@ class QualityResult:
         }
         d.update(self.extra)
         if self.codec is None:
-            for k in ("codec", "bits_per_element", "bits_per_element_keys", "bits_per_element_values"):
+            for k in (
+                "codec",
+                "bits_per_element",
+                "bits_per_element_keys",
+                "bits_per_element_values",
+            ):
                 d.pop(k)
         return d
 
@@ -176,7 +183,9 @@ def _score(model, ids, prefix: int, block: int, cache_codec: CacheCodec | None):
         for s in range(0, rest.shape[1], block):
             seen = cache.get_seq_length()
             parts.append(
-                model(rest[:, s : s + block], past_key_values=cache, use_cache=True).logits[0].double()
+                model(rest[:, s : s + block], past_key_values=cache, use_cache=True)
+                .logits[0]
+                .double()
             )
             if cache_codec is not None:
                 cache_codec.apply(cache, start=seen)
@@ -272,4 +281,3 @@ def evaluate(
         "num_scored_tokens": n - prefix,
         "block": block,
     }
-

@@ -31,7 +31,8 @@ def test_lossless_gives_baseline_logits_tiny(tiny):
     cc = CacheCodec({"id": "lossless"})
     got = _score(model, ids, 40, 0, cc)
     assert torch.equal(base, got)
-    # every element of the prefix cache went through the codec: 2 layers x 2 kinds x 2 heads x 40 x 16
+    # every element of the prefix cache went through the codec:
+    # 2 layers x 2 kinds x 2 heads x 40 tokens x 16 channels
     assert cc.num_elements == 2 * 2 * 2 * 40 * 16 and cc.bits_per_element > 0
     # serving case: blocks of the scored tokens are compressed as they arrive
     cc_block = CacheCodec({"id": "lossless"})
@@ -54,7 +55,10 @@ def test_evaluate_orders_results_and_degrades_with_fewer_bits(tiny):
 
 def test_per_kind_codecs(tiny):
     model, tok, _ = tiny
-    spec = {"keys": {**U, "bits": 4, "axis": "channel"}, "values": {**U, "bits": 2, "axis": "token"}}
+    spec = {
+        "keys": {**U, "bits": 4, "axis": "channel"},
+        "values": {**U, "bits": 2, "axis": "token"},
+    }
     res = evaluate(model, tok, [spec], TEXT, prefix=60, max_tokens=120)
     r = res["results"][0]
     assert r["bits_per_element_keys"] > r["bits_per_element_values"]
@@ -73,8 +77,19 @@ def test_text_shorter_than_prefix(tiny, tiny_model_dir, tmp_path, capsys):
         evaluate(model, tok, [{"id": "lossless"}], "short", prefix=512)
     short = tmp_path / "short.txt"
     short.write_text("too short")
-    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"id":"lossless"}',
-               "--text", str(short), "--prefix", "64"])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--codec",
+            '{"id":"lossless"}',
+            "--text",
+            str(short),
+            "--prefix",
+            "64",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "not more than the prefix" in err and "Traceback" not in err
     rc = main(["eval", "--model", str(tiny_model_dir), "--codec", "{bad json"])
@@ -85,9 +100,24 @@ def test_eval_cli_json_and_results(tiny_model_dir, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
     out = tmp_path / "eval.json"
-    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"id":"lossless"}',
-               "--codec", json.dumps({**U, "bits": 2}), "--text", str(text), "--prefix", "50",
-               "--json", "-o", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--codec",
+            '{"id":"lossless"}',
+            "--codec",
+            json.dumps({**U, "bits": 2}),
+            "--text",
+            str(text),
+            "--prefix",
+            "50",
+            "--json",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res["baseline"]) >= {"perplexity"}

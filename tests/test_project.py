@@ -45,8 +45,9 @@ def test_every_command_has_a_parser():
 
 
 def test_console_entry_point_runs():
-    out = subprocess.run([sys.executable, "-m", "kvinfo", "--version"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "kvinfo", "--version"], capture_output=True, text=True, check=True
+    )
     assert out.stdout.startswith("kvinfo ")
 
 

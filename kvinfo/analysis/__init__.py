@@ -12,6 +12,8 @@ whether it is a bound or an estimate.
 - :func:`rd_shannon_lower_bound`, :func:`blahut_arimoto`.
 - :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
 - :func:`analyze_slab`: every metric of one (layer, kind, head) slab.
+- :func:`mse_per_element`, :func:`snr_db`, :func:`cosine_similarity`,
+  :func:`attention_score_errors`, :func:`attention_output_error`: distortion measures.
 """
 
 from ._entropy import (
@@ -36,6 +38,13 @@ from ._rd import (
 )
 from ._slab import DEFAULT_SNR_DB, AnalysisWarning, analyze_slab, snr_grid_to_mse
 from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
+from .distortion import (
+    attention_output_error,
+    attention_score_errors,
+    cosine_similarity,
+    mse_per_element,
+    snr_db,
+)
 
 __all__ = [
     "ENTROPY_ESTIMATORS",
@@ -64,8 +73,9 @@ __all__ = [
     "DEFAULT_SNR_DB",
     "analyze_slab",
     "snr_grid_to_mse",
+    "mse_per_element",
+    "snr_db",
+    "cosine_similarity",
+    "attention_score_errors",
+    "attention_output_error",
 ]
-
-# distortion measures (MSE, SNR, cosine, attention-score errors) are added below by
-# kvinfo/analysis/distortion.py
-from .distortion import *  # noqa: E402,F401,F403

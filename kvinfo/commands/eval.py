@@ -14,17 +14,40 @@ from ..errors import CodecConfigError
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default=None, help="as for kvinfo capture (default: SmolLM2-135M GGUF)")
-    p.add_argument("--codec", action="append", default=[], metavar="JSON", required=True,
-                   help='codec config, e.g. \'{"id": "uniform", "bits": 4, "coder": {"id": "rans"}}\', '
-                        'or {"keys": CONFIG, "values": CONFIG}; repeatable')
+    p.add_argument(
+        "--model", default=None, help="as for kvinfo capture (default: SmolLM2-135M GGUF)"
+    )
+    p.add_argument(
+        "--codec",
+        action="append",
+        default=[],
+        metavar="JSON",
+        required=True,
+        help='codec config, e.g. \'{"id": "uniform", "bits": 4, "coder": {"id": "rans"}}\', '
+        'or {"keys": CONFIG, "values": CONFIG}; repeatable',
+    )
     p.add_argument("--text", metavar="FILE", help="UTF-8 text to score (default: built-in text)")
-    p.add_argument("--prefix", type=int, default=512, metavar="N",
-                   help="tokens prefilled and compressed (default 512)")
-    p.add_argument("--max-tokens", type=int, default=1024, metavar="N",
-                   help="cut the text to N tokens (default 1024)")
-    p.add_argument("--block", type=int, default=0, metavar="B",
-                   help="also compress the scored tokens' cache, B tokens at a time (serving case)")
+    p.add_argument(
+        "--prefix",
+        type=int,
+        default=512,
+        metavar="N",
+        help="tokens prefilled and compressed (default 512)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=1024,
+        metavar="N",
+        help="cut the text to N tokens (default 1024)",
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=0,
+        metavar="B",
+        help="also compress the scored tokens' cache, B tokens at a time (serving case)",
+    )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("-o", "--output", metavar="RESULTS.json", help="also write the results schema")
@@ -68,15 +91,31 @@ def run(args) -> int:
         except UnicodeDecodeError:
             raise EvalInputError(f"{path}: not UTF-8 text") from None
     model, tok, name = load_model(args.model, dtype=args.dtype)
-    res = evaluate(model, tok, codecs, text, prefix=args.prefix, max_tokens=args.max_tokens,
-                   block=args.block, progress=not args.json)
+    res = evaluate(
+        model,
+        tok,
+        codecs,
+        text,
+        prefix=args.prefix,
+        max_tokens=args.max_tokens,
+        block=args.block,
+        progress=not args.json,
+    )
     res["model"] = name
     if args.output:
         doc = new_results(
             "eval",
-            source={"model": name, "text": args.text or "built-in", "num_tokens": res["num_tokens"]},
-            settings={"prefix": args.prefix, "max_tokens": args.max_tokens, "block": args.block,
-                      "dtype": args.dtype},
+            source={
+                "model": name,
+                "text": args.text or "built-in",
+                "num_tokens": res["num_tokens"],
+            },
+            settings={
+                "prefix": args.prefix,
+                "max_tokens": args.max_tokens,
+                "block": args.block,
+                "dtype": args.dtype,
+            },
         )
         doc["records"].append(make_record("run", res["baseline"]))
         for r in res["results"]:
@@ -88,15 +127,22 @@ def run(args) -> int:
         print(json.dumps(res, indent=1))
         return 0
     b = res["baseline"]
-    print(f"model {name}; {res['num_scored_tokens']} tokens scored after a prefix of {res['prefix']}"
-          + (f", cache compressed in blocks of {args.block}" if args.block else ""))
+    print(
+        f"model {name}; {res['num_scored_tokens']} tokens scored after a prefix of {res['prefix']}"
+        + (f", cache compressed in blocks of {args.block}" if args.block else "")
+    )
     print(f"{'codec':<58} {'bits/elem':>9} {'ppl':>9} {'dppl %':>7} {'KL nats':>9} {'top1':>6}")
-    print(f"{'baseline (uncompressed)':<58} {'':>9} {b['perplexity']:9.3f} {'':>7} {0.0:9.5f} {1.0:6.3f}")
+    print(
+        f"{'baseline (uncompressed)':<58} {'':>9} {b['perplexity']:9.3f} {'':>7} "
+        f"{0.0:9.5f} {1.0:6.3f}"
+    )
     for r in res["results"]:
         label = json.dumps(r["codec"], separators=(",", ":"))
         if len(label) > 58:
             label = label[:55] + "..."
-        print(f"{label:<58} {_fmt(r['bits_per_element'], '9.3f')} {r['perplexity']:9.3f} "
-              f"{r['perplexity_increase_pct']:7.2f} {r['kl']:9.5f} {r['top1_agreement']:6.3f}")
+        print(
+            f"{label:<58} {_fmt(r['bits_per_element'], '9.3f')} {r['perplexity']:9.3f} "
+            f"{r['perplexity_increase_pct']:7.2f} {r['kl']:9.5f} {r['top1_agreement']:6.3f}"
+        )
     sys.stdout.flush()
     return 0
