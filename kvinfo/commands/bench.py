@@ -1,0 +1,162 @@
+"""Run KV codecs on a dump and compare their achieved bits with the information bounds.
+
+For every selected slab and codec: bits per element (symbols and side information apart),
+MSE and SNR, attention errors when the dump has queries, the bounds at the achieved
+distortion (Gaussian R(D), Shannon lower bound estimate, order-0 entropy of the codec's own
+symbols), the gaps to them in bits and percent, and encode/decode throughput (CPU, and GPU
+when one is present). Aggregated per layer, per kind and overall; writes the kvinfo results
+JSON (docs/results-schema.md). With --eval, also runs the model with each codec on its KV
+cache (kvinfo eval) and adds perplexity, KL and top-1 agreement.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(p) -> None:
+    from ..bench import PRESETS
+
+    p.add_argument("dump", help="a kvdump (.h5)")
+    p.add_argument(
+        "--codec", action="append", default=[], metavar="JSON",
+        help='codec config, e.g. \'{"id": "uniform", "bits": 4, "axis": "channel", '
+        '"coder": {"id": "rans"}}\', or {"keys": CONFIG, "values": CONFIG}; repeatable',
+    )
+    p.add_argument(
+        "--preset", action="append", default=[], choices=sorted(PRESETS),
+        help="a codec sweep: " + "; ".join(f"'{k}': {v[0]}" for k, v in PRESETS.items())
+        + " (default 'standard' when no --codec is given); repeatable",
+    )
+    p.add_argument("-o", "--output", metavar="RESULTS.json", help="results JSON to write")
+    p.add_argument("--layers", help="layers to bench, e.g. '0,3,10-12' (default: all)")
+    p.add_argument("--kinds", help="comma-separated kinds (default: keys,values)")
+    p.add_argument("--heads", help="heads to bench, e.g. '0-1' (default: all)")
+    att = p.add_mutually_exclusive_group()
+    att.add_argument(
+        "--attention", dest="attention", action="store_true", default=None,
+        help="require attention errors (error if the dump has no queries); default: "
+        "computed when the dump has queries",
+    )
+    att.add_argument(
+        "--no-attention", dest="attention", action="store_false", help="skip attention errors"
+    )
+    p.add_argument(
+        "--max-queries", type=int, default=64, metavar="N",
+        help="evenly spaced query positions per slab for the attention errors (default 64; "
+        "0 for all)",
+    )
+    p.add_argument(
+        "--knn-samples", type=int, default=2000,
+        help="vectors per slab for the kNN entropy estimate of the SLB (default 2000, as analyze)",
+    )
+    p.add_argument("--knn-k", type=int, default=4, help="kNN neighbour order (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kNN subsample and dither")
+    p.add_argument(
+        "--pervector-snr-db", type=float, default=20.0,
+        help="SNR (dB) of the per-vector code-length histograms (default 20)",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="timings are the best of N runs")
+    p.add_argument("--no-gpu", action="store_true", help="do not time GPU decoding")
+    p.add_argument(
+        "--eval", action="store_true",
+        help="also evaluate the model with each codec on its KV cache (kvinfo eval) and add "
+        "perplexity, KL and top-1 agreement to the results",
+    )
+    p.add_argument("--model", default=None, help="model for --eval (default: the default model)")
+    p.add_argument("--eval-text", metavar="FILE", help="text for --eval (default: built-in)")
+    p.add_argument("--eval-prefix", type=int, default=512, metavar="N",
+                   help="tokens prefilled and compressed for --eval (default 512)")
+    p.add_argument("--eval-max-tokens", type=int, default=1024, metavar="N",
+                   help="text cut to N tokens for --eval (default 1024)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from .. import results
+    from ..bench import CodecSpec, add_quality, bench_dump, format_table, preset_codecs
+    from ..dumps import open_dump
+    from ..errors import AnalysisInputError
+    from .analyze import parse_index_list
+    from .eval import parse_codec_args
+
+    specs = parse_codec_args(args.codec)
+    presets = list(args.preset) or ([] if specs else ["standard"])
+    for name in presets:
+        specs += preset_codecs(name)
+    for s in specs:
+        CodecSpec(s)  # a bad config fails before any work
+    if args.max_queries < 0:
+        raise AnalysisInputError(f"--max-queries must be >= 0; got {args.max_queries}")
+    if args.knn_samples < 2:
+        raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
+    text = None
+    if args.eval and args.eval_text:
+        from ..evaluate import EvalInputError
+
+        path = Path(args.eval_text)
+        if not path.is_file():
+            raise EvalInputError(f"{path}: no such text file")
+        text = path.read_text(encoding="utf-8")
+
+    with open_dump(args.dump) as d:
+        layers = parse_index_list(args.layers, d.num_layers, "layers")
+        heads = None
+        if args.heads is not None:
+            heads = parse_index_list(args.heads, max(d.num_heads, d.num_kv_heads), "heads")
+    kinds = None
+    if args.kinds:
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+
+    command = ["kvinfo", "bench", *_argv_of(args)]
+    doc = bench_dump(
+        args.dump, specs, layers=layers, kinds=kinds, heads=heads, attention=args.attention,
+        max_queries=args.max_queries or None, knn_samples=args.knn_samples, knn_k=args.knn_k,
+        seed=args.seed, pervector_snr_db=args.pervector_snr_db, repeat=args.repeat,
+        use_gpu=not args.no_gpu, progress=not args.no_progress, command=command,
+        preset=",".join(presets) or None,
+    )
+    if args.eval:
+        from ..dumps.capture import load_model
+        from ..evaluate import evaluate
+
+        model, tok, name = load_model(args.model, dtype="float32")
+        q = evaluate(model, tok, specs, text, prefix=args.eval_prefix,
+                     max_tokens=args.eval_max_tokens, progress=not args.no_progress)
+        q["model"] = name
+        add_quality(doc, q, specs)
+    if args.output:
+        results.write_results(doc, args.output)
+    print(format_table(doc))
+    if args.output:
+        print(f"\nwrote {args.output} ({len(doc['records'])} records)")
+    sys.stdout.flush()
+    return 0
+
+
+def _argv_of(args) -> list[str]:
+    out = [str(args.dump)]
+    for c in args.codec:
+        out += ["--codec", c]
+    for p in args.preset:
+        out += ["--preset", p]
+    if args.output:
+        out += ["-o", str(args.output)]
+    for opt in ("layers", "kinds", "heads"):
+        v = getattr(args, opt)
+        if v is not None:
+            out += [f"--{opt}", str(v)]
+    if args.attention is True:
+        out.append("--attention")
+    elif args.attention is False:
+        out.append("--no-attention")
+    out += ["--max-queries", str(args.max_queries), "--knn-samples", str(args.knn_samples)]
+    out += ["--seed", str(args.seed)]
+    if args.eval:
+        out += ["--eval", "--eval-prefix", str(args.eval_prefix),
+                "--eval-max-tokens", str(args.eval_max_tokens)]
+        if args.model:
+            out += ["--model", str(args.model)]
+    return out

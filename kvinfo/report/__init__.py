@@ -1,0 +1,168 @@
+"""Figures and a report page from kvinfo results JSON files (analyze, bench, eval).
+
+:func:`build_report` reads any number of results documents and writes, into one folder:
+
+* ``rate_distortion.{png,svg}`` -- bits per element against SNR, one panel for keys and one
+  for values; the band between the Shannon lower bound estimate and the Gaussian R(D) is
+  shaded, each codec family is a curve;
+* ``heatmaps_analysis.{png,svg}`` -- per (layer, head): lossless entropy, transform gain and
+  prediction gain;
+* ``heatmaps_gap.{png,svg}`` -- per (layer, head): each codec's gap to the SLB estimate;
+* ``pervector_histograms.{png,svg}`` -- per-vector code lengths with the most expensive tokens;
+* ``throughput.{png,svg}`` -- bits against decode throughput (coders and whole codecs; CPU,
+  and GPU when measured);
+* ``quality.{png,svg}`` -- perplexity increase and KL against bits (when eval results exist);
+* ``report.md`` and a self-contained ``report.html`` (images embedded) with the summary
+  tables and a statement of which numbers are bounds and which are estimates.
+
+Figures are drawn with matplotlib's Agg backend. A figure whose data is absent (no analyze
+file, no eval results) is listed as not drawn, with the reason.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> from kvinfo.dumps import write_synthetic_dump
+>>> from kvinfo.bench import bench_dump
+>>> from kvinfo.report import build_report
+>>> tmp = pathlib.Path(tempfile.mkdtemp())
+>>> dump = write_synthetic_dump(tmp / "d.h5", num_layers=1, num_tokens=128)
+>>> doc = bench_dump(dump, [{"id": "uniform", "bits": 4}], knn_samples=100, use_gpu=False)
+>>> out = build_report([doc], tmp / "report")
+>>> sorted(p.name for p in out["files"] if p.suffix == ".html")
+['report.html']
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ResultsSchemaError
+from ..results import load_results, validate_results
+
+__all__ = ["build_report", "FIGURES"]
+
+#: file stem -> (title, caption)
+FIGURES = {
+    "rate_distortion": (
+        "Rate against distortion, keys and values",
+        "Bits per element (side information included) against SNR relative to each slab's "
+        "variance. The shaded band lies between the Shannon lower bound **estimate** and the "
+        "Gaussian R(D) (an upper **bound** on R(D)); the true R(D) of the data lies inside it. "
+        "Each codec family is one curve; its distance above the band is what a better codec "
+        "could still save.",
+    ),
+    "heatmaps_analysis": (
+        "Limits per layer and head",
+        "Order-0 entropy of the stored values (**exact**, lossless), transform (decorrelation) "
+        "gain and lag-1 prediction gain (**Gaussian-model** numbers) per (layer, KV head).",
+    ),
+    "heatmaps_gap": (
+        "Each codec's gap to the bound, per layer and head",
+        "Bits per element above the Shannon lower bound **estimate** at the codec's own "
+        "distortion in each slab. Where the SLB estimate is unavailable the cell is blank.",
+    ),
+    "pervector_histograms": (
+        "Per-vector code lengths",
+        "Histogram over tokens of the ideal code length of each vector (mean over the benched "
+        "layers and heads) under the fitted Gaussian model (an **estimate**); red lines mark the "
+        "most expensive tokens, the dashed line the first token of each sequence.",
+    ),
+    "throughput": (
+        "Bits against decode throughput",
+        "Left: the entropy coders alone on the codecs' own symbols (M symbols/s); right: whole "
+        "codecs, decode plus dequantization (MB/s of uncompressed KV). **Measured** wall-clock "
+        "time on this machine, best of the configured repeats.",
+    ),
+    "quality": (
+        "Bits against model quality",
+        "Perplexity increase and mean KL divergence of the next-token distribution when the "
+        "model's KV cache goes through each codec (**measured** with kvinfo eval).",
+    ),
+}
+
+_MISSING = {
+    "rate_distortion": "no bench or analyze records for keys or values",
+    "heatmaps_analysis": "no per-slab analyze or bench records",
+    "heatmaps_gap": "no per-slab bench records with an SLB estimate",
+    "pervector_histograms": "no bench results (bench records the per-vector histograms)",
+    "throughput": "no bench results",
+    "quality": "no eval results (run kvinfo bench --eval or kvinfo eval -o)",
+}
+
+
+def _as_docs(inputs) -> list[tuple[str, dict]]:
+    docs = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, dict):
+            docs.append((f"results[{i}] ({item.get('tool', '?')})", validate_results(item)))
+        else:
+            docs.append((str(item), load_results(item)))
+    if not docs:
+        raise ResultsSchemaError("no results documents given")
+    return docs
+
+
+def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> dict:
+    """Write the figures, ``report.md`` and ``report.html`` for results documents.
+
+    Parameters
+    ----------
+    inputs : sequence of path-like or dict
+        Results JSON files (or already loaded documents) of analyze, bench and eval.
+    out_dir : path-like
+        Folder to write into (created if needed).
+    formats : tuple of str
+        Figure formats; PNG is always written (the pages embed it).
+    dpi : int
+        Resolution of the PNG figures.
+
+    Returns
+    -------
+    dict
+        ``{"files": [paths written], "figures": [{"name", "title", "png", "svg"} or
+        {"name", "title", "missing"}], "markdown": path, "html": path}``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from . import _figures as F
+    from ._data import gather
+    from ._page import write_html, write_markdown
+
+    docs = _as_docs(inputs)
+    data = gather(docs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colors = F.family_colors(data)
+    makers = {
+        "rate_distortion": lambda: F.fig_rate_distortion(data, colors),
+        "heatmaps_analysis": lambda: F.fig_analysis_heatmaps(data),
+        "heatmaps_gap": lambda: F.fig_gap_heatmaps(data),
+        "pervector_histograms": lambda: F.fig_pervector_histograms(data),
+        "throughput": lambda: F.fig_throughput(data, colors),
+        "quality": lambda: F.fig_quality(data, colors),
+    }
+    fmts = ["png"] + [f for f in formats if f != "png"]
+    files: list[Path] = []
+    figures: list[dict] = []
+    for name, make in makers.items():
+        title, caption = FIGURES[name]
+        fig = make()
+        if fig is None:
+            figures.append({"name": name, "title": title, "missing": _MISSING[name]})
+            continue
+        entry = {"name": name, "title": title, "caption": caption}
+        for fmt in fmts:
+            p = out / f"{name}.{fmt}"
+            fig.savefig(p, dpi=dpi, format=fmt)
+            files.append(p)
+            entry[fmt] = p.name
+        entry.setdefault("svg", entry["png"])
+        plt.close(fig)
+        figures.append(entry)
+    md = write_markdown(out / "report.md", data, docs, figures)
+    page = write_html(out / "report.html", data, docs, figures, out)
+    files += [md, page]
+    return {"files": files, "figures": figures, "markdown": md, "html": page}
