@@ -650,38 +650,6 @@ def aggregate_codec_metrics(slabs: Sequence[dict]) -> dict:
     return out
 
 
-class _TokenCost:
-    """Per-token mean of the per-vector code lengths over a group of slabs."""
-
-    def __init__(self, n: int):
-        self.sum = np.zeros(n)
-        self.count = np.zeros(n)
-
-    def add(self, bits: np.ndarray) -> None:
-        ok = np.isfinite(bits)
-        self.sum[ok] += bits[ok]
-        self.count[ok] += 1
-
-    def metrics(self, seq, pos, token_ids, top: int, bins: int, snr: float) -> dict:
-        from .analysis._slab import first_token_summary, top_token_list
-
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cost = np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan)
-        ok = np.isfinite(cost)
-        out: dict = {"pervector_snr_db": snr}
-        if ok.any():
-            counts, edges = np.histogram(cost[ok], bins=bins)
-            out["pervector_histogram_counts"] = counts
-            out["pervector_histogram_bin_edges_bits_per_element"] = edges
-            out["pervector_mean_bits_per_element"] = float(cost[ok].mean())
-            for q in (50, 90, 99):
-                out[f"pervector_p{q}_bits_per_element"] = float(np.percentile(cost[ok], q))
-            out["pervector_max_bits_per_element"] = float(cost[ok].max())
-        out["pervector_top_tokens"] = top_token_list(cost, seq, pos, token_ids, top)
-        out.update(first_token_summary(cost, pos))
-        return out
-
-
 # --------------------------------------------------------------------------------------
 # the run over a dump
 # --------------------------------------------------------------------------------------
@@ -757,8 +725,8 @@ def bench_dump(
 
     from . import results
     from .analysis import AnalysisWarning, analyze_slab
-    from .commands.analyze import parse_index_list
-    from .dumps import open_dump
+    from .analysis._slab import TokenCost
+    from .dumps import open_dump, parse_index_list
     from .kernels import warmup
 
     if not specs:
@@ -832,7 +800,7 @@ def bench_dump(
         per_codec: dict[int, dict] = {i: {} for i in range(len(codecs))}
         slab_records: list = []
         ref_records: list = []
-        cost_kind: dict[str, _TokenCost] = {}
+        cost_kind: dict[str, TokenCost] = {}
         bar = tqdm(
             jobs, desc="bench", unit="slab", file=sys.stderr, disable=not progress,
             dynamic_ncols=True,
@@ -864,7 +832,7 @@ def bench_dump(
             ref_records.append(
                 results.make_record("slab", ref_metrics, layer=lay, kind=kind, head=head)
             )
-            cost_kind.setdefault(kind, _TokenCost(d.num_tokens)).add(bits)
+            cost_kind.setdefault(kind, TokenCost(d.num_tokens)).add(bits)
             att = None
             if use_attention and kind in ("keys", "values"):
                 if lay not in q_cache:
@@ -917,9 +885,8 @@ def bench_dump(
                                 codec=c.config)
         )
     for kind in kinds:
-        km = cost_kind[kind].metrics(
-            seq_idx, pos, token_ids, top_tokens, histogram_bins, pervector_snr_db
-        )
+        km = {"pervector_snr_db": pervector_snr_db}
+        km.update(cost_kind[kind].metrics(seq_idx, pos, token_ids, top_tokens, histogram_bins))
         ref_records.append(results.make_record("kind", km, kind=kind))
 
     settings = {

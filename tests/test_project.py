@@ -51,13 +51,23 @@ def test_console_entry_point_runs():
     assert out.stdout.startswith("kvinfo ")
 
 
-@pytest.mark.parametrize("module", ["kvinfo.dumps", "kvinfo.codecs", "kvinfo.analysis"])
-def test_lower_layers_do_not_import_higher_ones(module):
+HIGHER = ("kvinfo.bench", "kvinfo.report", "kvinfo.evaluate", "kvinfo.commands", "kvinfo.cli")
+
+
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [
+        ("kvinfo.dumps", HIGHER + ("kvinfo.analysis", "kvinfo.codecs", "torch")),
+        ("kvinfo.codecs", HIGHER + ("torch",)),
+        ("kvinfo.analysis", HIGHER + ("torch",)),
+        ("kvinfo.bench", ("kvinfo.report", "kvinfo.commands", "kvinfo.cli")),
+        ("kvinfo.evaluate", ("kvinfo.report", "kvinfo.commands", "kvinfo.cli")),
+        ("kvinfo.report", ("kvinfo.commands", "kvinfo.cli")),
+    ],
+)
+def test_lower_layers_do_not_import_higher_ones(module, forbidden):
     """dumps -> analysis/codecs -> bench/eval -> report: importing a layer loads no higher one."""
-    code = (
-        f"import sys, {module}; "
-        "bad = [m for m in sys.modules if m.startswith(('kvinfo.bench', 'kvinfo.report', "
-        "'kvinfo.evaluate', 'kvinfo.commands', 'kvinfo.cli'))]; print(bad)"
-    )
+    code = f"import sys, {module}; print(sorted(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    found = [m for m in eval(out.stdout) if m.startswith(forbidden)]
+    assert found == [], f"{module} imports {found}"

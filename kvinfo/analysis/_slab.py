@@ -25,7 +25,7 @@ from ._entropy import (
 from ._rd import rd_gaussian_eigenvalues, rd_shannon_lower_bound, water_level
 from ._stats import FIELD_LAYOUT, SlabStats, to_float64
 
-__all__ = ["AnalysisWarning", "analyze_slab", "snr_grid_to_mse", "DEFAULT_SNR_DB"]
+__all__ = ["AnalysisWarning", "analyze_slab", "snr_grid_to_mse", "DEFAULT_SNR_DB", "TokenCost"]
 
 #: default distortion grid: SNR in dB relative to the slab's variance per element
 DEFAULT_SNR_DB = tuple(float(v) for v in range(0, 42, 2))
@@ -396,3 +396,41 @@ def first_token_summary(bits, pos) -> dict:
         "pervector_first_token_to_median_ratio": fb / med if med > 0 else None,
         "pervector_first_token_percentile": pct,
     }
+
+
+class TokenCost:
+    """Running per-token mean of per-vector code lengths over a group of slabs.
+
+    ``add(bits)`` takes one slab's per-vector code lengths (bits per element, NaN for
+    excluded vectors); :meth:`metrics` summarises the per-token means: percentiles, the most
+    expensive tokens, the first-token (attention sink) summary and, with ``bins``, a
+    histogram.
+    """
+
+    def __init__(self, n: int):
+        self.sum = np.zeros(n)
+        self.count = np.zeros(n)
+
+    def add(self, bits: np.ndarray) -> None:
+        ok = np.isfinite(bits)
+        self.sum[ok] += bits[ok]
+        self.count[ok] += 1
+
+    def metrics(self, seq, pos, token_ids, top: int, bins: int | None = None) -> dict:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cost = np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan)
+        ok = np.isfinite(cost)
+        out: dict = {}
+        if bins is not None and ok.any():
+            counts, edges = np.histogram(cost[ok], bins=bins)
+            out["pervector_histogram_counts"] = counts
+            out["pervector_histogram_bin_edges_bits_per_element"] = edges
+            out["pervector_mean_bits_per_element"] = float(cost[ok].mean())
+        for q in (50, 90, 99):
+            out[f"pervector_p{q}_bits_per_element"] = (
+                float(np.percentile(cost[ok], q)) if ok.any() else None
+            )
+        out["pervector_max_bits_per_element"] = float(cost[ok].max()) if ok.any() else None
+        out["pervector_top_tokens"] = top_token_list(cost, seq, pos, token_ids, top)
+        out.update(first_token_summary(cost, pos))
+        return out

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from ..dumps import parse_index_list  # noqa: F401  (re-exported for callers)
 from ..errors import AnalysisInputError
 
 #: metrics that are per-channel or per-slab details, never averaged into aggregates
@@ -86,38 +87,6 @@ def add_arguments(p) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def parse_index_list(spec: str | None, upper: int, what: str) -> list[int]:
-    """``'0,3,5-7'`` -> ``[0, 3, 5, 6, 7]``, each in ``[0, upper)``; None -> all."""
-    if spec is None:
-        return list(range(upper))
-    out: list[int] = []
-    for part in str(spec).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                vals = list(range(lo, hi + 1))
-            else:
-                vals = [int(part)]
-        except ValueError:
-            raise AnalysisInputError(
-                f"--{what}: expected integers or ranges like '0,3,5-7'; got {spec!r}"
-            ) from None
-        for v in vals:
-            if not 0 <= v < upper:
-                raise AnalysisInputError(f"--{what}: {v} is out of range [0, {upper})")
-            if v not in out:
-                out.append(v)
-    if not out:
-        raise AnalysisInputError(f"--{what} {spec!r} selects nothing")
-    return out
-
-
 def parse_snr_grid(spec: str) -> list[float]:
     """``'0:40:2'`` (inclusive) or ``'5,10,20'`` -> list of SNR values in dB."""
     s = str(spec).strip()
@@ -183,35 +152,6 @@ def aggregate_metrics(slabs: list[dict]) -> dict:
     out["nonfinite_elements"] = int(sum(m.get("nonfinite_elements", 0) for m in slabs))
     out["excluded_vectors"] = int(sum(m.get("excluded_vectors", 0) for m in slabs))
     return out
-
-
-class _TokenCost:
-    """Running per-token sum of per-vector code lengths over a group of slabs."""
-
-    def __init__(self, n: int):
-        self.sum = np.zeros(n)
-        self.count = np.zeros(n)
-
-    def add(self, bits: np.ndarray) -> None:
-        ok = np.isfinite(bits)
-        self.sum[ok] += bits[ok]
-        self.count[ok] += 1
-
-    def metrics(self, seq, pos, token_ids, top: int) -> dict:
-        from ..analysis._slab import first_token_summary, top_token_list
-
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cost = np.where(self.count > 0, self.sum / np.maximum(self.count, 1), np.nan)
-        ok = np.isfinite(cost)
-        out = {}
-        for q in (50, 90, 99):
-            out[f"pervector_p{q}_bits_per_element"] = (
-                float(np.percentile(cost[ok], q)) if ok.any() else None
-            )
-        out["pervector_max_bits_per_element"] = float(cost[ok].max()) if ok.any() else None
-        out["pervector_top_tokens"] = top_token_list(cost, seq, pos, token_ids, top)
-        out.update(first_token_summary(cost, pos))
-        return out
 
 
 # --------------------------------------------------------------------------------------
@@ -311,6 +251,7 @@ def run(args) -> int:
 
     from .. import results
     from ..analysis import AnalysisWarning, analyze_slab
+    from ..analysis._slab import TokenCost
     from ..analysis._stats import warmup
     from ..dumps import open_dump
 
@@ -373,7 +314,7 @@ def run(args) -> int:
         slab_metrics: dict = {}
         cost_layer: dict = {}
         cost_kind: dict = {}
-        cost_all = _TokenCost(n_tok)
+        cost_all = TokenCost(n_tok)
         bar = tqdm(
             jobs, desc="analyze", unit="slab", file=sys.stderr, disable=args.no_progress,
             dynamic_ncols=True,
@@ -405,8 +346,8 @@ def run(args) -> int:
             del caught
             slab_metrics[(lay, kind, head)] = m
             slab_records.append(results.make_record("slab", m, layer=lay, kind=kind, head=head))
-            cost_layer.setdefault((lay, kind), _TokenCost(n_tok)).add(bits)
-            cost_kind.setdefault(kind, _TokenCost(n_tok)).add(bits)
+            cost_layer.setdefault((lay, kind), TokenCost(n_tok)).add(bits)
+            cost_kind.setdefault(kind, TokenCost(n_tok)).add(bits)
             cost_all.add(bits)
         bar.close()
 

@@ -77,9 +77,8 @@ def run(args) -> int:
 
     from .. import results
     from ..bench import CodecSpec, add_quality, bench_dump, format_table, preset_codecs
-    from ..dumps import open_dump
+    from ..dumps import open_dump, parse_index_list
     from ..errors import AnalysisInputError
-    from .analyze import parse_index_list
     from .eval import parse_codec_args
 
     specs = parse_codec_args(args.codec)
