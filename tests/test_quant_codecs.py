@@ -378,9 +378,22 @@ def test_bad_inputs_at_encode_time():
         get_codec({"id": "uniform"}).encode(np.full((4, 4), 1e6, np.float32))
     with pytest.raises(CodecConfigError, match="at most 7"):
         get_codec({"id": "lossless", "mantissa_bits": 9}).encode(_data(dtype=np.float32))
+    codec = get_codec({"id": "uniform"})
     with pytest.raises(CodecConfigError, match="device"):
-        codec = get_codec({"id": "uniform"})
-        codec.decode(codec.encode(_data()), device="cuda")
+        codec.decode(codec.encode(_data()), device="tpu")
+
+
+def test_cuda_decode_without_a_gpu_is_a_clear_error():
+    from kvinfo.errors import CudaUnavailableError
+    from kvinfo.kernels.gpu import cuda_available
+
+    if cuda_available():
+        pytest.skip("a CUDA device is present; tests/test_cuda_gpu.py covers it")
+    for cfg in ({"id": "uniform"}, {"id": "rans"}, {"id": "huffman"}):
+        codec = get_codec(cfg)
+        x = _data() if cfg["id"] == "uniform" else np.arange(100, dtype=np.uint8)
+        with pytest.raises(CudaUnavailableError, match="device='cuda' needs a CUDA GPU"):
+            codec.decode(codec.encode(x), device="cuda")
 
 
 @pytest.mark.parametrize("cfg", LOSSY[:5:2] + [{"id": "lossless"}], ids=lambda c: c["id"])

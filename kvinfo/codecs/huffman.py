@@ -259,8 +259,12 @@ class Huffman(Codec):
         return c, lengths, index, sub, words
 
     def decode(self, data, device: str = "cpu") -> np.ndarray:
+        if device == "cuda":  # device memory, via kvinfo.kernels.gpu (CudaUnavailableError without)
+            from ..kernels import gpu
+
+            return gpu.decode(self, data)
         if device != "cpu":
-            raise CodecConfigError(f"huffman: this decoder runs on device 'cpu', found {device!r}")
+            raise CodecConfigError(f"huffman: device must be 'cpu' or 'cuda', found {device!r}")
         c, lengths, index, sub, words = self.parse(data)
         p = c.params
         n = c.num_symbols

@@ -233,8 +233,12 @@ class Rans(Codec):
         return c, tables, index, words
 
     def decode(self, data, device: str = "cpu") -> np.ndarray:
+        if device == "cuda":  # device memory, via kvinfo.kernels.gpu (CudaUnavailableError without)
+            from ..kernels import gpu
+
+            return gpu.decode(self, data)
         if device != "cpu":
-            raise CodecConfigError(f"rans: this decoder runs on device 'cpu', found {device!r}")
+            raise CodecConfigError(f"rans: device must be 'cpu' or 'cuda', found {device!r}")
         c, tables, index, words = self.parse(data)
         out = np.empty(c.num_symbols, dtype=c.dtype)
         if c.num_symbols:

@@ -235,6 +235,10 @@ class UniformCodec(QuantCodec):
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
     def decode(self, data, device: str = "cpu") -> np.ndarray:
+        if device == "cuda":  # fused decode + dequantize on the GPU, output in device memory
+            from ...kernels import gpu
+
+            return gpu.decode(self, data)
         self._check_device(device)
         p = self._parse(data)
         bits, axis_code, sd_code, group_size = unpack_params(_PARAMS, p.params)
