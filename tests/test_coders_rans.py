@@ -161,3 +161,23 @@ def test_roundtrip_property(x, per_channel, chunk_size):
     codec = get_codec({"id": "rans", "per_channel": per_channel, "chunk_size": chunk_size})
     y = codec.decode(codec.encode(x))
     assert y.dtype == x.dtype and y.shape == x.shape and np.array_equal(y, x)
+
+
+def test_encoder_refines_the_table_precision_only_where_it_pays():
+    """precision_bits is a minimum: wide heavy-tailed alphabets get finer tables, 16 levels not."""
+    from kvinfo.analysis import entropy_discrete
+
+    rng = np.random.default_rng(11)
+    n = 1 << 20
+    heavy = np.clip(np.round(4 * rng.standard_t(2, n)) + 128, 0, 255).astype(np.uint8)
+    gauss = np.clip(np.round(rng.normal(7.5, 2.5, n)), 0, 15).astype(np.uint8)
+    codec = get_codec({"id": "rans", "chunk_size": 1 << 20})
+    for x, want_prec, max_overhead in ((heavy, 15, 0.005), (gauss, 12, 0.005)):
+        data = codec.encode(x)
+        _, tables, _, _ = codec.parse(data)
+        assert tables.precision_bits == want_prec
+        assert 8 * len(data) / n <= (1 + max_overhead) * entropy_discrete(x)
+        np.testing.assert_array_equal(codec.decode(data), x)
+    # below 2**16 symbols the requested precision is kept as it is
+    small = codec.encode(heavy[:4096])
+    assert codec.parse(small)[1].precision_bits == 12
