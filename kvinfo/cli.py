@@ -16,7 +16,7 @@ import sys
 from ._version import __version__
 from .errors import KvinfoError
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "cli_markdown", "COMMANDS"]
 
 #: subcommand name -> (module under kvinfo.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,20 +38,50 @@ def _available_commands() -> dict[str, tuple[str, str]]:
     return out
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    # a fixed width, so that help text (and docs/cli.md) does not depend on the terminal
+    return argparse.RawDescriptionHelpFormatter(prog, width=100, max_help_position=32)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by :func:`main` and to generate CLI docs)."""
     parser = argparse.ArgumentParser(
         prog="kvinfo",
         description="How many bits does a KV cache really need, and how close does a codec get?",
+        formatter_class=_formatter,
     )
     parser.add_argument("--version", action="version", version=f"kvinfo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (mod, help_) in _available_commands().items():
         module = importlib.import_module(f"kvinfo.commands.{mod}")
-        p = sub.add_parser(name, help=help_, description=(module.__doc__ or help_).strip())
+        description = (module.__doc__ or help_).strip()
+        p = sub.add_parser(name, help=help_, description=description, formatter_class=_formatter)
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def cli_markdown() -> str:
+    """``docs/cli.md``: every command's ``--help``, generated from the parsers.
+
+    Regenerate with ``python -c "from kvinfo.cli import cli_markdown; print(cli_markdown(), end='')"
+    > docs/cli.md``; a test checks that the file is current.
+    """
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out = [
+        "# Command-line reference",
+        "",
+        "Generated from the argument parsers by `kvinfo.cli.cli_markdown()`; do not edit.",
+        "Every command exits with status 2 and one line on stderr for bad input.",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+    ]
+    for name, p in sub.choices.items():
+        out += ["", f"## kvinfo {name}", "", "```text", p.format_help().rstrip(), "```"]
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

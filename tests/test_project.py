@@ -38,6 +38,16 @@ def test_version_and_help(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_cli_reference_is_current():
+    """docs/cli.md is generated from the parsers; regenerate it when an option changes."""
+    from kvinfo.cli import cli_markdown
+
+    assert (ROOT / "docs" / "cli.md").read_text() == cli_markdown(), (
+        "docs/cli.md is stale: python -c \"from kvinfo.cli import cli_markdown; "
+        "print(cli_markdown(), end='')\" > docs/cli.md"
+    )
+
+
 def test_every_command_has_a_parser():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
