@@ -670,6 +670,16 @@ _ANALYSIS_KEYS = (
 )
 
 
+def _check_finite(slab: np.ndarray, label: str) -> None:
+    bad = int(slab.size - np.count_nonzero(np.isfinite(np.asarray(slab, dtype=np.float64))))
+    if bad:
+        raise AnalysisInputError(
+            f"{label}: the slab holds {bad} NaN or Inf values of {slab.size}; the codecs and "
+            "bounds need finite values (kvinfo analyze reports such slabs, excluding those "
+            "vectors)"
+        )
+
+
 def bench_dump(
     dump_path,
     specs: Sequence[dict],
@@ -738,6 +748,12 @@ def bench_dump(
         raise AnalysisInputError(f"repeat must be >= 1; found {repeat}")
     if histogram_bins < 1:
         raise AnalysisInputError(f"histogram_bins must be >= 1; found {histogram_bins}")
+    if knn_samples < 2:
+        raise AnalysisInputError(f"knn_samples must be at least 2; found {knn_samples}")
+    if isinstance(knn_k, bool) or not isinstance(knn_k, int | np.integer) or knn_k < 1:
+        raise AnalysisInputError(f"knn_k must be a positive integer; found {knn_k!r}")
+    if not math.isfinite(pervector_snr_db):
+        raise AnalysisInputError(f"pervector_snr_db must be finite; found {pervector_snr_db}")
     warmup()
     gpu = _Gpu(use_gpu)
 
@@ -787,6 +803,7 @@ def bench_dump(
         # untimed warm-up of every codec on a small piece of the first slab (numba compile,
         # codebook tables), so that compilation never lands inside a measurement
         first = d.slab(jobs[0][1], jobs[0][0], jobs[0][2])
+        _check_finite(first, "layer {} {} head {}".format(*jobs[0]))
         piece = first[: min(first.shape[0], 256)]
         for c in codecs:
             for k in kinds:
@@ -811,10 +828,7 @@ def bench_dump(
             label = f"layer {lay} {kind} head {head}"
             slab = d.slab(kind, lay, head)
             x64 = slab.astype(np.float64)
-            if not np.all(np.isfinite(x64)):
-                raise AnalysisInputError(
-                    f"{label}: the slab holds NaN or Inf; lossy codecs need finite values"
-                )
+            _check_finite(x64, label)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", AnalysisWarning)
                 try:

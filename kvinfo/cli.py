@@ -43,9 +43,16 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, width=100, max_help_position=32)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other kvinfo error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (used by :func:`main` and to generate CLI docs)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kvinfo",
         description="How many bits does a KV cache really need, and how close does a codec get?",
         formatter_class=_formatter,
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse already printed its one-line usage error
+    except SystemExit as exc:  # argparse already printed its one-line usage error (or help)
         return int(exc.code or 0)
     if getattr(args, "_module", None) is None:
         parser.print_help(sys.stderr)

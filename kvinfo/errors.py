@@ -16,6 +16,7 @@ __all__ = [
     "CorruptStreamError",
     "AnalysisInputError",
     "ResultsSchemaError",
+    "OutputPathError",
     "CudaUnavailableError",
 ]
 
@@ -54,6 +55,11 @@ class AnalysisInputError(KvinfoError):
 
 class ResultsSchemaError(KvinfoError):
     """A results JSON document does not follow ``docs/results-schema.md``."""
+
+
+class OutputPathError(KvinfoError):
+    """An output path cannot be written: it is a folder where a file is wanted (or the
+    reverse), its parent is a file, or its folder cannot be created or written."""
 
 
 class CudaUnavailableError(KvinfoError):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .codecs import get_codec
+from .codecs.quant._base import QuantCodec
 from .errors import CaptureInputError, CodecConfigError
 
 __all__ = ["EvalInputError", "CacheCodec", "evaluate", "default_text", "QualityResult"]
@@ -58,6 +59,14 @@ class CacheCodec:
                 "or {'keys': config, 'values': config}; "
                 f"got keys {sorted(spec)}"
             )
+        for codec in self.codecs.values():
+            if not isinstance(codec, QuantCodec):
+                raise CodecConfigError(
+                    f"codec {codec.codec_id!r} is an entropy coder of integer symbols, not a KV "
+                    "codec; use it as the coder of a quantizer, e.g. "
+                    f'{{"id": "uniform", "bits": 4, "coder": {{"id": "{codec.codec_id}"}}}}, '
+                    'or losslessly as {"id": "lossless", "coder": ...}'
+                )
         self.total_bits = 0
         self.num_elements = 0
         self.bits_by_kind = {"keys": 0, "values": 0}
@@ -233,6 +242,13 @@ def evaluate(
         text = default_text()
     if prefix < 1:
         raise EvalInputError(f"--prefix must be at least 1, got {prefix}")
+    if max_tokens <= prefix:
+        raise EvalInputError(
+            f"--max-tokens must be larger than --prefix ({prefix}) to leave tokens to score, "
+            f"got {max_tokens}"
+        )
+    if block < 0:
+        raise EvalInputError(f"--block must be 0 (off) or a positive block size, got {block}")
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
     n = ids.shape[1]
     if n <= prefix:

@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ._paths import check_output_file, make_dirs, output_error
 from ._version import __version__
 from .errors import ResultsSchemaError
 
@@ -169,16 +170,21 @@ def validate_results(doc: Any, where: str = "results") -> dict:
 def write_results(doc: dict, path: str | os.PathLike) -> Path:
     """Validate and write ``doc`` atomically (temporary file, then rename)."""
     validate_results(doc)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    path = check_output_file(path)
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc) from None
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(to_jsonable(doc), f, indent=1, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
         raise
     return path
 
@@ -186,6 +192,8 @@ def write_results(doc: dict, path: str | os.PathLike) -> Path:
 def load_results(path: str | os.PathLike) -> dict:
     """Read and validate a results JSON file."""
     path = Path(path)
+    if path.is_dir():
+        raise ResultsSchemaError(f"{path}: is a folder, not a results JSON file")
     try:
         text = path.read_text()
     except FileNotFoundError:

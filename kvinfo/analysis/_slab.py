@@ -161,6 +161,14 @@ def analyze_slab(
         raise AnalysisInputError("snr_db must be a non-empty list of finite numbers")
     if knn_samples < 2:
         raise AnalysisInputError(f"knn_samples must be at least 2; got {knn_samples}")
+    if isinstance(knn_k, bool) or not isinstance(knn_k, int | np.integer) or knn_k < 1:
+        raise AnalysisInputError(f"knn_k must be a positive integer; got {knn_k!r}")
+    if not math.isfinite(pervector_snr_db):
+        raise AnalysisInputError(f"pervector_snr_db must be finite; got {pervector_snr_db}")
+    if not (math.isfinite(outlier_rms_ratio) and outlier_rms_ratio > 0):
+        raise AnalysisInputError(
+            f"outlier_rms_ratio must be a finite number > 0; got {outlier_rms_ratio}"
+        )
     notes: list[str] = []
 
     # ---- pass 1: streaming sufficient statistics ------------------------------------

@@ -250,6 +250,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from .. import results
+    from .._paths import check_output_file
     from ..analysis import AnalysisWarning, analyze_slab
     from ..analysis._slab import TokenCost
     from ..analysis._stats import warmup
@@ -264,6 +265,14 @@ def run(args) -> int:
         raise AnalysisInputError(f"--top-tokens must be >= 0; got {args.top_tokens}")
     if not math.isfinite(args.pervector_snr_db):
         raise AnalysisInputError("--pervector-snr-db must be finite")
+    if args.table_snr_db is not None and not math.isfinite(args.table_snr_db):
+        raise AnalysisInputError("--table-snr-db must be finite")
+    if not (math.isfinite(args.outlier_rms_ratio) and args.outlier_rms_ratio > 0):
+        raise AnalysisInputError(
+            f"--outlier-rms-ratio must be a finite number > 0; got {args.outlier_rms_ratio}"
+        )
+    if args.output:
+        check_output_file(args.output, "-o")
     warmup()
 
     with open_dump(args.dump) as d:

@@ -73,13 +73,14 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
+    import math
 
     from .. import results
+    from .._paths import check_output_file
     from ..bench import CodecSpec, add_quality, bench_dump, format_table, preset_codecs
     from ..dumps import open_dump, parse_index_list
     from ..errors import AnalysisInputError
-    from .eval import parse_codec_args
+    from .eval import check_eval_options, parse_codec_args, read_text_file
 
     specs = parse_codec_args(args.codec)
     presets = list(args.preset) or ([] if specs else ["standard"])
@@ -91,14 +92,25 @@ def run(args) -> int:
         raise AnalysisInputError(f"--max-queries must be >= 0; got {args.max_queries}")
     if args.knn_samples < 2:
         raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
+    if args.knn_k < 1:
+        raise AnalysisInputError(f"--knn-k must be at least 1; got {args.knn_k}")
+    if not math.isfinite(args.pervector_snr_db):
+        raise AnalysisInputError("--pervector-snr-db must be finite")
+    if args.output:
+        check_output_file(args.output, "-o")
+    if args.repeat < 1:
+        raise AnalysisInputError(f"--repeat must be at least 1; got {args.repeat}")
     text = None
-    if args.eval and args.eval_text:
-        from ..evaluate import EvalInputError
+    if args.eval:
+        from ..dumps.capture import load_model
+        from ..evaluate import CacheCodec
 
-        path = Path(args.eval_text)
-        if not path.is_file():
-            raise EvalInputError(f"{path}: no such text file")
-        text = path.read_text(encoding="utf-8")
+        for s in specs:
+            CacheCodec(s)  # eval needs a codec for keys and values
+        check_eval_options(args.eval_prefix, args.eval_max_tokens,
+                           names=("--eval-prefix", "--eval-max-tokens"))
+        if args.eval_text:
+            text = read_text_file(args.eval_text)
 
     with open_dump(args.dump) as d:
         layers = parse_index_list(args.layers, d.num_layers, "layers")
@@ -108,6 +120,8 @@ def run(args) -> int:
     kinds = None
     if args.kinds:
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if args.eval:  # load the model before the bench, so that a bad --model fails in seconds
+        model, tok, name = load_model(args.model, dtype="float32")
 
     command = ["kvinfo", "bench", *_argv_of(args)]
     doc = bench_dump(
@@ -118,10 +132,8 @@ def run(args) -> int:
         preset=",".join(presets) or None,
     )
     if args.eval:
-        from ..dumps.capture import load_model
         from ..evaluate import evaluate
 
-        model, tok, name = load_model(args.model, dtype="float32")
         q = evaluate(model, tok, specs, text, prefix=args.eval_prefix,
                      max_tokens=args.eval_max_tokens, progress=not args.no_progress)
         q["model"] = name

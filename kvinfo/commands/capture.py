@@ -58,8 +58,12 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from .._paths import check_output_file
     from ..dumps.capture import capture, read_prompts
 
+    check_output_file(args.output, "-o")
+    if args.threads is not None and args.threads < 1:
+        raise CaptureInputError(f"--threads must be at least 1; got {args.threads}")
     if args.prompt is not None:
         prompts = args.prompt
         for i, text in enumerate(prompts):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 
 def add_arguments(p) -> None:
@@ -63,13 +62,22 @@ def _step(title: str) -> float:
 def run(args) -> int:
     import importlib.util
 
+    from .._paths import check_output_dir, make_dirs
     from ..dumps import open_dump
-    from ..errors import CaptureInputError
+    from ..dumps._select import check_index_list
+    from ..errors import AnalysisInputError, CaptureInputError
+    from .eval import check_eval_options
 
     if args.max_tokens < 8:
         raise CaptureInputError(f"--max-tokens must be at least 8; got {args.max_tokens}")
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.knn_samples < 2:
+        raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
+    if args.layers is not None:  # the syntax now; the range once the model is known
+        check_index_list(args.layers, "layers")
+    if not args.no_eval:
+        check_eval_options(args.eval_prefix, args.eval_max_tokens,
+                           names=("--eval-prefix", "--eval-max-tokens"))
+    out = make_dirs(check_output_dir(args.output, "-o"), "-o")
     dump = out / "dump.h5"
     quiet = ["--no-progress"] if args.no_progress else []
     t_all = time.perf_counter()

@@ -67,29 +67,56 @@ def parse_codec_args(values: list[str]) -> list[dict]:
     return out
 
 
+def check_eval_options(prefix: int, max_tokens: int, block: int = 0, names=("--prefix",
+                       "--max-tokens")) -> None:
+    """Refuse eval sizes that cannot work, before the model is loaded."""
+    from ..evaluate import EvalInputError
+
+    if prefix < 1:
+        raise EvalInputError(f"{names[0]} must be at least 1, got {prefix}")
+    if max_tokens <= prefix:
+        raise EvalInputError(
+            f"{names[1]} must be larger than {names[0]} ({prefix}) to leave tokens to score, "
+            f"got {max_tokens}"
+        )
+    if block < 0:
+        raise EvalInputError(f"--block must be 0 (off) or a positive block size, got {block}")
+
+
+def read_text_file(path) -> str:
+    """The UTF-8 text of ``path`` (--text, --eval-text), with one-line errors."""
+    from pathlib import Path
+
+    from ..evaluate import EvalInputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise EvalInputError(f"{path}: no such text file (it is a folder)")
+    if not path.is_file():
+        raise EvalInputError(f"{path}: no such text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EvalInputError(f"{path}: not UTF-8 text") from None
+
+
 def _fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
 def run(args) -> int:
-    from pathlib import Path
-
+    from .._paths import check_output_file
     from ..dumps.capture import load_model
-    from ..evaluate import CacheCodec, EvalInputError, evaluate
+    from ..evaluate import CacheCodec, evaluate
     from ..results import make_record, new_results, write_results
 
     codecs = parse_codec_args(args.codec)
     for c in codecs:
         CacheCodec(c)  # fail on a bad config before loading the model
-    text = None
-    if args.text:
-        path = Path(args.text)
-        if not path.is_file():
-            raise EvalInputError(f"{path}: no such text file")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise EvalInputError(f"{path}: not UTF-8 text") from None
+    check_eval_options(args.prefix, args.max_tokens, args.block)
+    if args.output:
+        check_output_file(args.output, "-o")
+    text = read_text_file(args.text) if args.text else None
     model, tok, name = load_model(args.model, dtype=args.dtype)
     res = evaluate(
         model,

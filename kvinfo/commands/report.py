@@ -20,11 +20,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from .._paths import check_output_dir
     from ..errors import ResultsSchemaError
     from ..report import build_report
 
     if args.dpi < 30 or args.dpi > 600:
         raise ResultsSchemaError(f"--dpi must be between 30 and 600; got {args.dpi}")
+    check_output_dir(args.output, "-o")
     out = build_report(args.results, args.output, dpi=args.dpi,
                        formats=("png",) if args.no_svg else ("png", "svg"))
     for f in out["figures"]:

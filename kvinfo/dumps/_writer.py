@@ -18,6 +18,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .._paths import check_output_file, make_dirs, output_error
 from .._version import __version__
 from ..errors import DumpFormatError
 from ._format import (
@@ -84,8 +85,14 @@ class DumpWriter:
             head_dim=int(head_dim),
         )
         self.kinds = tuple(k for k in TENSOR_DATASETS if k in kinds)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        check_output_file(self.path)
+        make_dirs(self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(
+                prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent
+            )
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
         os.close(fd)
         self._tmp = Path(tmp)
         self._offsets = [0]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._paths import check_output_file
 from .._version import __version__
 from ..errors import CaptureInputError
 from ._format import dtype_name
@@ -38,6 +39,8 @@ def read_prompts(path: str | Path) -> list[str]:
     Blank lines are skipped.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CaptureInputError(f"{path}: no such prompts file (it is a folder)")
     if not path.is_file():
         raise CaptureInputError(f"{path}: no such prompts file")
     try:
@@ -303,6 +306,7 @@ def capture(
     **kwargs,
 ) -> Path:
     """Load ``model`` (see :func:`kvinfo.dumps._model.load_model`) and capture it into ``out``."""
+    check_output_file(out)  # a bad output path fails before the model loads
     m, tok, name = load_model(model, dtype=dtype)
     return capture_model(
         m, tok, out, prompts, model_name=name, extra_settings={"kvinfo": __version__}, **kwargs

@@ -34,8 +34,10 @@ Examples
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from .._paths import check_output_dir, make_dirs, output_error
 from ..errors import ResultsSchemaError
 from ..results import load_results, validate_results
 
@@ -102,6 +104,20 @@ def _as_docs(inputs) -> list[tuple[str, dict]]:
     return docs
 
 
+def _atomic(path: Path, write, *args, **kwargs) -> Path:
+    """``write(tmp, *args, **kwargs)`` to a temporary name beside ``path``, then rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp, *args, **kwargs)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
+        raise
+    return path
+
+
 def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> dict:
     """Write the figures, ``report.md`` and ``report.html`` for results documents.
 
@@ -133,8 +149,15 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
 
     docs = _as_docs(inputs)
     data = gather(docs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dirs(check_output_dir(out_dir))
+    # report.md and report.html mark a finished report: remove a previous run's before
+    # drawing, and write every file atomically, so that an interrupted run never leaves
+    # a page that looks complete next to figures of another run
+    for name in ("report.md", "report.html"):
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise output_error(out / name, exc) from None
     colors = F.family_colors(data)
     makers = {
         "rate_distortion": lambda: F.fig_rate_distortion(data, colors),
@@ -154,15 +177,16 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
             figures.append({"name": name, "title": title, "missing": _MISSING[name]})
             continue
         entry = {"name": name, "title": title, "caption": caption}
-        for fmt in fmts:
-            p = out / f"{name}.{fmt}"
-            fig.savefig(p, dpi=dpi, format=fmt)
-            files.append(p)
-            entry[fmt] = p.name
+        try:
+            for fmt in fmts:
+                p = _atomic(out / f"{name}.{fmt}", fig.savefig, dpi=dpi, format=fmt)
+                files.append(p)
+                entry[fmt] = p.name
+        finally:
+            plt.close(fig)
         entry.setdefault("svg", entry["png"])
-        plt.close(fig)
         figures.append(entry)
-    md = write_markdown(out / "report.md", data, docs, figures)
-    page = write_html(out / "report.html", data, docs, figures, out)
+    md = _atomic(out / "report.md", write_markdown, data, docs, figures)
+    page = _atomic(out / "report.html", write_html, data, docs, figures, out)
     files += [md, page]
     return {"files": files, "figures": figures, "markdown": md, "html": page}
