@@ -39,8 +39,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CodecConfigError, CorruptStreamError
+from .abc import Codec, RateBreakdown
 
 __all__ = [
+    "ContainerCoder",
     "MAGIC",
     "FORMAT_VERSION",
     "SUPPORTED_DTYPES",
@@ -358,4 +360,19 @@ def raise_status(status: np.ndarray, what: str) -> None:
     if bad.size:
         raise _corrupt(
             f"{what} chunk {int(bad[0])} failed its end-of-chunk check (code {int(status[bad[0]])})"
+        )
+
+
+class ContainerCoder(Codec):
+    """Base of the lossless coders whose streams are kvinfo containers (this module).
+
+    Their rate split is the same: the ``payload`` section is symbol bits, everything else
+    (header, meta JSON, model tables, chunk index, lane states, checksums) is side
+    information.
+    """
+
+    def rate(self, data) -> RateBreakdown:
+        c = unpack(data, self.codec_id)
+        return RateBreakdown.from_bits(
+            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
         )

@@ -53,7 +53,6 @@ import numpy as np
 from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
-from .abc import Codec, RateBreakdown
 from .models import AdaptiveContextModel
 from .registry import register_codec
 
@@ -79,7 +78,7 @@ _PARAM_SPEC = {
 
 
 @register_codec
-class Arith(Codec):
+class Arith(C.ContainerCoder):
     """Adaptive context-modelling range coder; the module docstring lists parameters."""
 
     codec_id = "arith"
@@ -195,8 +194,3 @@ class Arith(Codec):
         C.check_symbols(c, out)
         return out
 
-    def rate(self, data) -> RateBreakdown:
-        c = C.unpack(data, self.codec_id)
-        return RateBreakdown.from_bits(
-            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
-        )

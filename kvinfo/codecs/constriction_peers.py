@@ -44,7 +44,6 @@ import numpy as np
 
 from ..errors import CodecConfigError, CorruptStreamError
 from . import _container as C
-from .abc import Codec, RateBreakdown
 from .models import PerChannelTables
 from .rans import encode_tables
 from .registry import register_codec
@@ -69,7 +68,7 @@ def categorical_models(tables: PerChannelTables) -> list:
     return models
 
 
-class _ConstrictionPeer(Codec):
+class _ConstrictionPeer(C.ContainerCoder):
     _stack = True
 
     def __init__(self, precision_bits: int = 12, per_channel: bool = False):
@@ -165,11 +164,6 @@ class _ConstrictionPeer(Codec):
         C.check_symbols(c, out)
         return out
 
-    def rate(self, data) -> RateBreakdown:
-        c = C.unpack(data, self.codec_id)
-        return RateBreakdown.from_bits(
-            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
-        )
 
 
 @register_codec

@@ -47,7 +47,6 @@ import numpy as np
 from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
-from .abc import Codec, RateBreakdown
 from .models import decode_uints, encode_uints
 from .registry import register_codec
 
@@ -125,7 +124,7 @@ def _int(name, v, lo, hi):
 
 
 @register_codec
-class Huffman(Codec):
+class Huffman(C.ContainerCoder):
     """Canonical length-limited Huffman codec; the module docstring lists parameters."""
 
     codec_id = "huffman"
@@ -284,8 +283,3 @@ class Huffman(Codec):
         C.check_symbols(c, out)
         return out
 
-    def rate(self, data) -> RateBreakdown:
-        c = C.unpack(data, self.codec_id)
-        return RateBreakdown.from_bits(
-            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
-        )

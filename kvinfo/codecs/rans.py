@@ -55,7 +55,6 @@ import numpy as np
 from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
-from .abc import Codec, RateBreakdown
 from .models import PerChannelTables, min_precision_bits
 from .registry import register_codec
 
@@ -139,7 +138,7 @@ def refine_precision(tables: PerChannelTables, counts) -> PerChannelTables:
 
 
 @register_codec
-class Rans(Codec):
+class Rans(C.ContainerCoder):
     """Static interleaved rANS codec; the module docstring lists parameters and notes."""
 
     codec_id = "rans"
@@ -290,8 +289,3 @@ class Rans(Codec):
         C.check_symbols(c, out)
         return out
 
-    def rate(self, data) -> RateBreakdown:
-        c = C.unpack(data, self.codec_id)
-        return RateBreakdown.from_bits(
-            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
-        )
