@@ -46,6 +46,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .codecs.spec import KVCodecSpec
 from .errors import AnalysisInputError, CodecConfigError, DumpFormatError
 
 __all__ = [
@@ -126,55 +127,13 @@ def preset_codecs(name: str) -> list[dict]:
 # --------------------------------------------------------------------------------------
 
 
-class CodecSpec:
-    """A codec for the KV kinds: one config for every kind, or ``{"keys": .., "values": ..}``.
-
-    Raises :class:`~kvinfo.errors.CodecConfigError` for a bad config or a codec that is not a
-    KV codec (a bare entropy coder such as ``rans`` codes integer symbols, not floats).
-    """
+class CodecSpec(KVCodecSpec):
+    """A :class:`~kvinfo.codecs.spec.KVCodecSpec` with the short label used in tables and
+    legends. Bench accepts specs that cover one kind only (``{"keys": ...}``)."""
 
     def __init__(self, spec: dict):
-        from .codecs import get_codec
-        from .codecs.quant._base import QuantCodec
-
-        if not isinstance(spec, dict):
-            raise CodecConfigError(f"a codec spec must be a JSON object; found {spec!r}")
-        if "id" in spec:
-            configs = {"keys": spec, "values": spec, "*": spec}
-        elif spec and set(spec) <= {"keys", "values"}:
-            configs = dict(spec)
-        else:
-            raise CodecConfigError(
-                "a codec spec is a codec config with an 'id', or {'keys': config, "
-                f"'values': config}}; found keys {sorted(spec)}"
-            )
-        self.codecs = {}
-        for kind, cfg in configs.items():
-            codec = get_codec(cfg)
-            if not isinstance(codec, QuantCodec):
-                raise CodecConfigError(
-                    f"codec {cfg.get('id')!r} is an entropy coder of integer symbols, not a KV "
-                    "codec; bench it as the coder of a quantizer, e.g. "
-                    f'{{"id": "uniform", "bits": 4, "coder": {{"id": "{cfg.get("id")}"}}}}, '
-                    'or losslessly as {"id": "lossless", "coder": ...}'
-                )
-            self.codecs[kind] = codec
-        self.spec = spec
-        # the normalised config of the records: full configs with every default filled in
-        if "id" in spec:
-            self.config = self.codecs["*"].get_config()
-        else:
-            self.config = {"id": "per-kind"}
-            for kind in ("keys", "values"):
-                if kind in self.codecs:
-                    self.config[kind] = self.codecs[kind].get_config()
+        super().__init__(spec)
         self.label = codec_label(self.config)
-
-    def for_kind(self, kind: str):
-        """The codec of ``kind``, or None when the spec names other kinds only."""
-        if "*" in self.codecs:
-            return self.codecs["*"]
-        return self.codecs.get(kind)
 
 
 def _coder_label(coder: dict | None) -> str:

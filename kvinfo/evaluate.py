@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .codecs import get_codec
-from .codecs.quant._base import QuantCodec
+from .codecs.spec import KINDS, KVCodecSpec
 from .errors import CaptureInputError, CodecConfigError
 
 __all__ = ["EvalInputError", "CacheCodec", "evaluate", "default_text", "QualityResult"]
@@ -45,28 +44,9 @@ class CacheCodec:
     """
 
     def __init__(self, spec: dict):
-        if not isinstance(spec, dict):
-            raise CodecConfigError(f"a codec spec must be a JSON object, got {spec!r}")
-        if "id" in spec:
-            self.spec = spec
-            self.codecs = {"keys": get_codec(spec), "values": get_codec(spec)}
-        elif set(spec) == {"keys", "values"}:
-            self.spec = spec
-            self.codecs = {k: get_codec(spec[k]) for k in ("keys", "values")}
-        else:
-            raise CodecConfigError(
-                "a codec spec is a codec config with an 'id', "
-                "or {'keys': config, 'values': config}; "
-                f"got keys {sorted(spec)}"
-            )
-        for codec in self.codecs.values():
-            if not isinstance(codec, QuantCodec):
-                raise CodecConfigError(
-                    f"codec {codec.codec_id!r} is an entropy coder of integer symbols, not a KV "
-                    "codec; use it as the coder of a quantizer, e.g. "
-                    f'{{"id": "uniform", "bits": 4, "coder": {{"id": "{codec.codec_id}"}}}}, '
-                    'or losslessly as {"id": "lossless", "coder": ...}'
-                )
+        kv = KVCodecSpec(spec, require=KINDS)
+        self.spec = kv.spec
+        self.codecs = kv.codecs
         self.total_bits = 0
         self.num_elements = 0
         self.bits_by_kind = {"keys": 0, "values": 0}

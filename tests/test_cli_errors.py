@@ -134,7 +134,7 @@ CASES = [
     ("bench {good} --codec " + U4 + " --eval --eval-text {good} --model {nomodel}",
      "not UTF-8 text"),
     ("bench {good} --codec '{{\"keys\": {{\"id\": \"uniform\", \"bits\": 4}}}}' --eval "
-     "--model {nomodel}", "got keys ['keys']"),
+     "--model {nomodel}", "this codec spec has no codec for values"),
     ("bench {good} --codec " + U4 + " --eval --eval-prefix 5000 --model {nomodel}",
      "--eval-max-tokens must be larger than --eval-prefix (5000)"),
     ("bench {good} --codec " + U4 + " --eval --model {nomodel}", "no such model folder"),
