@@ -302,3 +302,17 @@ def test_analyze_slab_degenerate_input():
         analyze_slab(np.zeros((10, 2), np.int32))
     with pytest.raises(AnalysisInputError, match="2-D"):
         analyze_slab(np.zeros(10, np.float32))
+
+
+def test_distinct_pattern_fraction_flags_undersampled_h0():
+    """float32 patterns of a few thousand values are nearly all distinct; bf16 ones are not."""
+    from kvinfo.analysis import analyze_slab
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2000, 16))
+    f32 = analyze_slab(x.astype(np.float32), snr_db=[20.0], knn_samples=200)
+    bf16 = analyze_slab(x.astype(ml_dtypes.bfloat16), snr_db=[20.0], knn_samples=200)
+    assert f32["h0_distinct_pattern_fraction"] > 0.9
+    # the plug-in estimate is then capped near log2(N), far below the 32 stored bits
+    assert f32["h0_pooled_bits_per_element"] <= np.log2(x.size) + 1e-9
+    assert bf16["h0_distinct_pattern_fraction"] < 0.1

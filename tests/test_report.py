@@ -86,6 +86,9 @@ def test_markdown_has_the_tables_figures_and_the_bounds_text(report_dir):
     assert md.count("| uniform 4b/channel +rans |") == 1
     assert "ppl +%" in md
     assert "## Reproduce" in md and "kvinfo analyze" in md
+    # the synthetic dump is float32 with ~4096 values per slab, nearly all distinct patterns:
+    # its plug-in H0 is marked as undersampled
+    assert "(undersampled)" in md
 
 
 def test_html_is_self_contained(report_dir):

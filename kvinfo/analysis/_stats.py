@@ -266,6 +266,11 @@ class PatternCounts:
         per_ch_exp = _grouped_entropy_dense(per_ch_exp_counts.reshape(d, 1 << eb), "plugin")
         return {
             "h0_pooled_bits_per_element": h_joint,
+            # distinct stored patterns per counted value: near 1 (float32 patterns of a few
+            # thousand vectors) the plug-in H0 is capped near log2(n) and biased low
+            "h0_distinct_pattern_fraction": (
+                float(np.count_nonzero(pooled_counts)) / (self.n * self.num_channels)
+            ),
             "h0_per_channel_bits_per_element": per_ch,
             "per_channel_model_gain_bits_per_element": h_joint - per_ch,
             "h0_pooled_miller_madow_bits_per_element": h_joint_mm,

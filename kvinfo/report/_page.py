@@ -108,6 +108,15 @@ def summary_rows(data) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+#: above this many distinct stored patterns per value, the plug-in H0 is marked undersampled
+UNDERSAMPLED_FRACTION = 0.1
+ANALYSIS_NOTE = (
+    "Bits per element, mean over slabs. **Undersampled**: more than one distinct stored pattern "
+    "per ten values (typical of float32), so the plug-in H0 is capped near log2(values) and "
+    "biased low; see docs/analysis.md."
+)
+
+
 def analysis_rows(data) -> tuple[list[str], list[list[str]]]:
     """Per-kind limits from ``kvinfo analyze`` (at the grid point nearest 20 dB)."""
     recs = [r for r in data.analyze if r["scope"] in ("kind", "overall")]
@@ -129,8 +138,11 @@ def analysis_rows(data) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in recs:
         m = r["metrics"]
+        h0 = _f(m.get("h0_pooled_bits_per_element"))
+        if (m.get("h0_distinct_pattern_fraction") or 0.0) > UNDERSAMPLED_FRACTION:
+            h0 += " (undersampled)"
         rows.append([
-            r["kind"] or "all", _f(m.get("h0_pooled_bits_per_element")),
+            r["kind"] or "all", h0,
             _f(m.get("h0_per_channel_bits_per_element")), _f(m.get("h_gaussian_bits_per_element")),
             _f(m.get("h_knn_estimate_bits_per_element")), _f(g(m, "rd_gaussian_bits_per_element")),
             _f(g(m, "slb_estimate_bits_per_element")),
@@ -209,7 +221,7 @@ def write_markdown(path: Path, data, docs, figures: list[dict]) -> Path:
     ah, ar = analysis_rows(data)
     if ar:
         lines += ["## Information limits of the data (kvinfo analyze)", "",
-                  "Bits per element, mean over slabs.", "", _md_table(ah, ar), ""]
+                  ANALYSIS_NOTE, "", _md_table(ah, ar), ""]
     lines += ["## Which numbers are bounds and which are estimates", ""]
     lines += [f"- **{name}**: {text}" for name, text in BOUNDS_TEXT]
     lines.append("")
@@ -274,7 +286,7 @@ def write_html(path: Path, data, docs, figures: list[dict], out_dir: Path) -> Pa
     ah, ar = analysis_rows(data)
     if ar:
         parts += ["<h2>Information limits of the data (kvinfo analyze)</h2>",
-                  "<p class='note'>Bits per element, mean over slabs.</p>", _html_table(ah, ar)]
+                  f"<p class='note'>{_md_inline(ANALYSIS_NOTE)}</p>", _html_table(ah, ar)]
     parts.append("<h2>Which numbers are bounds and which are estimates</h2><ul>")
     parts += [f"<li><b>{html.escape(n)}</b>: {_md_inline(t)}</li>" for n, t in BOUNDS_TEXT]
     parts.append("</ul><h2>Figures</h2>")
