@@ -205,22 +205,30 @@ def _dq_inputs(cuda, dq):
             cuda.to_device(params))
 
 
-def _prepare_rans(K, codec, data, dq=None, mode=0, out_dtype=None, result_dtype=None,
-                  shape=None, max_symbol=None):
-    cuda = K.cuda
-    c, tables, index, words = codec.parse(data)
+def _stream_common(c, shape, out_dtype, mode, max_symbol):
+    """Checks and settings shared by every coder's preparation: the output shape and dtype,
+    the symbol-CRC check (plain decode only), and the symbol range a fused path can use."""
     p = c.params
-    n = c.num_symbols
     shape = _check_shape(c, shape)
     out_dtype = np.dtype(c.dtype) if out_dtype is None else out_dtype
     crc = (lambda host: _check_crc(c, host.reshape(c.shape))) if mode == 0 else None
-    if max_symbol is not None and n:
+    if max_symbol is not None and c.num_symbols:
         lo, hi = p["min_symbol"], p["min_symbol"] + p["alphabet_size"] - 1
         if lo < 0 or hi > max_symbol:
             raise CorruptStreamError(
                 f"corrupt kvinfo stream: coded symbols span [{lo}, {hi}], expected within "
                 f"[0, {max_symbol}]"
             )
+    return shape, out_dtype, crc
+
+
+def _prepare_rans(K, codec, data, dq=None, mode=0, out_dtype=None, result_dtype=None,
+                  shape=None, max_symbol=None):
+    cuda = K.cuda
+    c, tables, index, words = codec.parse(data)
+    p = c.params
+    n = c.num_symbols
+    shape, out_dtype, crc = _stream_common(c, shape, out_dtype, mode, max_symbol)
     prep = PreparedStream(K, "rans", shape, out_dtype, result_dtype or out_dtype.name, None, crc)
     if n == 0:
         return prep
@@ -257,16 +265,7 @@ def _prepare_huffman(K, codec, data, dq=None, mode=0, out_dtype=None, result_dty
     c, lengths, index, sub, words = codec.parse(data)
     p = c.params
     n = c.num_symbols
-    shape = _check_shape(c, shape)
-    out_dtype = np.dtype(c.dtype) if out_dtype is None else out_dtype
-    crc = (lambda host: _check_crc(c, host.reshape(c.shape))) if mode == 0 else None
-    if max_symbol is not None and n:
-        lo, hi = p["min_symbol"], p["min_symbol"] + p["alphabet_size"] - 1
-        if lo < 0 or hi > max_symbol:
-            raise CorruptStreamError(
-                f"corrupt kvinfo stream: coded symbols span [{lo}, {hi}], expected within "
-                f"[0, {max_symbol}]"
-            )
+    shape, out_dtype, crc = _stream_common(c, shape, out_dtype, mode, max_symbol)
     result_dtype = result_dtype or out_dtype.name
     zero, step, colterm, dqp = _dq_inputs(cuda, dq)
     if n == 0:
