@@ -694,7 +694,7 @@ def bench_dump(
 
     from . import results
     from .analysis import AnalysisWarning, analyze_slab
-    from .analysis._slab import TokenCost
+    from .analysis._slab import TokenCost, check_knn_options
     from .dumps import open_dump, parse_index_list
     from .kernels import warmup
 
@@ -707,12 +707,7 @@ def bench_dump(
         raise AnalysisInputError(f"repeat must be >= 1; found {repeat}")
     if histogram_bins < 1:
         raise AnalysisInputError(f"histogram_bins must be >= 1; found {histogram_bins}")
-    if knn_samples < 2:
-        raise AnalysisInputError(f"knn_samples must be at least 2; found {knn_samples}")
-    if isinstance(knn_k, bool) or not isinstance(knn_k, int | np.integer) or knn_k < 1:
-        raise AnalysisInputError(f"knn_k must be a positive integer; found {knn_k!r}")
-    if not math.isfinite(pervector_snr_db):
-        raise AnalysisInputError(f"pervector_snr_db must be finite; found {pervector_snr_db}")
+    check_knn_options(knn_samples, knn_k, pervector_snr_db)
     warmup()
     gpu = _Gpu(use_gpu)
 

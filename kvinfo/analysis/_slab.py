@@ -87,6 +87,17 @@ def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows):
     return out
 
 
+def check_knn_options(knn_samples, knn_k, pervector_snr_db) -> None:
+    """Refuse kNN subsample sizes, neighbour orders and per-vector SNRs that cannot work
+    (shared by :func:`analyze_slab` and the bench engine)."""
+    if knn_samples < 2:
+        raise AnalysisInputError(f"knn_samples must be at least 2; got {knn_samples}")
+    if isinstance(knn_k, bool) or not isinstance(knn_k, int | np.integer) or knn_k < 1:
+        raise AnalysisInputError(f"knn_k must be a positive integer; got {knn_k!r}")
+    if not math.isfinite(pervector_snr_db):
+        raise AnalysisInputError(f"pervector_snr_db must be finite; got {pervector_snr_db}")
+
+
 def analyze_slab(
     slab,
     *,
@@ -159,12 +170,7 @@ def analyze_slab(
     snr = np.asarray(snr_db, dtype=np.float64).ravel()
     if snr.size == 0 or not np.all(np.isfinite(snr)):
         raise AnalysisInputError("snr_db must be a non-empty list of finite numbers")
-    if knn_samples < 2:
-        raise AnalysisInputError(f"knn_samples must be at least 2; got {knn_samples}")
-    if isinstance(knn_k, bool) or not isinstance(knn_k, int | np.integer) or knn_k < 1:
-        raise AnalysisInputError(f"knn_k must be a positive integer; got {knn_k!r}")
-    if not math.isfinite(pervector_snr_db):
-        raise AnalysisInputError(f"pervector_snr_db must be finite; got {pervector_snr_db}")
+    check_knn_options(knn_samples, knn_k, pervector_snr_db)
     if not (math.isfinite(outlier_rms_ratio) and outlier_rms_ratio > 0):
         raise AnalysisInputError(
             f"outlier_rms_ratio must be a finite number > 0; got {outlier_rms_ratio}"

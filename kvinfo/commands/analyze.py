@@ -246,6 +246,16 @@ def format_tokens(records: list[dict]) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def check_knn_args(args) -> None:
+    """One-line errors for --knn-samples, --knn-k and --pervector-snr-db (analyze, bench)."""
+    if args.knn_samples < 2:
+        raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
+    if args.knn_k < 1:
+        raise AnalysisInputError(f"--knn-k must be at least 1; got {args.knn_k}")
+    if not math.isfinite(args.pervector_snr_db):
+        raise AnalysisInputError("--pervector-snr-db must be finite")
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -257,14 +267,9 @@ def run(args) -> int:
     from ..dumps import open_dump
 
     snr = parse_snr_grid(args.snr_db)
-    if args.knn_samples < 2:
-        raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
-    if args.knn_k < 1:
-        raise AnalysisInputError(f"--knn-k must be at least 1; got {args.knn_k}")
+    check_knn_args(args)
     if args.top_tokens < 0:
         raise AnalysisInputError(f"--top-tokens must be >= 0; got {args.top_tokens}")
-    if not math.isfinite(args.pervector_snr_db):
-        raise AnalysisInputError("--pervector-snr-db must be finite")
     if args.table_snr_db is not None and not math.isfinite(args.table_snr_db):
         raise AnalysisInputError("--table-snr-db must be finite")
     if not (math.isfinite(args.outlier_rms_ratio) and args.outlier_rms_ratio > 0):

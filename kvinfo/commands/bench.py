@@ -73,13 +73,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import math
 
     from .. import results
     from .._paths import check_output_file
     from ..bench import CodecSpec, add_quality, bench_dump, format_table, preset_codecs
     from ..dumps import open_dump, parse_index_list
     from ..errors import AnalysisInputError
+    from .analyze import check_knn_args
     from .eval import check_eval_options, parse_codec_args, read_text_file
 
     specs = parse_codec_args(args.codec)
@@ -90,12 +90,7 @@ def run(args) -> int:
         CodecSpec(s)  # a bad config fails before any work
     if args.max_queries < 0:
         raise AnalysisInputError(f"--max-queries must be >= 0; got {args.max_queries}")
-    if args.knn_samples < 2:
-        raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
-    if args.knn_k < 1:
-        raise AnalysisInputError(f"--knn-k must be at least 1; got {args.knn_k}")
-    if not math.isfinite(args.pervector_snr_db):
-        raise AnalysisInputError("--pervector-snr-db must be finite")
+    check_knn_args(args)
     if args.output:
         check_output_file(args.output, "-o")
     if args.repeat < 1:
