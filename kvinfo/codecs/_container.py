@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import CodecConfigError, CorruptStreamError
 from .abc import Codec, RateBreakdown
+from .limits import ENV_VAR, check_output_bytes
 
 __all__ = [
     "ContainerCoder",
@@ -52,16 +53,42 @@ __all__ = [
     "symbols_crc32",
     "check_symbols",
     "as_symbol_array",
+    "allocate_output",
+    "check_min_bits",
+    "register_layout",
+    "CODEC_CODES",
+    "READ_VERSIONS",
 ]
 
 MAGIC = b"KVIC"
-FORMAT_VERSION = 1
+#: the version :func:`pack` writes; :func:`unpack` reads this one and every older one
+FORMAT_VERSION = 2
+#: versions :func:`unpack` reads
+READ_VERSIONS = (1, 2)
 _PREAMBLE = struct.Struct("<4sHHIQI")
-PREAMBLE_SIZE = _PREAMBLE.size  # 24
+PREAMBLE_SIZE = _PREAMBLE.size  # 24 (version 1)
 TRAILER_SIZE = 4
 SUPPORTED_DTYPES = ("uint8", "uint16", "int32")
+_DTYPE_CODES = {"uint8": 1, "uint16": 2, "int32": 3}
+_CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
 #: the largest alphabet (max - min + 1) any coder accepts
 MAX_ALPHABET = 1 << 16
+#: version 2 codec codes (byte 5 of a stream)
+CODEC_CODES = {"rans": 1, "huffman": 2, "arith": 3, "constriction-ans": 4,
+               "constriction-range": 5}
+_CODE_CODECS = {v: k for k, v in CODEC_CODES.items()}
+#: version 2 layout of each codec: (parameter names, section names), in stream order
+LAYOUTS: dict = {}
+_MAX_NDIM = 32
+_MAX_PARAMS = 64
+_MAX_SECTIONS = 16
+
+
+def register_layout(codec_id: str, params: tuple, sections: tuple) -> None:
+    """Declare the version-2 parameter and section order of ``codec_id`` (once, by its module)."""
+    if codec_id not in CODEC_CODES:
+        raise CodecConfigError(f"no container codec code for {codec_id!r}")
+    LAYOUTS[codec_id] = (tuple(params), tuple(sections))
 
 
 def _align8(n: int) -> int:
@@ -72,7 +99,8 @@ def _align8(n: int) -> int:
 class Container:
     """A parsed (and container-level validated) stream.
 
-    ``sections`` maps a section name to a read-only ``memoryview`` of its bytes.
+    ``sections`` maps a section name to a read-only ``memoryview`` of its bytes;
+    ``version`` is the stream's format version.
     """
 
     codec: dict
@@ -82,6 +110,7 @@ class Container:
     sections: dict = field(default_factory=dict)
     symbols_crc32: int = 0
     total_len: int = 0
+    version: int = FORMAT_VERSION
 
     @property
     def num_symbols(self) -> int:
@@ -123,78 +152,185 @@ def as_symbol_array(array, codec_id: str) -> np.ndarray:
     return np.asarray(array, dtype=array.dtype.newbyteorder("="), order="C")
 
 
+def _put_varint(out: bytearray, v: int) -> None:
+    if v < 0:
+        raise CodecConfigError(f"container varint must be non-negative, found {v}")
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _zigzag(v: int) -> int:
+    return 2 * v if v >= 0 else -2 * v - 1
+
+
 def pack(
-    codec: dict,
+    codec_id: str,
     shape: tuple,
     dtype: str,
     params: dict,
     sections: list,
     symbols_crc: int,
 ) -> bytes:
-    """Assemble a stream from its parts; ``sections`` is a list of ``(name, bytes)``."""
-    names = [n for n, _ in sections]
-    if len(set(names)) != len(names):
-        raise CodecConfigError(f"duplicate section names {names}")
-    # offsets depend on meta length which depends on offsets: iterate to a fixed point
-    lengths = [len(b) for _, b in sections]
-    meta_len_guess = 0
-    for _ in range(8):
-        off = _align8(PREAMBLE_SIZE + meta_len_guess)
-        table = []
-        for n, ln in zip(names, lengths, strict=True):
-            table.append([n, off, ln])
-            off = _align8(off + ln)
-        meta = {
-            "codec": codec,
-            "shape": [int(s) for s in shape],
-            "dtype": dtype,
-            "params": params,
-            "sections": table,
-        }
-        meta_bytes = json.dumps(meta, separators=(",", ":"), sort_keys=True).encode()
-        if len(meta_bytes) == meta_len_guess:
-            break
-        meta_len_guess = len(meta_bytes)
-    else:  # pragma: no cover - lengths converge after two rounds
-        raise CodecConfigError("container meta length did not converge")
-    total_len = off + TRAILER_SIZE
-    out = bytearray(total_len)
-    out[PREAMBLE_SIZE : PREAMBLE_SIZE + len(meta_bytes)] = meta_bytes
-    for (_, b), (_, o, ln) in zip(sections, table, strict=True):
-        out[o : o + ln] = b
-    _PREAMBLE.pack_into(
-        out, 0, MAGIC, FORMAT_VERSION, 0, len(meta_bytes), total_len, symbols_crc & 0xFFFFFFFF
-    )
-    crc = zlib.crc32(memoryview(out)[: total_len - TRAILER_SIZE]) & 0xFFFFFFFF
-    struct.pack_into("<I", out, total_len - TRAILER_SIZE, crc)
-    return bytes(out)
+    """Assemble a version-2 stream; ``sections`` is a list of ``(name, bytes)``.
+
+    ``params`` and ``sections`` must follow the codec's :data:`LAYOUTS` entry.
+    """
+    names, pnames = LAYOUTS[codec_id][1], LAYOUTS[codec_id][0]
+    if tuple(n for n, _ in sections) != names or tuple(params) != pnames:
+        raise CodecConfigError(
+            f"{codec_id}: sections {[n for n, _ in sections]} / params {list(params)} do not "
+            f"follow the layout {names} / {pnames}"
+        )
+    if len(shape) > _MAX_NDIM:
+        raise CodecConfigError(f"{codec_id}: at most {_MAX_NDIM} dimensions, found {len(shape)}")
+    head = bytearray(MAGIC)
+    head += bytes([FORMAT_VERSION, CODEC_CODES[codec_id], _DTYPE_CODES[dtype], len(shape)])
+    for s in shape:
+        _put_varint(head, int(s))
+    _put_varint(head, len(params))
+    for k in pnames:
+        _put_varint(head, _zigzag(int(params[k])))
+    _put_varint(head, len(sections))
+    for _, b in sections:
+        _put_varint(head, len(b))
+        head += struct.pack("<I", zlib.crc32(b) & 0xFFFFFFFF)
+    head += struct.pack("<I", symbols_crc & 0xFFFFFFFF)
+    head += struct.pack("<I", zlib.crc32(head) & 0xFFFFFFFF)
+    return bytes(head) + b"".join(bytes(b) for _, b in sections)
 
 
 def _corrupt(msg: str) -> CorruptStreamError:
     return CorruptStreamError(f"corrupt kvinfo stream: {msg}")
 
 
+class _Reader:
+    """Bounded reads from the version-2 header (every read past the end is corruption)."""
+
+    def __init__(self, buf, pos: int):
+        self.buf, self.pos, self.n = buf, pos, len(buf)
+
+    def byte(self) -> int:
+        if self.pos >= self.n:
+            raise _corrupt("header runs past the end of the stream")
+        v = self.buf[self.pos]
+        self.pos += 1
+        return v
+
+    def varint(self, what: str) -> int:
+        v = shift = 0
+        while True:
+            b = self.byte()
+            v |= (b & 0x7F) << shift
+            if not b & 0x80:
+                if b == 0 and shift:
+                    raise _corrupt(f"{what}: non-minimal varint")
+                return v
+            shift += 7
+            if shift > 63:
+                raise _corrupt(f"{what}: varint too long")
+
+    def u32(self) -> int:
+        if self.pos + 4 > self.n:
+            raise _corrupt("header runs past the end of the stream")
+        (v,) = struct.unpack_from("<I", self.buf, self.pos)
+        self.pos += 4
+        return v
+
+
 def unpack(data, expected_codec_id: str | None = None) -> Container:
-    """Parse and validate the codec-independent parts of a stream.
+    """Parse and validate the codec-independent parts of a stream (version 1 or 2).
 
     Raises
     ------
     CorruptStreamError
-        On any inconsistency (wrong magic or version, length, CRC, meta, section bounds).
+        On any inconsistency (wrong magic or version, length, checksum, header, section
+        bounds).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CorruptStreamError(
             f"expected an encoded stream as bytes, found {type(data).__name__}"
         )
     buf = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    if len(buf) < 6:
+        raise _corrupt(f"expected at least 6 bytes, found {len(buf)}")
+    if bytes(buf[:4]) != MAGIC:
+        raise _corrupt(f"expected magic {MAGIC!r}, found {bytes(buf[:4])!r}")
+    if buf[4] == 1:
+        return _unpack_v1(buf, expected_codec_id)
+    if buf[4] != 2:
+        raise _corrupt(f"expected format version 1 or 2, found {buf[4]}")
+    return _unpack_v2(buf, expected_codec_id)
+
+
+def _unpack_v2(buf, expected_codec_id):
+    n = len(buf)
+    r = _Reader(buf, 5)
+    code = r.byte()
+    codec_id = _CODE_CODECS.get(code)
+    if codec_id is None or codec_id not in LAYOUTS:
+        raise _corrupt(f"unknown codec code {code}")
+    if expected_codec_id is not None and codec_id != expected_codec_id:
+        raise _corrupt(f"expected a {expected_codec_id!r} stream, found codec {codec_id!r}")
+    dtype = _CODE_DTYPES.get(r.byte())
+    if dtype is None:
+        raise _corrupt(f"dtype code must be one of {sorted(_CODE_DTYPES)}")
+    ndim = r.byte()
+    if ndim > _MAX_NDIM:
+        raise _corrupt(f"at most {_MAX_NDIM} dimensions, found {ndim}")
+    shape = tuple(r.varint("shape") for _ in range(ndim))
+    count = 1
+    for s in shape:
+        if s >= 2**62:
+            raise _corrupt(f"shape {shape} out of range")
+        count *= s
+    if count >= 2**48:
+        raise _corrupt(f"shape {shape} has too many elements")
+    pnames, snames = LAYOUTS[codec_id]
+    if r.varint("param count") != len(pnames):
+        raise _corrupt(f"{codec_id} expects {len(pnames)} params")
+    params = {}
+    for k in pnames:
+        z = r.varint(k)
+        params[k] = (z >> 1) if not z & 1 else -((z + 1) >> 1)
+    if r.varint("section count") != len(snames):
+        raise _corrupt(f"{codec_id} expects {len(snames)} sections")
+    lens, crcs = [], []
+    for _ in snames:
+        lens.append(r.varint("section length"))
+        crcs.append(r.u32())
+    sym_crc = r.u32()
+    hdr_end = r.pos
+    stored = r.u32()
+    crc = zlib.crc32(buf[:hdr_end]) & 0xFFFFFFFF
+    if crc != stored:
+        raise _corrupt(f"header CRC-32 mismatch (stored {stored:#010x}, computed {crc:#010x})")
+    pos = r.pos
+    if pos + sum(lens) != n:
+        raise _corrupt(f"sections need {pos + sum(lens)} bytes, found {n} (truncated or "
+                       f"extended)")
+    sections = {}
+    for name, ln, c in zip(snames, lens, crcs, strict=True):
+        mv = buf[pos : pos + ln]
+        got = zlib.crc32(mv) & 0xFFFFFFFF
+        if got != c:
+            raise _corrupt(f"section {name!r} CRC-32 mismatch (stored {c:#010x}, computed "
+                           f"{got:#010x})")
+        sections[name] = mv
+        pos += ln
+    return Container(codec={"id": codec_id}, shape=shape, dtype=dtype, params=params,
+                     sections=sections, symbols_crc32=sym_crc, total_len=n, version=2)
+
+
+def _unpack_v1(buf, expected_codec_id):
+    """Version 1: 24-byte preamble, JSON meta, 8-byte aligned sections, CRC-32 trailer."""
     n = len(buf)
     if n < PREAMBLE_SIZE + TRAILER_SIZE:
         raise _corrupt(f"expected at least {PREAMBLE_SIZE + TRAILER_SIZE} bytes, found {n}")
     magic, version, flags, meta_len, total_len, sym_crc = _PREAMBLE.unpack_from(buf, 0)
-    if magic != MAGIC:
-        raise _corrupt(f"expected magic {MAGIC!r}, found {bytes(magic)!r}")
-    if version != FORMAT_VERSION:
-        raise _corrupt(f"expected format version {FORMAT_VERSION}, found {version}")
+    if version != 1:
+        raise _corrupt(f"expected format version 1 or 2, found {version}")
     if flags != 0:
         raise _corrupt(f"expected flags 0, found {flags}")
     if total_len != n:
@@ -272,12 +408,49 @@ def unpack(data, expected_codec_id: str | None = None) -> Container:
         sections=sections,
         symbols_crc32=sym_crc,
         total_len=n,
+        version=1,
     )
 
 
 def _check_zero(buf, start: int, stop: int) -> None:
     if stop > start and any(buf[start:stop]):
         raise _corrupt(f"padding bytes {start}..{stop} are not zero")
+
+
+def allocate_output(container: Container, max_output_bytes: int | None = None,
+                    extra_bytes: int = 0) -> np.ndarray:
+    """A flat uninitialised output array for ``container`` after the decode-size limit.
+
+    ``extra_bytes`` counts the decoder's own working memory (tables) against the limit
+    too. Raises :class:`CorruptStreamError` when the claim exceeds the limit
+    (:func:`kvinfo.codecs.limits.check_output_bytes`) or cannot be allocated, so a
+    ``MemoryError`` never leaves a decoder.
+    """
+    n = container.num_symbols
+    nbytes = n * np.dtype(container.dtype).itemsize
+    check_output_bytes(nbytes + int(extra_bytes), max_output_bytes)
+    try:
+        return np.empty(n, dtype=container.dtype)
+    except MemoryError:
+        raise _corrupt(
+            f"the stream claims {nbytes} bytes of output, more than this machine can "
+            f"allocate (lower max_output_bytes / {ENV_VAR} to refuse such claims early)"
+        ) from None
+
+
+def check_min_bits(container: Container, num_symbols: int, min_bits_per_symbol: float,
+                   available_bits: float, what: str) -> None:
+    """Refuse a stream whose sections cannot hold ``num_symbols`` symbols.
+
+    ``min_bits_per_symbol`` is the least any symbol can cost under the stream's model and
+    ``available_bits`` what the coded sections can carry (payload plus final states).
+    """
+    need = num_symbols * min_bits_per_symbol
+    if need > 1.01 * available_bits + 64:
+        raise _corrupt(
+            f"{what}: {num_symbols} symbols need at least {need:.0f} bits under the stream's "
+            f"model, the stream holds {available_bits:.0f}"
+        )
 
 
 def check_symbols(container: Container, symbols: np.ndarray) -> None:

@@ -153,52 +153,64 @@ def histogram(symbols: np.ndarray, min_symbol: int, alphabet_size: int, period: 
 # ---------------------------------------------------------------------------------------
 # rANS
 # ---------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _rans_put(x, f, c, invf, shift, P, scratch, ptr):  # pragma: no cover - numba
+    # q = x // f by a float64 reciprocal and one correction step: x < 2**32 and f <= 2**16,
+    # so x * (1/f) is within 2**-20 of x / f and the quotient is off by at most one
+    scratch[ptr - 1] = np.uint16(x & 0xFFFF)
+    if x >= (f << shift):
+        x = x >> 16
+        ptr -= 1
+    q = np.uint64(x) // np.uint64(f)
+    return (np.int64(q) << P) + (x - np.int64(q) * f) + c, ptr
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def _rans_encode_kernel(sym, min_symbol, period, freq, cum, precision, chunk_size,
-                        scratch, word_start, num_words, states):  # pragma: no cover
+def _rans_encode_kernel(sym, min_symbol, period, freq, cum, invf, precision, chunk_size,
+                        num_lanes, scratch, word_start, num_words, states):  # pragma: no cover
     n = sym.shape[0]
     nchunks = states.shape[0]
     num_tables = freq.shape[0]
-    P = np.uint64(precision)
-    shift = np.uint64(32 - precision)
+    K = num_lanes
+    P = np.int64(precision)
+    shift = np.int64(32 - precision)
     for k in prange(nchunks):
         start = k * chunk_size
         stop = min(n, start + chunk_size)
         region_end = stop + k + 1
         ptr = region_end
-        st = np.empty(32, np.uint64)
+        st = np.empty(32, np.int64)
         for l in range(32):
-            st[l] = _L
-        if num_tables == 1:
-            for j in range(stop - 1, start - 1, -1):
-                l = (j - start) & 31
-                s = np.int64(sym[j]) - min_symbol
-                f = np.uint64(freq[0, s])
-                x = st[l]
-                scratch[ptr - 1] = np.uint16(x & _U16)
-                if x >= (f << shift):
-                    x = x >> _S16
-                    ptr -= 1
-                q = x // f
-                st[l] = (q << P) + (x - q * f) + np.uint64(cum[0, s])
+            st[l] = RANS_STATE_LOWER
+        nfull = (stop - start) // K
+        # the partial last step first (the encoder walks backwards)
+        ch = (stop - 1) % period
+        for j in range(stop - 1, start + K * nfull - 1, -1):
+            l = j - start - K * nfull
+            t = ch if num_tables > 1 else 0
+            s = np.int64(sym[j]) - min_symbol
+            st[l], ptr = _rans_put(st[l], np.int64(freq[t, s]), np.int64(cum[t, s]),
+                                   invf[t, s], shift, P, scratch, ptr)
+            ch = ch - 1 if ch > 0 else period - 1
+        if num_tables == 1 and K == 32:
+            for step in range(nfull - 1, -1, -1):
+                base = start + 32 * step
+                for l in range(31, -1, -1):
+                    s = np.int64(sym[base + l]) - min_symbol
+                    st[l], ptr = _rans_put(st[l], np.int64(freq[0, s]), np.int64(cum[0, s]),
+                                           invf[0, s], shift, P, scratch, ptr)
         else:
-            ch = (stop - 1) % period
-            for j in range(stop - 1, start - 1, -1):
-                l = (j - start) & 31
-                s = np.int64(sym[j]) - min_symbol
-                f = np.uint64(freq[ch, s])
-                c = np.uint64(cum[ch, s])
-                ch = ch - 1 if ch > 0 else period - 1
-                x = st[l]
-                scratch[ptr - 1] = np.uint16(x & _U16)
-                if x >= (f << shift):
-                    x = x >> _S16
-                    ptr -= 1
-                q = x // f
-                st[l] = (q << P) + (x - q * f) + c
+            for step in range(nfull - 1, -1, -1):
+                base = start + K * step
+                for l in range(K - 1, -1, -1):
+                    t = ch if num_tables > 1 else 0
+                    s = np.int64(sym[base + l]) - min_symbol
+                    st[l], ptr = _rans_put(st[l], np.int64(freq[t, s]), np.int64(cum[t, s]),
+                                           invf[t, s], shift, P, scratch, ptr)
+                    ch = ch - 1 if ch > 0 else period - 1
         word_start[k] = ptr
         num_words[k] = region_end - ptr
-        for l in range(32):
+        for l in range(K):
             states[k, l] = np.uint32(st[l])
 
 
@@ -223,7 +235,8 @@ def _rans_tables(frequencies: np.ndarray, precision_bits: int) -> None:
 
 
 def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
-                precision_bits: int, chunk_size: int, period: int = 1, counts=None):
+                precision_bits: int, chunk_size: int, period: int = 1, counts=None,
+                num_lanes: int = RANS_LANES):
     """Encode flat ``symbols`` with static interleaved rANS.
 
     Parameters
@@ -242,17 +255,21 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     counts : int64 array like ``frequencies``, optional
         The histogram of ``symbols`` (:func:`histogram`) if the caller has it; it is
         computed otherwise. Used to check that no occurring symbol has frequency 0.
+    num_lanes : int
+        Interleaved lanes per chunk, 1..32 (element ``i`` of a chunk belongs to lane
+        ``i % num_lanes``); ``chunk_size`` must be a multiple of it.
 
     Returns
     -------
     words : uint16 array, the concatenated word streams of all chunks
     num_words : uint32 array (num_chunks,)
-    states : uint32 array (num_chunks, 32), the final encoder states
+    states : uint32 array (num_chunks, num_lanes), the final encoder states
     """
     _check_array(symbols, "symbols", _SYMBOL_DTYPES, 1)
     _rans_tables(frequencies, precision_bits)
-    _check(chunk_size >= 32 and chunk_size % 32 == 0 and chunk_size <= 1 << 30,
-           f"chunk_size must be a positive multiple of 32, found {chunk_size}")
+    _check(1 <= num_lanes <= RANS_LANES, f"num_lanes must be in [1, 32], found {num_lanes}")
+    _check(chunk_size >= num_lanes and chunk_size % num_lanes == 0 and chunk_size <= 1 << 30,
+           f"chunk_size must be a positive multiple of num_lanes={num_lanes}, found {chunk_size}")
     num_tables, a = frequencies.shape
     _check(num_tables == 1 or num_tables == period,
            f"num_tables must be 1 or period={period}, found {num_tables}")
@@ -271,15 +288,17 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     scratch = np.empty(n + nchunks, dtype=np.uint16)
     word_start = np.empty(nchunks, dtype=np.int64)
     num_words = np.empty(nchunks, dtype=np.int64)
-    states = np.empty((nchunks, RANS_LANES), dtype=np.uint32)
+    states = np.empty((nchunks, num_lanes), dtype=np.uint32)
     freq = frequencies.astype(np.uint32)
     cum = np.zeros_like(freq)
     np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
+    with np.errstate(divide="ignore"):
+        invf = np.where(freq > 0, 1.0 / np.maximum(freq, 1), 0.0)
     if nchunks:
         with _threads_for(nchunks):
             _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), freq, cum,
-                                np.int64(precision_bits), np.int64(chunk_size), scratch,
-                                word_start, num_words, states)
+                                invf, np.int64(precision_bits), np.int64(chunk_size),
+                                np.int64(num_lanes), scratch, word_start, num_words, states)
     words = np.empty(int(num_words.sum()), dtype=np.uint16)
     if nchunks:
         _gather_words(scratch, word_start, num_words, words)
@@ -303,11 +322,26 @@ def rans_decode_table(frequencies: np.ndarray, precision_bits: int) -> np.ndarra
     return out
 
 
+@njit(cache=True, inline="always")
+def _rans_get(x, e, P, mask, words, ptr):  # pragma: no cover - numba
+    x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
+    w = np.uint64(words[ptr])
+    if x < _L:
+        x = (x << _S16) | w
+        ptr += 1
+    return x, ptr
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def _rans_decode_kernel(words, word_off, num_words, states, table, precision, chunk_size,
                         min_symbol, period, out, status):  # pragma: no cover - numba
+    # ``words`` is padded with at least 32 words after the last chunk, and the pointer is
+    # checked once per step of K symbols (a step reads at most K words), so no read leaves
+    # the array however damaged the stream is. K = 32 with one table has its own loop
+    # with a constant trip count, which LLVM unrolls (lane states stay in registers).
     n = out.shape[0]
     nchunks = states.shape[0]
+    K = states.shape[1]
     num_tables = table.shape[0]
     P = np.uint64(precision)
     mask = (_ONE << P) - _ONE
@@ -317,61 +351,54 @@ def _rans_decode_kernel(words, word_off, num_words, states, table, precision, ch
         ptr = word_off[k]
         end = ptr + num_words[k]
         st = np.empty(32, np.uint64)
-        for l in range(32):
+        for l in range(K):
             st[l] = np.uint64(states[k, l])
-        nfull = (stop - start) >> 5
-        if num_tables == 1:
+        nfull = (stop - start) // K
+        bad = 0
+        ch = start % period
+        if num_tables == 1 and K == 32:
             for t in range(nfull):
+                if ptr > end:
+                    bad = 1
+                    break
                 base = start + 32 * t
                 for l in range(32):
                     x = st[l]
                     e = table[0, x & mask]
                     out[base + l] = np.int64(e >> _S48) + min_symbol
-                    x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
-                    w = np.uint64(words[min(ptr, end)])
-                    if x < _L:
-                        x = (x << _S16) | w
-                        ptr += 1
-                    st[l] = x
-            ch = 0
+                    st[l], ptr = _rans_get(x, e, P, mask, words, ptr)
         else:
-            ch = start % period
             for t in range(nfull):
-                base = start + 32 * t
-                for l in range(32):
+                if ptr > end:
+                    bad = 1
+                    break
+                base = start + K * t
+                for l in range(K):
                     x = st[l]
-                    e = table[ch, x & mask]
+                    e = table[ch if num_tables > 1 else 0, x & mask]
                     ch += 1
                     if ch == period:
                         ch = 0
                     out[base + l] = np.int64(e >> _S48) + min_symbol
-                    x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
-                    w = np.uint64(words[min(ptr, end)])
-                    if x < _L:
-                        x = (x << _S16) | w
-                        ptr += 1
-                    st[l] = x
-        base = start + 32 * nfull
-        for l in range(stop - base):
-            x = st[l]
-            e = table[ch, x & mask]
-            if num_tables > 1:
+                    st[l], ptr = _rans_get(x, e, P, mask, words, ptr)
+            if num_tables == 1:
+                ch = 0
+        if bad == 0 and ptr <= end:
+            base = start + K * nfull
+            for l in range(stop - base):
+                x = st[l]
+                e = table[ch if num_tables > 1 else 0, x & mask]
                 ch += 1
                 if ch == period:
                     ch = 0
-            out[base + l] = np.int64(e >> _S48) + min_symbol
-            x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
-            w = np.uint64(words[min(ptr, end)])
-            if x < _L:
-                x = (x << _S16) | w
-                ptr += 1
-            st[l] = x
-        bad = 0
-        if ptr != end:
+                out[base + l] = np.int64(e >> _S48) + min_symbol
+                st[l], ptr = _rans_get(x, e, P, mask, words, ptr)
+        if bad == 0 and ptr != end:
             bad = 1
-        for l in range(32):
-            if st[l] != _L:
-                bad = 2
+        if bad == 0:
+            for l in range(K):
+                if st[l] != _L:
+                    bad = 2
         status[k] = bad
 
 
@@ -382,7 +409,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
 
     Status 0 means the chunk consumed exactly its words and every lane ended in the
     encoder's initial state ``2**16``; 1 means a word-count mismatch; 2 a state
-    mismatch. ``words`` must hold ``num_words.sum()`` words (a padded copy is made).
+    mismatch. ``states`` has one column per lane (1..32); element ``i`` of a chunk
+    belongs to lane ``i % num_lanes``. ``words`` must hold ``num_words.sum()`` words (a padded copy is made).
     ``table`` may pass a precomputed :func:`rans_decode_table`.
     """
     _check_array(words, "words", (np.uint16,), 1)
@@ -391,11 +419,13 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     _check_array(out, "out", _SYMBOL_DTYPES, 1)
     _rans_tables(frequencies, precision_bits)
     n = out.shape[0]
-    _check(chunk_size >= 32 and chunk_size % 32 == 0, "chunk_size must be a multiple of 32")
     nchunks = _num_chunks(n, chunk_size)
-    _check(num_words.shape[0] == nchunks and states.shape == (nchunks, RANS_LANES),
-           f"expected {nchunks} chunks of {RANS_LANES} states, found {num_words.shape[0]} "
-           f"and {states.shape}")
+    K = states.shape[1]
+    _check(1 <= K <= RANS_LANES, f"states must have 1..32 lanes per chunk, found {K}")
+    _check(chunk_size >= K and chunk_size % K == 0,
+           f"chunk_size must be a multiple of the {K} lanes")
+    _check(num_words.shape[0] == nchunks and states.shape[0] == nchunks,
+           f"expected {nchunks} chunks, found {num_words.shape[0]} and {states.shape}")
     total = int(num_words.astype(np.int64).sum())
     _check(total == words.shape[0], f"expected {total} words, found {words.shape[0]}")
     _check(bool(np.all(states >= RANS_STATE_LOWER)), "final states must be >= 2**16")
@@ -405,9 +435,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
         table = rans_decode_table(frequencies, precision_bits)
     _check_array(table, "table", (np.uint64,), 2)
     _check(table.shape == (num_tables, 1 << precision_bits), "decode table has the wrong shape")
-    padded = np.empty(total + 1, dtype=np.uint16)
+    padded = np.zeros(total + 2 * RANS_LANES, dtype=np.uint16)
     padded[:total] = words
-    padded[total] = 0
     offsets = np.zeros(nchunks, dtype=np.int64)
     if nchunks > 1:
         np.cumsum(num_words[:-1], out=offsets[1:])
