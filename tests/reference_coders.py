@@ -19,18 +19,78 @@ L = 1 << 16
 
 
 # ------------------------------------------------------------------------------- container
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    v, shift = 0, 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, pos
+
+
+#: version 2: codec code -> (codec id, parameter names, section names), from the spec
+V2_LAYOUTS = {
+    1: ("rans", ["precision_bits", "num_lanes", "chunk_size", "num_tables", "period",
+                 "min_symbol", "alphabet_size", "num_chunks"], ["tables", "index", "payload"]),
+    2: ("huffman", ["table_bits", "chunk_size", "sub_block_size", "min_symbol",
+                    "alphabet_size", "num_chunks"], ["lengths", "index", "subblocks", "payload"]),
+    3: ("arith", ["prob_bits", "symbol_bits", "num_channel_contexts", "prev_bits",
+                  "adapt_limit", "chunk_size", "period", "min_symbol", "alphabet_size",
+                  "num_chunks"], ["index", "payload"]),
+    4: ("constriction-ans", ["precision_bits", "num_tables", "period", "min_symbol",
+                             "alphabet_size"], ["tables", "payload"]),
+    5: ("constriction-range", ["precision_bits", "num_tables", "period", "min_symbol",
+                               "alphabet_size"], ["tables", "payload"]),
+}
+
+
 def parse_container(data: bytes) -> dict:
-    """Parse a stream following the spec only; returns meta plus raw sections."""
+    """Parse a stream (version 1 or 2) following the spec only; returns meta plus sections."""
+    assert data[:4] == b"KVIC"
+    if data[4] == 2:
+        codec_id, pnames, snames = V2_LAYOUTS[data[5]]
+        dtype = {1: "uint8", 2: "uint16", 3: "int32"}[data[6]]
+        pos = 8
+        shape = []
+        for _ in range(data[7]):
+            v, pos = _varint(data, pos)
+            shape.append(v)
+        count, pos = _varint(data, pos)
+        assert count == len(pnames)
+        params = {}
+        for name in pnames:
+            z, pos = _varint(data, pos)
+            params[name] = z // 2 if z % 2 == 0 else -(z + 1) // 2
+        count, pos = _varint(data, pos)
+        assert count == len(snames)
+        lens = []
+        for _ in snames:
+            ln, pos = _varint(data, pos)
+            lens.append((ln, struct.unpack_from("<I", data, pos)[0]))
+            pos += 4
+        (sym_crc,) = struct.unpack_from("<I", data, pos)
+        assert struct.unpack_from("<I", data, pos + 4)[0] == zlib.crc32(data[: pos + 4])
+        pos += 8
+        sections = {}
+        for name, (ln, crc) in zip(snames, lens, strict=True):
+            sections[name] = data[pos : pos + ln]
+            assert zlib.crc32(sections[name]) == crc
+            pos += ln
+        assert pos == len(data)
+        return {"version": 2, "codec": {"id": codec_id}, "shape": shape, "dtype": dtype,
+                "params": params, "sections": sections, "symbols_crc32": sym_crc}
     magic, version, flags, meta_len, total_len, sym_crc = struct.unpack_from("<4sHHIQI", data)
     assert magic == b"KVIC" and version == 1 and flags == 0 and total_len == len(data)
     assert struct.unpack_from("<I", data, len(data) - 4)[0] == zlib.crc32(data[:-4])
     meta = json.loads(data[24 : 24 + meta_len])
     sections = {name: data[off : off + ln] for name, off, ln in meta["sections"]}
-    return {**meta, "sections": sections, "symbols_crc32": sym_crc}
+    return {**meta, "version": 1, "sections": sections, "symbols_crc32": sym_crc}
 
 
 # ------------------------------------------------------------------------------------ rANS
-def rans_encode(symbols, min_symbol, freqs, precision, chunk_size, period):
+def rans_encode(symbols, min_symbol, freqs, precision, chunk_size, period, lanes=LANES):
     """Returns (words per chunk as lists, final states per chunk as lists)."""
     freqs = [list(map(int, row)) for row in np.atleast_2d(freqs)]
     cums = [[sum(row[:i]) for i in range(len(row))] for row in freqs]
@@ -39,10 +99,10 @@ def rans_encode(symbols, min_symbol, freqs, precision, chunk_size, period):
     chunks_words, chunks_states = [], []
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
-        state = [L] * LANES
+        state = [L] * lanes
         emitted = []
         for j in range(stop - 1, start - 1, -1):
-            lane = (j - start) % LANES
+            lane = (j - start) % lanes
             t = (j % period) if len(freqs) > 1 else 0
             f, c = freqs[t][syms[j]], cums[t][syms[j]]
             x = state[lane]
@@ -56,6 +116,7 @@ def rans_encode(symbols, min_symbol, freqs, precision, chunk_size, period):
 
 
 def rans_decode(chunks_words, chunks_states, n, min_symbol, freqs, precision, chunk_size, period):
+    """Decode; the lane count of each chunk is the length of its state list."""
     freqs = [list(map(int, row)) for row in np.atleast_2d(freqs)]
     cums = [[sum(row[:i]) for i in range(len(row))] for row in freqs]
     out = []
@@ -66,7 +127,7 @@ def rans_decode(chunks_words, chunks_states, n, min_symbol, freqs, precision, ch
         state = list(chunks_states[k])
         ptr = 0
         for j in range(start, stop):
-            lane = (j - start) % LANES
+            lane = (j - start) % len(state)
             t = (j % period) if len(freqs) > 1 else 0
             x = state[lane]
             slot = x & mask
@@ -89,14 +150,23 @@ def decode_rans_stream(data: bytes) -> np.ndarray:
     if n == 0:
         return np.zeros(c["shape"], dtype=c["dtype"])
     freqs = read_tables(c["sections"]["tables"], p["num_tables"], p["alphabet_size"])
-    rec = 8 + 4 + 4 + 4 * LANES
     idx = c["sections"]["index"]
     payload = c["sections"]["payload"]
     words, states = [], []
-    for k in range(p["num_chunks"]):
-        off, nsym, nw = struct.unpack_from("<QII", idx, k * rec)
-        states.append(list(struct.unpack_from(f"<{LANES}I", idx, k * rec + 16)))
-        words.append(list(struct.unpack_from(f"<{nw}H", payload, off)))
+    if c["version"] == 2:
+        k_lanes, pos, off = p["num_lanes"], 4 * p["num_lanes"] * p["num_chunks"], 0
+        for k in range(p["num_chunks"]):
+            states.append(list(struct.unpack_from(f"<{k_lanes}I", idx, 4 * k_lanes * k)))
+            nw, pos = _varint(idx, pos)
+            words.append(list(struct.unpack_from(f"<{nw}H", payload, off)))
+            off += 2 * nw
+        assert pos == len(idx) and off == len(payload)
+    else:
+        rec = 8 + 4 + 4 + 4 * LANES
+        for k in range(p["num_chunks"]):
+            off, nsym, nw = struct.unpack_from("<QII", idx, k * rec)
+            states.append(list(struct.unpack_from(f"<{LANES}I", idx, k * rec + 16)))
+            words.append(list(struct.unpack_from(f"<{nw}H", payload, off)))
     out = rans_decode(words, states, n, p["min_symbol"], freqs, p["precision_bits"],
                       p["chunk_size"], p["period"])
     arr = np.array(out, dtype=c["dtype"]).reshape(c["shape"])

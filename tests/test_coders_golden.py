@@ -2,7 +2,8 @@
 
 A deliberate format change must bump ``kvinfo.codecs._container.FORMAT_VERSION`` (and the
 docs) and regenerate the files with ``KVINFO_REGEN_GOLDEN=1 python -m pytest
-tests/test_coders_golden.py``; without that switch the files are never written.
+tests/test_coders_golden.py``; without that switch the files are never written. Files of
+older versions stay: the decoders must keep reading them (``test_old_version_decodes``).
 """
 
 from __future__ import annotations
@@ -53,3 +54,21 @@ def test_golden_stream(name, config, key):
     assert codec.encode(x) == golden, f"bitstream of {name}/{key} changed: bump the version"
     out = codec.decode(golden)
     assert out.dtype == x.dtype and np.array_equal(out, x)
+
+
+OLD = sorted(p for p in GOLDEN.glob("v*_*.kvic") if not p.name.startswith(f"v{FORMAT_VERSION}_"))
+
+
+def test_old_versions_are_kept():
+    assert {p.name.split("_")[0] for p in OLD} >= {f"v{v}" for v in range(1, FORMAT_VERSION)}
+
+
+@pytest.mark.parametrize("path", OLD, ids=[p.stem for p in OLD])
+def test_old_version_decodes(path):
+    """A stream written by an older format version decodes to its input, bit-exactly."""
+    name = path.stem.split("_", 1)[1].rsplit("_", 1)[0]
+    codec = get_codec(dict(CASES)[name])
+    x = np.load(path.with_suffix(".npy"))
+    out = codec.decode(path.read_bytes())
+    assert out.dtype == x.dtype and out.shape == x.shape and np.array_equal(out, x)
+    assert codec.rate(path.read_bytes())["total_bits"] == 8 * path.stat().st_size

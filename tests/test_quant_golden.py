@@ -48,7 +48,7 @@ def test_golden_quant_stream(name):
     config, dtype = CASES[name]
     codec = get_codec(config)
     x = _input(dtype)
-    stem = GOLDEN / f"quant_v{CONTAINER_VERSION}_{name}"
+    stem = GOLDEN / f"quant_v{CONTAINER_VERSION}_{name}"  # embedded coders: FORMAT_VERSION
     if REGEN:
         GOLDEN.mkdir(exist_ok=True)
         data = codec.encode(x)
@@ -61,3 +61,18 @@ def test_golden_quant_stream(name):
     out = codec.decode(golden)
     assert out.dtype == x.dtype and out.shape == x.shape
     assert np.array_equal(out.astype(np.float32), np.load(stem.with_suffix(".out.npy")))
+
+
+OLD_CODER = sorted(GOLDEN.glob("quant_v*_kvic*_*.kvq"))
+
+
+@pytest.mark.parametrize("path", OLD_CODER, ids=[p.stem for p in OLD_CODER])
+def test_streams_with_older_coder_versions_decode(path):
+    """Quantizer streams whose embedded coder streams are of an older kvinfo container
+    version (``quant_v<C>_kvic<V>_<name>``) still decode to their recorded output."""
+    name = path.stem.split("_", 3)[3]
+    config, dtype = CASES[name]
+    out = get_codec(config).decode(path.read_bytes())
+    stem = str(path)[: -len(".kvq")]
+    assert out.dtype == DTYPES[dtype] and out.shape == _input(dtype).shape
+    assert np.array_equal(out.astype(np.float32), np.load(stem + ".out.npy"))

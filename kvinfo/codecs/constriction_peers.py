@@ -57,6 +57,8 @@ _PARAM_SPEC = {
     "min_symbol": (-(1 << 31), (1 << 32) - 1),
     "alphabet_size": (0, C.MAX_ALPHABET),
 }
+for _cid in ("constriction-ans", "constriction-range"):
+    C.register_layout(_cid, tuple(_PARAM_SPEC), ("tables", "payload"))
 
 
 def categorical_models(tables: PerChannelTables) -> list:
@@ -116,11 +118,12 @@ class _ConstrictionPeer(C.ContainerCoder):
             words = np.asarray(coder.get_compressed(), dtype=np.uint32)
         params = {"precision_bits": prec, "num_tables": num_tables, "period": period,
                   "min_symbol": lo, "alphabet_size": span}
-        return C.pack(self.get_config(), a.shape, a.dtype.name, params,
+        return C.pack(self.codec_id, a.shape, a.dtype.name, params,
                       [("tables", tbytes), ("payload", words.astype("<u4").tobytes())],
                       C.symbols_crc32(a))
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    def decode(self, data, device: str = "cpu", max_output_bytes: int | None = None
+               ) -> np.ndarray:
         if device != "cpu":
             raise CodecConfigError(
                 f"{self.codec_id}: this decoder runs on device 'cpu', found {device!r}"
@@ -136,11 +139,18 @@ class _ConstrictionPeer(C.ContainerCoder):
             if p["alphabet_size"] < 1 or p["num_tables"] not in (1, p["period"]):
                 raise CorruptStreamError("corrupt kvinfo stream: inconsistent table parameters")
             C.check_dtype_range(p, c.dtype)
+            if p["num_tables"] > len(c.sections["tables"]):  # every row takes >= 1 byte
+                raise CorruptStreamError("corrupt kvinfo stream: too many tables for their bytes")
             tables = PerChannelTables.from_bytes(
                 c.sections["tables"], p["num_tables"], p["alphabet_size"], p["precision_bits"],
                 p["min_symbol"],
             )
             words = C.section_array(c, "payload", "<u4")
+            # constriction re-quantizes the table to 24 bits: allow it a 10 % cheaper symbol
+            f_max = int(tables.frequencies.max())
+            C.check_min_bits(c, n, 0.9 * (p["precision_bits"] - float(np.log2(f_max))),
+                             32.0 * words.shape[0] + 64.0, self.codec_id)
+            C.allocate_output(c, max_output_bytes, 12 * n)  # int32 indices and int64 copy
             models = categorical_models(tables)
             nt = p["num_tables"]
             rows = n // p["period"] if nt > 1 else n

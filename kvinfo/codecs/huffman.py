@@ -64,6 +64,15 @@ _PARAM_SPEC = {
     "alphabet_size": (0, C.MAX_ALPHABET),
     "num_chunks": (0, 1 << 40),
 }
+C.register_layout("huffman", tuple(_PARAM_SPEC), ("lengths", "index", "subblocks", "payload"))
+_PARAM_SPEC_V1 = {
+    "table_bits": (0, 16),
+    "chunk_size": (1, 1 << 30),
+    "sub_block_size": (1, 1 << 30),
+    "min_symbol": (-(1 << 31), (1 << 32) - 1),
+    "alphabet_size": (0, C.MAX_ALPHABET),
+    "num_chunks": (0, 1 << 40),
+}
 
 
 def _package_merge(weights: np.ndarray, limit: int) -> np.ndarray:
@@ -176,13 +185,6 @@ class Huffman(C.ContainerCoder):
                     idx, cpu.canonical_codes(lengths), lengths, self.chunk_size,
                     self.sub_block_size,
                 )
-        index = np.zeros(nchunks, HUFFMAN_INDEX_DTYPE)
-        index["num_words"] = num_words
-        if nchunks > 1:
-            index["byte_offset"][1:] = 4 * np.cumsum(num_words[:-1], dtype=np.uint64)
-        index["num_symbols"] = np.minimum(
-            self.chunk_size, n - np.arange(nchunks, dtype=np.int64) * self.chunk_size
-        )
         params = {
             "table_bits": table_bits,
             "chunk_size": self.chunk_size,
@@ -192,10 +194,10 @@ class Huffman(C.ContainerCoder):
             "num_chunks": nchunks,
         }
         return C.pack(
-            self.get_config(), a.shape, a.dtype.name, params,
+            self.codec_id, a.shape, a.dtype.name, params,
             [
                 ("lengths", encode_uints(lengths) if n else b""),
-                ("index", index.tobytes()),
+                ("index", np.asarray(num_words, "<u4").tobytes()),
                 ("subblocks", sub.astype("<u4").tobytes()),
                 ("payload", words.astype("<u4").tobytes()),
             ],
@@ -205,7 +207,7 @@ class Huffman(C.ContainerCoder):
     def parse(self, data):
         """Validate a stream completely; return ``(container, lengths, index, sub, words)``."""
         c = C.unpack(data, self.codec_id)
-        p = C.require_params(c.params, _PARAM_SPEC)
+        p = C.require_params(c.params, _PARAM_SPEC if c.version >= 2 else _PARAM_SPEC_V1)
         n = c.num_symbols
         C.check_chunks(p, n)
         cs, sb = p["chunk_size"], p["sub_block_size"]
@@ -217,7 +219,15 @@ class Huffman(C.ContainerCoder):
             )
         nchunks = p["num_chunks"]
         nsub = ((nchunks - 1) * (cs // sb) + -(-(n - (nchunks - 1) * cs) // sb)) if n else 0
-        index = C.section_array(c, "index", HUFFMAN_INDEX_DTYPE, nchunks)
+        if c.version >= 2:
+            index = np.zeros(nchunks, HUFFMAN_INDEX_DTYPE)
+            index["num_words"] = C.section_array(c, "index", "<u4", nchunks)
+            if nchunks > 1:
+                index["byte_offset"][1:] = 4 * np.cumsum(index["num_words"][:-1],
+                                                         dtype=np.uint64)
+            index["num_symbols"] = np.minimum(cs, n - np.arange(nchunks, dtype=np.int64) * cs)
+        else:
+            index = C.section_array(c, "index", HUFFMAN_INDEX_DTYPE, nchunks)
         sub = C.section_array(c, "subblocks", "<u4", nsub)
         words = C.section_array(c, "payload", "<u4")
         if n == 0:
@@ -251,13 +261,19 @@ class Huffman(C.ContainerCoder):
             raise CorruptStreamError("corrupt kvinfo stream: huffman chunk index inconsistent")
         if int(nw.sum()) != words.shape[0] or np.any(nw * 32 > expect * max(tb, 1) + 31):
             raise CorruptStreamError("corrupt kvinfo stream: huffman word counts inconsistent")
+        if tb and np.any(expect > 32 * nw):  # every code is at least one bit long
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: huffman chunks claim more symbols than their "
+                f"{int(nw.sum())} words can hold"
+            )
         if tb == 0 and (words.shape[0] or np.any(sub)):
             raise CorruptStreamError("corrupt kvinfo stream: payload for a single-symbol stream")
         if nsub and np.any(sub.astype(np.int64) > np.repeat(nw * 32, -(-expect // sb))):
             raise CorruptStreamError("corrupt kvinfo stream: sub-block offset past its chunk")
         return c, lengths, index, sub, words
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    def decode(self, data, device: str = "cpu", max_output_bytes: int | None = None
+               ) -> np.ndarray:
         if device == "cuda":  # device memory, via kvinfo.kernels.gpu (CudaUnavailableError without)
             from ..kernels import gpu
 
@@ -267,18 +283,22 @@ class Huffman(C.ContainerCoder):
         c, lengths, index, sub, words = self.parse(data)
         p = c.params
         n = c.num_symbols
+        # the decode kernel writes int32 indices before the cast: count them too
+        out = C.allocate_output(c, max_output_bytes,
+                                4 * n + (4 << p["table_bits"]) if p["table_bits"] else 0)
         if n == 0:
-            out = np.empty(0, c.dtype)
+            pass
         elif p["table_bits"] == 0:
-            out = np.full(n, p["min_symbol"], dtype=c.dtype)
+            out.fill(p["min_symbol"])
         else:
             idx, status = cpu.huffman_decode(
                 words, np.ascontiguousarray(index["num_words"], np.uint32), sub, lengths,
                 p["table_bits"], p["chunk_size"], p["sub_block_size"], n,
             )
             C.raise_status(status, "huffman")
-            out = (idx + p["min_symbol"]).astype(c.dtype) if p["min_symbol"] else idx.astype(
-                c.dtype)
+            if p["min_symbol"]:
+                idx += p["min_symbol"]
+            out[:] = idx
         out = out.reshape(c.shape)
         C.check_symbols(c, out)
         return out
