@@ -11,7 +11,9 @@ wild read.
 Design (the layouts are those of ``docs/container-format.md``, unchanged):
 
 * **rANS** -- one warp per chunk; lane ``l`` owns the rANS state of interleaved lane
-  ``l`` (symbol ``j`` of a chunk belongs to lane ``j % 32``). At each step every lane
+  ``l`` (symbol ``j`` of a chunk belongs to lane ``j % K``, ``K = states.shape[1]``, 32
+  for format version 1 and for large version-2 streams; the warp's lanes ``>= K`` idle
+  at state ``2**16``). At each step every lane
   decodes one symbol from a slot table, then the lanes whose state fell below ``2**16``
   vote (``ballot_sync``); a lane's word is at the chunk's read pointer plus the
   popcount of the votes of the lanes before it, and the pointer advances by the
@@ -258,7 +260,7 @@ def rans_kernel(shared: bool, wide: bool, mode: int, warps_per_block: int | None
                 ring: bool = False):
     """The rANS decode kernel for one variant (built and cached on first use).
 
-    Signature: ``(words u16[total+1], word_off i64[c], num_words i64[c], states u32[c,32],
+    Signature: ``(words u16[total+1], word_off i64[c], num_words i64[c], states u32[c,K],
     tab u32[t,m], symtab u16[t,m], precision, chunk_size, n, min_symbol, period,
     num_tables, status i32[c], out, zero f32[], step f32[], colterm i64[D], dq i64[5])``.
     Launch with ``ceil(c / W)`` blocks of ``32 * W`` threads, ``W = warps_per_block``
@@ -312,7 +314,10 @@ def rans_kernel(shared: bool, wide: bool, mode: int, warps_per_block: int | None
         c0 = word_off[k]
         ptr = c0
         end = ptr + num_words[k]
-        x = states[k, lane]
+        K = np.int64(states.shape[1])  # interleaved lanes of the stream (1..32)
+        x = _L
+        if lane < K:
+            x = states[k, lane]
         # word ring (per warp, in shared memory): holds words [filled - 256, filled) of the
         # stream; 64 more words wait in two registers per lane, loaded one refill ahead
         rbase = warp * RW
@@ -331,7 +336,7 @@ def rans_kernel(shared: bool, wide: bool, mode: int, warps_per_block: int | None
         mask = np.uint32((1 << precision) - 1)
         lt = np.uint32((1 << lane) - 1)
         ch = (start + lane) % period
-        inc = 32 % period
+        inc = K % period
         # dequantization counters of this lane's element (unused for MODE_SYMBOLS)
         di = 0
         row = 0
@@ -347,13 +352,13 @@ def rans_kernel(shared: bool, wide: bool, mode: int, warps_per_block: int | None
             ti = row % dq[1]
             bi = row // dq[1]
             rowterm = _rowterm(bi, ti, dq)
-            inc_d = 32 % dq[0]
-            inc_r = 32 // dq[0]
-        nsteps = (ns + 31) >> 5
+            inc_d = K % dq[0]
+            inc_r = K // dq[0]
+        nsteps = (ns + K - 1) // K
         for t in range(nsteps):
-            r = 32 * t + lane
+            r = K * t + lane
             need = False
-            if r < ns:
+            if lane < K and r < ns:
                 slot = x & mask
                 if SHARED:
                     e = sh_tab[slot]
