@@ -65,6 +65,11 @@ def _cases(seed: int):
         ({"id": "huffman", "chunk_size": 8192, "sub_block_size": 1024},
          rng.permutation(np.arange(5000, dtype=np.uint16)).repeat(2)[:9000]),
         ({"id": "huffman"}, np.full((3, 5), 7, np.uint8)),  # single symbol: no payload
+        # format version 2 automatic layouts: one chunk of a single lane (low entropy),
+        # per-channel tables chosen by measurement
+        ({"id": "rans"}, (rng.random(300) < 0.03).astype(np.uint8)),
+        ({"id": "rans"}, np.clip(np.round(rng.normal(0, np.linspace(0.2, 6, 6), (40, 6))),
+                                 -9, 9).astype(np.int32)),
     ]
     for cfg, x in sym:
         yield cfg, x
@@ -92,10 +97,8 @@ def _bits(a):
 
 
 def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator subprocess
-    import struct
-    import zlib
-
-    from kvinfo.codecs import get_codec
+    from kvinfo.codecs import _container as C
+    from kvinfo.codecs import get_codec, reseal_stream
     from kvinfo.errors import CodecConfigError, CorruptStreamError
     from kvinfo.kernels import gpu
 
@@ -114,6 +117,36 @@ def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator su
             got.dtype if prep.result_dtype != "bfloat16" else ref.dtype)))
         print(json.dumps({"case": cfg["id"], "cfg": cfg, "n": int(x.size), "ok": bool(ok),
                           "dtype": prep.result_dtype, "seed": seed}), flush=True)
+    # streams of format version 1 (the committed golden files) decode on the GPU too
+    golden = ROOT / "tests" / "golden"
+    for name, cfg in (("rans", {"id": "rans", "chunk_size": 512}),
+                      ("rans_pc", {"id": "rans", "per_channel": True, "chunk_size": 256}),
+                      ("huffman", {"id": "huffman", "chunk_size": 512, "sub_block_size": 128})):
+        for key in ("gauss", "walk"):
+            codec = get_codec(cfg)
+            data = (golden / f"v1_{name}_{key}.kvic").read_bytes()
+            got = codec.prepare_cuda(data).decode().copy_to_host()
+            want = np.load(golden / f"v1_{name}_{key}.npy")
+            print(json.dumps({"case": "v1-golden", "name": f"{name}_{key}",
+                              "v1_ok": bool(np.array_equal(got, want))}), flush=True)
+    # every lane count 1..32 of format version 2, through the arrays-only front end
+    from kvinfo.codecs.models import PerChannelTables
+    from kvinfo.kernels import cpu
+
+    r2 = np.random.default_rng(seed + 1)
+    for lanes in (1, 3, 17, 32):
+        for per in (False, True):
+            x = r2.integers(0, 6, 200, dtype=np.uint8)
+            counts = cpu.histogram(x, 0, 6, 4, per_channel=per)
+            t = PerChannelTables.from_counts(counts, 10, 0)
+            chunk = lanes * 4
+            w, nw, st = cpu.rans_encode(x, 0, t.frequencies, 10, chunk, 4, num_lanes=lanes)
+            prep = gpu.prepare_rans(w, nw, st, t.frequencies, precision_bits=10,
+                                    chunk_size=chunk, min_symbol=0, period=4, shape=(50, 4),
+                                    dtype=np.uint8)
+            got = prep.decode().copy_to_host().reshape(-1)
+            print(json.dumps({"case": "lanes", "lanes": lanes, "per": per,
+                              "lanes_ok": bool(np.array_equal(got, x))}), flush=True)
     # the optional shared-memory word-ring variant of the rANS kernel (benchmarked against
     # the default), on chunks long enough to cycle the ring several times
     for cfg, x in list(_cases(seed))[5:7]:
@@ -139,10 +172,9 @@ def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator su
     ):
         codec = get_codec(cfg)
         data = bytearray(codec.encode(x))
-        meta = json.loads(bytes(data[24:24 + struct.unpack_from("<I", data, 8)[0]]))
-        offset = [s[1] for s in meta["sections"] if s[0] == section][0]
+        offset = C.unpack(bytes(data)).offsets[section]
         data[offset + at] ^= flip
-        struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]) & 0xFFFFFFFF)
+        data = bytearray(reseal_stream(bytes(data)))
         outcome = {}
         for where, fn in (("cpu", lambda c=codec, d=bytes(data): c.decode(d)),
                           ("gpu", lambda c=codec, d=bytes(data): c.decode(d, device="cuda"))):
@@ -209,11 +241,21 @@ def sim_results():
 
 def test_simulated_decode_matches_cpu(sim_results):
     cases = [r for r in sim_results if r.get("ok") is not None]
-    assert len(cases) == 19
+    assert len(cases) == 21
     bad = [r for r in cases if not r["ok"]]
     assert not bad, bad
     assert {r["dtype"] for r in cases} >= {"uint8", "uint16", "int32", "float16", "bfloat16",
                                            "float32", "float64"}
+
+
+def test_simulated_decode_of_version_1_streams(sim_results):
+    rows = [r for r in sim_results if r.get("case") == "v1-golden"]
+    assert len(rows) == 6 and all(r["v1_ok"] for r in rows), rows
+
+
+def test_simulated_decode_of_every_lane_count(sim_results):
+    rows = [r for r in sim_results if r.get("case") == "lanes"]
+    assert len(rows) == 8 and all(r["lanes_ok"] for r in rows), rows
 
 
 def test_simulated_word_ring_variant_matches_cpu(sim_results):

@@ -11,6 +11,7 @@ from . import (
     quant,  # noqa: F401  (registers uniform, ecsq, turbo, lossless)
     rans,  # noqa: F401  (registers 'rans')
 )
+from ._container import reseal as reseal_stream
 from .abc import Codec, RateBreakdown
 from .registry import codec_registry, get_codec, list_codecs, register_codec
 
@@ -24,4 +25,5 @@ __all__ = [
     "CorruptStreamError",
     "UnknownCodecError",
     "CodecConfigError",
+    "reseal_stream",
 ]

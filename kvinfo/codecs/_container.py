@@ -58,6 +58,7 @@ __all__ = [
     "register_layout",
     "CODEC_CODES",
     "READ_VERSIONS",
+    "reseal",
 ]
 
 MAGIC = b"KVIC"
@@ -111,6 +112,8 @@ class Container:
     symbols_crc32: int = 0
     total_len: int = 0
     version: int = FORMAT_VERSION
+    #: byte offset of each section from the start of the stream
+    offsets: dict = field(default_factory=dict)
 
     @property
     def num_symbols(self) -> int:
@@ -264,6 +267,43 @@ def unpack(data, expected_codec_id: str | None = None) -> Container:
     return _unpack_v2(buf, expected_codec_id)
 
 
+def reseal(data: bytes) -> bytes:
+    """``data`` with every checksum recomputed (the symbols CRC excepted), for tests.
+
+    Lets a test damage a stream "behind" its checksums, so that only a decoder's own
+    validation and the decoded-symbol CRC stand guard. A version-2 header too damaged to
+    locate its sections, or a stream that is not a kvinfo container, comes back unchanged.
+    """
+    data = bytearray(data)
+    if len(data) < 8 or bytes(data[:4]) != MAGIC:
+        return bytes(data)
+    if data[4] == 1:
+        if len(data) >= PREAMBLE_SIZE + TRAILER_SIZE:
+            struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]) & 0xFFFFFFFF)
+        return bytes(data)
+    try:
+        r = _Reader(memoryview(data), 8)
+        for _ in range(data[7]):
+            r.varint("shape")
+        for _ in range(r.varint("params")):
+            r.varint("param")
+        spots = []
+        for _ in range(r.varint("sections")):
+            spots.append((r.varint("length"), r.pos))
+            r.u32()
+        r.u32()
+        hdr_end = r.pos
+        r.u32()
+    except CorruptStreamError:
+        return bytes(data)
+    pos = r.pos
+    for ln, at in spots:
+        struct.pack_into("<I", data, at, zlib.crc32(data[pos : pos + ln]) & 0xFFFFFFFF)
+        pos += ln
+    struct.pack_into("<I", data, hdr_end, zlib.crc32(data[:hdr_end]) & 0xFFFFFFFF)
+    return bytes(data)
+
+
 def _unpack_v2(buf, expected_codec_id):
     n = len(buf)
     r = _Reader(buf, 5)
@@ -310,8 +350,9 @@ def _unpack_v2(buf, expected_codec_id):
     if pos + sum(lens) != n:
         raise _corrupt(f"sections need {pos + sum(lens)} bytes, found {n} (truncated or "
                        f"extended)")
-    sections = {}
+    sections, offsets = {}, {}
     for name, ln, c in zip(snames, lens, crcs, strict=True):
+        offsets[name] = pos
         mv = buf[pos : pos + ln]
         got = zlib.crc32(mv) & 0xFFFFFFFF
         if got != c:
@@ -320,7 +361,8 @@ def _unpack_v2(buf, expected_codec_id):
         sections[name] = mv
         pos += ln
     return Container(codec={"id": codec_id}, shape=shape, dtype=dtype, params=params,
-                     sections=sections, symbols_crc32=sym_crc, total_len=n, version=2)
+                     sections=sections, symbols_crc32=sym_crc, total_len=n, version=2,
+                     offsets=offsets)
 
 
 def _unpack_v1(buf, expected_codec_id):
@@ -375,7 +417,7 @@ def _unpack_v1(buf, expected_codec_id):
         raise _corrupt("meta 'params' must be an object")
     if not isinstance(table, list):
         raise _corrupt("meta 'sections' must be a list")
-    sections = {}
+    sections, offsets = {}, {}
     pos = _align8(PREAMBLE_SIZE + meta_len)
     _check_zero(buf, PREAMBLE_SIZE + meta_len, pos)
     for entry in table:
@@ -396,6 +438,7 @@ def _unpack_v1(buf, expected_codec_id):
                 f"found offset {off} length {ln}"
             )
         sections[name] = buf[off : off + ln]
+        offsets[name] = off
         pos = _align8(off + ln)
         _check_zero(buf, off + ln, min(pos, n - TRAILER_SIZE))
     if pos != n - TRAILER_SIZE:
@@ -409,6 +452,7 @@ def _unpack_v1(buf, expected_codec_id):
         symbols_crc32=sym_crc,
         total_len=n,
         version=1,
+        offsets=offsets,
     )
 
 

@@ -29,8 +29,8 @@ do not drift (version 1 kept 16 bits, which settled a p = 0.02 bit near 0.03, +2
 Symbols minus the minimum symbol are coded most-significant bit first through a binary
 tree of adaptive probabilities (see :class:`~kvinfo.codecs.models.AdaptiveContextModel`)
 with an LZMA-style byte-oriented binary range coder: 32-bit range, probabilities coded
-with 16 bits and clamped to ``[32, 65504] / 65536``, carry propagation through a cache byte. No model
-table is stored: the decoder rebuilds the same adaptive state. At most ``2**22``
+with 16 bits and clamped to ``[32, 65504] / 65536``, carry propagation through a cache
+byte. No model table is stored: the decoder rebuilds the same adaptive state. At most ``2**22``
 adaptive probabilities per chunk are used; for large alphabets the previous-symbol
 context keeps only the high bits of the previous symbol and, if still too large, the
 channel context is dropped (the stream records the layout). CPU only. Symbols are uint8,

@@ -410,7 +410,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     Status 0 means the chunk consumed exactly its words and every lane ended in the
     encoder's initial state ``2**16``; 1 means a word-count mismatch; 2 a state
     mismatch. ``states`` has one column per lane (1..32); element ``i`` of a chunk
-    belongs to lane ``i % num_lanes``. ``words`` must hold ``num_words.sum()`` words (a padded copy is made).
+    belongs to lane ``i % num_lanes``. ``words`` must hold ``num_words.sum()`` words (a
+    padded copy is made).
     ``table`` may pass a precomputed :func:`rans_decode_table`.
     """
     _check_array(words, "words", (np.uint16,), 1)
