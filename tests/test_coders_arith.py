@@ -39,13 +39,15 @@ def test_previous_symbol_context_goes_below_order0_entropy():
     p = np.bincount(x.ravel()) / x.size
     h0 = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
     rates = {}
-    for ctx in ("none", "channel", "channel+prev"):
+    for ctx in ("none", "channel", "channel+prev", "auto"):
         codec = get_codec({"id": "arith", "context": ctx})
         data = codec.encode(x)
         assert np.array_equal(codec.decode(data), x)
         rates[ctx] = codec.rate(data)["bits_per_element"]
-    assert h0 <= rates["none"] < 1.01 * h0
+    # the adaptive order-0 model follows the walk's local statistics a little
+    assert 0.98 * h0 <= rates["none"] < 1.01 * h0
     assert rates["channel+prev"] < 0.5 * h0
+    assert rates["auto"] == rates["channel+prev"]  # the measured choice finds the context
 
 
 def test_layout_caps_adaptive_probabilities():

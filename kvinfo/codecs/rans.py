@@ -75,7 +75,7 @@ from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
 from . import _device
-from .models import PerChannelTables, decode_uints, encode_uints, min_precision_bits
+from .models import PerChannelTables, min_precision_bits
 from .registry import register_codec
 
 __all__ = ["Rans", "RANS_INDEX_DTYPE"]
@@ -266,7 +266,7 @@ class Rans(C.ContainerCoder):
                 flat, lo, tables.frequencies, prec, chunk, period, counts=counts,
                 num_lanes=lanes,
             )
-            index = states.astype("<u4").tobytes() + encode_uints(num_words)
+            index = states.astype("<u4").tobytes() + _varints(num_words)
             tbytes = tables.to_bytes()
         params = {
             "precision_bits": prec,
@@ -324,9 +324,7 @@ class Rans(C.ContainerCoder):
             )
         index = np.zeros(nchunks, idx_dtype)
         index["states"] = np.frombuffer(raw, "<u4", nchunks * k_lanes).reshape(nchunks, k_lanes)
-        nw = np.zeros(nchunks, np.int64)
-        if decode_uints(raw, nstate, len(raw), nw, 1 << 31) != len(raw):
-            raise CorruptStreamError("corrupt kvinfo stream: trailing bytes in the rans index")
+        nw = _read_varints(raw, nstate, nchunks)
         index["num_words"] = nw
         if len(c.sections["payload"]) % 2:
             raise CorruptStreamError("corrupt kvinfo stream: rans payload has an odd length")
@@ -448,6 +446,38 @@ class Rans(C.ContainerCoder):
         out = out.reshape(c.shape)
         C.check_symbols(c, out)
         return out
+
+
+def _varints(values) -> bytes:
+    """Unsigned LEB128 varints, one per value."""
+    out = bytearray()
+    for v in np.asarray(values, dtype=np.int64).tolist():
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+def _read_varints(buf: bytes, pos: int, count: int) -> np.ndarray:
+    """Exactly ``count`` varints filling ``buf[pos:]`` (each below 2**31)."""
+    out = np.zeros(count, np.int64)
+    end = len(buf)
+    for i in range(count):
+        v = shift = 0
+        while True:
+            if pos >= end or shift > 28:
+                raise CorruptStreamError("corrupt kvinfo stream: rans index varint truncated")
+            b = buf[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        out[i] = v
+    if pos != end:
+        raise CorruptStreamError("corrupt kvinfo stream: trailing bytes in the rans index")
+    return out
 
 
 def _index_dtype(num_lanes: int) -> np.dtype:
