@@ -103,7 +103,7 @@ class _ConstrictionPeer(C.ContainerCoder):
         words = np.empty(0, np.uint32)
         num_tables, prec, tbytes = 0, self.precision_bits, b""
         if flat.size:
-            num_tables, prec, tbytes = tables.num_tables, tables.precision_bits, tables.to_bytes()
+            num_tables, prec, tbytes = tables.num_tables, tables.precision_bits, tables.to_bytes(packed=True)
             idx = np.subtract(flat, lo, dtype=np.int32)
             models = categorical_models(tables)
             cols = self._columns(idx, num_tables, period)
@@ -139,11 +139,11 @@ class _ConstrictionPeer(C.ContainerCoder):
             if p["alphabet_size"] < 1 or p["num_tables"] not in (1, p["period"]):
                 raise CorruptStreamError("corrupt kvinfo stream: inconsistent table parameters")
             C.check_dtype_range(p, c.dtype)
-            if p["num_tables"] > len(c.sections["tables"]):  # every row takes >= 1 byte
+            if p["num_tables"] > 8 * len(c.sections["tables"]) // 7:  # >= 7 bits a row
                 raise CorruptStreamError("corrupt kvinfo stream: too many tables for their bytes")
             tables = PerChannelTables.from_bytes(
                 c.sections["tables"], p["num_tables"], p["alphabet_size"], p["precision_bits"],
-                p["min_symbol"],
+                p["min_symbol"], packed=c.version >= 2,
             )
             words = C.section_array(c, "payload", "<u4")
             # constriction re-quantizes the table to 24 bits: allow it a 10 % cheaper symbol

@@ -50,6 +50,7 @@ __all__ = [
     "min_precision_bits",
     "encode_uints",
     "decode_uints",
+    "pack_frequency_tables",
 ]
 
 MAX_PRECISION_BITS = 16
@@ -187,6 +188,53 @@ def decode_uints(buf: bytes, pos: int, end: int, out: np.ndarray, max_value: int
     return pos
 
 
+def _eg_lengths(v: np.ndarray, k: int) -> np.ndarray:
+    """Bits of the exp-Golomb-``k`` codes of non-negative ints ``v``."""
+    u = v.astype(np.int64) + (1 << k)
+    nb = np.floor(np.log2(u)).astype(np.int64)
+    nb += (u >> (nb + 1)) > 0  # guard float rounding
+    nb -= (u >> nb) == 0
+    return 2 * nb - k + 1
+
+
+def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
+    """Exp-Golomb bit packing of frequency rows (format version 2 tables).
+
+    Per row, MSB first: ``k`` (4 bits, chosen per row to minimise the row), then
+    ``EG0(m - 1)`` for the ``m`` used symbols, then for each used symbol ``EG0(gap)``
+    (unused symbols skipped since the previous used one) and ``EGk(f - 1)``. The whole
+    table is zero-padded to a byte. ``EGk(v)``: with ``u = v + 2**k`` of ``b + 1`` bits,
+    ``b - k`` zero bits then ``u``.
+    """
+    codes, lens = [], []
+    for row in np.atleast_2d(np.asarray(frequencies, dtype=np.int64)):
+        used = np.flatnonzero(row)
+        f = row[used] - 1
+        gaps = np.diff(np.concatenate(([-1], used))) - 1
+        best = min(range(16), key=lambda k: int(_eg_lengths(f, k).sum()))
+        vals = [np.array([best]), np.array([used.size - 1 + 1]),
+                np.empty(0, np.int64)]
+        lens.append(np.array([4]))
+        codes.append(vals[0])
+        lens.append(_eg_lengths(np.array([used.size - 1]), 0))
+        codes.append(vals[1])
+        inter_c = np.empty(2 * used.size, np.int64)
+        inter_l = np.empty(2 * used.size, np.int64)
+        inter_c[0::2], inter_l[0::2] = gaps + 1, _eg_lengths(gaps, 0)
+        inter_c[1::2], inter_l[1::2] = f + (1 << best), _eg_lengths(f, best)
+        codes.append(inter_c)
+        lens.append(inter_l)
+    code = np.concatenate(codes)
+    ln = np.concatenate(lens)
+    total = int(ln.sum())
+    # bit j of code i (MSB first within its field): (code >> (ln - 1 - j)) & 1
+    rep = np.repeat(np.arange(code.size), ln)
+    starts = np.cumsum(ln) - ln
+    j = np.arange(total) - starts[rep]
+    bits = ((code[rep] >> (ln[rep] - 1 - j)) & 1).astype(np.uint8)
+    return np.packbits(bits).tobytes()
+
+
 @dataclass(frozen=True, eq=False)
 class PerChannelTables:
     """Quantized frequency tables, one row per table, sharing precision and symbol offset.
@@ -267,29 +315,49 @@ class PerChannelTables:
                 rows.append(quantize_counts(row, precision_bits))
         return cls(np.stack(rows), precision_bits, min_symbol)
 
-    def to_bytes(self) -> bytes:
-        """Compact serialisation (varints with zero runs), row after row."""
+    def to_bytes(self, packed: bool = False) -> bytes:
+        """Compact serialisation, row after row: varints with zero runs (format version 1),
+        or with ``packed`` the exp-Golomb bit packing of format version 2
+        (:func:`pack_frequency_tables`), about half the size for 256-symbol tables."""
+        if packed:
+            return pack_frequency_tables(self.frequencies)
         return b"".join(encode_uints(row) for row in self.frequencies)
 
     @classmethod
     def from_bytes(
-        cls, buf, num_tables: int, alphabet_size: int, precision_bits: int, min_symbol: int
+        cls, buf, num_tables: int, alphabet_size: int, precision_bits: int, min_symbol: int,
+        packed: bool = False,
     ) -> PerChannelTables:
         """Inverse of :meth:`to_bytes`; raises :class:`CorruptStreamError` on any mismatch."""
         buf = bytes(buf)
         end = len(buf)
         if num_tables * alphabet_size > 1 << 26:
             raise CorruptStreamError("corrupt kvinfo stream: model tables are implausibly large")
-        f = np.zeros((num_tables, alphabet_size), dtype=np.int64)
-        pos = 0
         m = 1 << precision_bits
-        for t in range(num_tables):
-            row = f[t]
-            pos = decode_uints(buf, pos, end, row, m)
-            if int(row.sum()) != m:
+        if packed:
+            from ..kernels import cpu
+
+            try:
+                f, bits = cpu.unpack_frequency_tables(
+                    np.frombuffer(buf, np.uint8).copy(), num_tables, alphabet_size, m)
+            except CodecConfigError as exc:
+                raise CorruptStreamError(f"corrupt kvinfo stream: {exc}") from None
+            if (bits + 7) // 8 != end or (bits & 7 and buf[-1] & ((1 << (8 - (bits & 7))) - 1)):
                 raise CorruptStreamError(
-                    f"corrupt kvinfo stream: table {t} sums to {int(row.sum())}, expected {m}"
+                    f"corrupt kvinfo stream: packed tables use {bits} bits of {end} bytes"
                 )
+            pos = end
+        else:
+            f = np.zeros((num_tables, alphabet_size), dtype=np.int64)
+            pos = 0
+            for t in range(num_tables):
+                pos = decode_uints(buf, pos, end, f[t], m)
+        sums = f.sum(axis=1)
+        if np.any(sums != m):
+            t = int(np.flatnonzero(sums != m)[0])
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: table {t} sums to {int(sums[t])}, expected {m}"
+            )
         if pos != end:
             raise CorruptStreamError(
                 f"corrupt kvinfo stream: model tables use {pos} of {end} bytes"

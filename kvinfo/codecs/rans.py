@@ -113,10 +113,10 @@ _PARAM_SPEC = {
 }
 C.register_layout("rans", tuple(_PARAM_SPEC), ("tables", "index", "payload"))
 
-#: compressed bytes per chunk that the automatic layout aims at (32 lanes: ~0.04 % cost)
-AUTO_CHUNK_BYTES = 1 << 18
+#: compressed bytes per chunk that the automatic layout aims at (32 lanes: ~0.02 % cost)
+AUTO_CHUNK_BYTES = 1 << 19
 #: compressed bytes per lane below which the automatic layout halves the lane count
-AUTO_LANE_BYTES = 2048
+AUTO_LANE_BYTES = 4096
 #: relative gain per-channel tables must bring for ``per_channel="auto"`` to pick them
 AUTO_PER_CHANNEL_MIN_GAIN = 5e-3
 
@@ -127,10 +127,10 @@ def auto_layout(num_symbols: int, estimated_bytes: float) -> tuple[int, int]:
     most 2**30 symbols), 32 lanes, fewer (a power of two) while a lane would carry less
     than :data:`AUTO_LANE_BYTES`.
 
-    >>> auto_layout(1 << 20, 6250.0)  # 0.05 bit/symbol: one chunk of 2 lanes
-    (1048576, 2)
-    >>> auto_layout(4 << 20, 2 << 20)  # 4 bits/symbol: 8 chunks of 32 lanes
-    (524288, 32)
+    >>> auto_layout(1 << 20, 6250.0)  # 0.05 bit/symbol: one chunk of one lane
+    (1048576, 1)
+    >>> auto_layout(4 << 20, 2 << 20)  # 4 bits/symbol: 4 chunks of 32 lanes
+    (1048576, 32)
     """
     nchunks = max(1, int(estimated_bytes // AUTO_CHUNK_BYTES), -(-num_symbols // (1 << 30)))
     per_chunk = estimated_bytes / nchunks
@@ -162,7 +162,7 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool):
             per = cpu.histogram(flat, lo, span, period, per_channel=True)
             pooled = per.sum(axis=0, keepdims=True)
             t1, t2 = (_tables(c, precision_bits, lo) for c in (pooled, per))
-            s1, s2 = (t.cross_entropy_bits(c) + 8 * len(t.to_bytes())
+            s1, s2 = (t.cross_entropy_bits(c) + 8 * len(t.to_bytes(packed=True))
                       for t, c in ((t1, pooled), (t2, per)))
             if s2 < (1 - AUTO_PER_CHANNEL_MIN_GAIN) * s1:
                 return a, flat, period, lo, span, t2, per
@@ -198,7 +198,7 @@ def refine_precision(tables: PerChannelTables, counts) -> PerChannelTables:
     """
 
     def size(t: PerChannelTables) -> float:
-        return t.cross_entropy_bits(counts) + 8 * len(t.to_bytes())
+        return t.cross_entropy_bits(counts) + 8 * len(t.to_bytes(packed=True))
 
     base = size(tables)
     options = [(tables.precision_bits, tables, base)]
@@ -267,7 +267,7 @@ class Rans(C.ContainerCoder):
                 num_lanes=lanes,
             )
             index = states.astype("<u4").tobytes() + _varints(num_words)
-            tbytes = tables.to_bytes()
+            tbytes = tables.to_bytes(packed=True)
         params = {
             "precision_bits": prec,
             "num_lanes": lanes,
@@ -352,14 +352,14 @@ class Rans(C.ContainerCoder):
                 f"{p['num_tables']} inconsistent with period {p['period']}"
             )
         C.check_dtype_range(p, c.dtype)
-        if p["num_tables"] > len(c.sections["tables"]):  # every row takes >= 1 byte
+        if p["num_tables"] > 8 * len(c.sections["tables"]) // 7:  # a row takes >= 7 bits
             raise CorruptStreamError(
                 f"corrupt kvinfo stream: {p['num_tables']} tables cannot fit "
                 f"{len(c.sections['tables'])} bytes"
             )
         return PerChannelTables.from_bytes(
             c.sections["tables"], p["num_tables"], p["alphabet_size"], p["precision_bits"],
-            p["min_symbol"],
+            p["min_symbol"], packed=c.version >= 2,
         )
 
     @staticmethod

@@ -46,6 +46,7 @@ __all__ = [
     "huffman_decode",
     "arith_encode",
     "arith_decode",
+    "unpack_frequency_tables",
     "warmup",
 ]
 
@@ -878,6 +879,77 @@ def arith_decode(payload: np.ndarray, num_bytes: np.ndarray, n: int, chunk_size:
                                  np.int64(num_channel_contexts), np.int64(prev_bits),
                                  _arith_rate(adapt_limit), np.int64(prob_bits - 16), out, status)
     return out, status
+
+
+# ---------------------------------------------------------------------------------------
+# exp-Golomb packed frequency tables (format version 2)
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def _eg_read(buf, nbits, pos, k):  # pragma: no cover - numba
+    z = 0
+    while True:
+        if pos >= nbits or z > 40:
+            return -1, pos
+        b = (buf[pos >> 3] >> (7 - (pos & 7))) & 1
+        pos += 1
+        if b:
+            break
+        z += 1
+    width = z + k
+    if pos + width > nbits:
+        return -1, pos
+    u = np.int64(1)
+    for _ in range(width):
+        u = (u << 1) | ((buf[pos >> 3] >> (7 - (pos & 7))) & 1)
+        pos += 1
+    return u - (np.int64(1) << k), pos
+
+
+@njit(cache=True, nogil=True)
+def _eg_tables_kernel(buf, out, max_value):  # pragma: no cover - numba
+    nbits = buf.shape[0] * 8
+    pos = 0
+    T, A = out.shape
+    for t in range(T):
+        if pos + 4 > nbits:
+            return 1, pos
+        k = 0
+        for _ in range(4):
+            k = (k << 1) | ((buf[pos >> 3] >> (7 - (pos & 7))) & 1)
+            pos += 1
+        m, pos = _eg_read(buf, nbits, pos, 0)
+        if m < 0 or m + 1 > A:
+            return 2, pos
+        i = -1
+        for _ in range(m + 1):
+            g, pos = _eg_read(buf, nbits, pos, 0)
+            if g < 0:
+                return 3, pos
+            i += g + 1
+            if i >= A:
+                return 4, pos
+            v, pos = _eg_read(buf, nbits, pos, k)
+            if v < 0 or v + 1 > max_value:
+                return 5, pos
+            out[t, i] = v + 1
+    return 0, pos
+
+
+def unpack_frequency_tables(buf: np.ndarray, num_tables: int, alphabet_size: int,
+                            max_value: int) -> tuple[np.ndarray, int]:
+    """Decode exp-Golomb packed tables (``docs/container-format.md``, version 2).
+
+    Returns ``(frequencies int64 (num_tables, alphabet_size), bits_used)``; raises
+    :class:`CodecConfigError` on a truncated or out-of-range table (the caller turns it
+    into a stream error). Every read is bounds-checked against ``buf``.
+    """
+    _check_array(buf, "buf", (np.uint8,), 1)
+    _check(num_tables >= 1 and 1 <= alphabet_size <= 1 << 16, "bad table shape")
+    out = np.zeros((num_tables, alphabet_size), np.int64)
+    status, pos = _eg_tables_kernel(buf, out, np.int64(max_value))
+    if status:
+        raise CodecConfigError(f"packed frequency table damaged (code {status} at bit {pos})")
+    return out, int(pos)
 
 
 # ---------------------------------------------------------------------------------------
