@@ -55,6 +55,7 @@ __all__ = [
     "as_symbol_array",
     "allocate_output",
     "check_min_bits",
+    "check_output_bytes",
     "register_layout",
     "CODEC_CODES",
     "READ_VERSIONS",

@@ -219,8 +219,9 @@ class Arith(C.ContainerCoder):
         ):
             raise CorruptStreamError("corrupt kvinfo stream: bad arith context layout")
         if c.version >= 2:
+            nb_v2 = C.section_array(c, "index", "<u4", p["num_chunks"])  # length checked first
             index = np.zeros(p["num_chunks"], ARITH_INDEX_DTYPE)
-            index["num_bytes"] = C.section_array(c, "index", "<u4", p["num_chunks"])
+            index["num_bytes"] = nb_v2
             if p["num_chunks"] > 1:
                 index["byte_offset"][1:] = np.cumsum(index["num_bytes"][:-1], dtype=np.uint64)
             index["num_symbols"] = np.minimum(

@@ -103,7 +103,8 @@ class _ConstrictionPeer(C.ContainerCoder):
         words = np.empty(0, np.uint32)
         num_tables, prec, tbytes = 0, self.precision_bits, b""
         if flat.size:
-            num_tables, prec, tbytes = tables.num_tables, tables.precision_bits, tables.to_bytes(packed=True)
+            num_tables, prec = tables.num_tables, tables.precision_bits
+            tbytes = tables.to_bytes(packed=True)
             idx = np.subtract(flat, lo, dtype=np.int32)
             models = categorical_models(tables)
             cols = self._columns(idx, num_tables, period)

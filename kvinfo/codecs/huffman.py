@@ -221,8 +221,9 @@ class Huffman(C.ContainerCoder):
         nchunks = p["num_chunks"]
         nsub = ((nchunks - 1) * (cs // sb) + -(-(n - (nchunks - 1) * cs) // sb)) if n else 0
         if c.version >= 2:
+            nw_v2 = C.section_array(c, "index", "<u4", nchunks)  # length checked first
             index = np.zeros(nchunks, HUFFMAN_INDEX_DTYPE)
-            index["num_words"] = C.section_array(c, "index", "<u4", nchunks)
+            index["num_words"] = nw_v2
             if nchunks > 1:
                 index["byte_offset"][1:] = 4 * np.cumsum(index["num_words"][:-1],
                                                          dtype=np.uint64)

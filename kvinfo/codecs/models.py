@@ -211,13 +211,9 @@ def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
         used = np.flatnonzero(row)
         f = row[used] - 1
         gaps = np.diff(np.concatenate(([-1], used))) - 1
-        best = min(range(16), key=lambda k: int(_eg_lengths(f, k).sum()))
-        vals = [np.array([best]), np.array([used.size - 1 + 1]),
-                np.empty(0, np.int64)]
-        lens.append(np.array([4]))
-        codes.append(vals[0])
-        lens.append(_eg_lengths(np.array([used.size - 1]), 0))
-        codes.append(vals[1])
+        best = min(range(16), key=lambda k, f=f: int(_eg_lengths(f, k).sum()))
+        codes += [np.array([best]), np.array([used.size])]  # k; EG0(m - 1) has u = m
+        lens += [np.array([4]), _eg_lengths(np.array([used.size - 1]), 0)]
         inter_c = np.empty(2 * used.size, np.int64)
         inter_l = np.empty(2 * used.size, np.int64)
         inter_c[0::2], inter_l[0::2] = gaps + 1, _eg_lengths(gaps, 0)

@@ -288,18 +288,21 @@ class Rans(C.ContainerCoder):
         )
 
     # -- decode ------------------------------------------------------------------------
-    def parse(self, data):
+    def parse(self, data, max_output_bytes: int | None = None):
         """Validate a stream completely; return ``(container, tables, index, words)``.
 
         ``index`` is a structured array with fields ``num_words`` (u4) and ``states``
         (u4, one per lane) per chunk. Everything a decode kernel will follow is checked
         here: parameters against the shape and dtype, table sums, chunk word counts
-        against the payload and against what the table allows, lane states.
+        against the payload and against what the table allows, lane states. The claimed
+        output and the tables' working memory are checked against ``max_output_bytes``
+        (:mod:`kvinfo.codecs.limits`) before anything is allocated.
         """
         c = C.unpack(data, self.codec_id)
         if c.version == 1:
-            return self._parse_v1(c)
+            return self._parse_v1(c, max_output_bytes)
         p = C.require_params(c.params, _PARAM_SPEC)
+        self._check_claim(c, p, max_output_bytes)
         n = c.num_symbols
         k_lanes = p["num_lanes"]
         C.check_chunks(p, n)
@@ -334,6 +337,12 @@ class Rans(C.ContainerCoder):
         )
         self._check_counts(nw, expect_syms, words, index["states"], tables, n, c)
         return c, tables, index, words
+
+    @staticmethod
+    def _check_claim(c, p, max_output_bytes):
+        tables = p["num_tables"] * (2 * p["alphabet_size"] + (1 << p["precision_bits"]))
+        C.check_output_bytes(c.num_symbols * np.dtype(c.dtype).itemsize + 8 * tables,
+                             max_output_bytes)
 
     @staticmethod
     def _check_period(c, p):
@@ -377,8 +386,9 @@ class Rans(C.ContainerCoder):
         min_bits = tables.precision_bits - float(np.log2(f_max))
         C.check_min_bits(c, n, min_bits, 16.0 * (words.shape[0] + states.size), "rans")
 
-    def _parse_v1(self, c):
+    def _parse_v1(self, c, max_output_bytes=None):
         p = C.require_params(c.params, _PARAM_SPEC_V1)
+        self._check_claim(c, p, max_output_bytes)
         n = c.num_symbols
         C.check_chunks(p, n)
         if p["chunk_size"] % 32:
@@ -430,10 +440,10 @@ class Rans(C.ContainerCoder):
             return self.prepare_cuda(data).decode()
         if device != "cpu":
             raise CodecConfigError(f"rans: device must be 'cpu' or 'cuda', found {device!r}")
-        c, tables, index, words = self.parse(data)
+        c, tables, index, words = self.parse(data, max_output_bytes)
         p = c.params
         work = 0 if tables is None else 8 * tables.num_tables * (
-            tables.alphabet_size + (1 << tables.precision_bits))
+            2 * tables.alphabet_size + (1 << tables.precision_bits))
         out = C.allocate_output(c, max_output_bytes, work)
         if c.num_symbols:
             status = cpu.rans_decode(
