@@ -149,7 +149,10 @@ def decode_rans_stream(data: bytes) -> np.ndarray:
     n = math.prod(c["shape"])
     if n == 0:
         return np.zeros(c["shape"], dtype=c["dtype"])
-    freqs = read_tables(c["sections"]["tables"], p["num_tables"], p["alphabet_size"])
+    if c["version"] == 2:
+        freqs = read_packed_tables(c["sections"]["tables"], p["num_tables"], p["alphabet_size"])
+    else:
+        freqs = read_tables(c["sections"]["tables"], p["num_tables"], p["alphabet_size"])
     idx = c["sections"]["index"]
     payload = c["sections"]["payload"]
     words, states = [], []
@@ -173,6 +176,38 @@ def decode_rans_stream(data: bytes) -> np.ndarray:
     assert zlib.crc32(arr.astype(np.dtype(c["dtype"]).newbyteorder("<")).tobytes()) == c[
         "symbols_crc32"]
     return arr
+
+
+def read_packed_tables(buf: bytes, num_tables: int, alphabet_size: int) -> list:
+    """Version-2 exp-Golomb packed tables, as in the spec (one bit at a time)."""
+    bits = "".join(f"{b:08b}" for b in buf)
+    pos = 0
+
+    def take(n):
+        nonlocal pos
+        v = int(bits[pos : pos + n], 2) if n else 0
+        pos += n
+        return v
+
+    def eg(k):
+        nonlocal pos
+        z = 0
+        while bits[pos] == "0":
+            z += 1
+            pos += 1
+        return take(z + k + 1) - (1 << k)
+
+    tables = []
+    for _ in range(num_tables):
+        k = take(4)
+        m = eg(0) + 1
+        row, i = [0] * alphabet_size, -1
+        for _ in range(m):
+            i += eg(0) + 1
+            row[i] = eg(k) + 1
+        tables.append(row)
+    assert len(buf) == (pos + 7) // 8 and set(bits[pos:]) <= {"0"}
+    return tables
 
 
 def read_tables(buf: bytes, num_tables: int, alphabet_size: int) -> list:

@@ -177,7 +177,8 @@ def pack(
     sections: list,
     symbols_crc: int,
 ) -> bytes:
-    """Assemble a version-2 stream; ``sections`` is a list of ``(name, bytes)``.
+    """Assemble a version-2 stream; ``sections`` is a list of ``(name, bytes or array)``
+    (numpy arrays are written as their little-endian bytes).
 
     ``params`` and ``sections`` must follow the codec's :data:`LAYOUTS` entry.
     """
@@ -197,12 +198,22 @@ def pack(
     for k in pnames:
         _put_varint(head, _zigzag(int(params[k])))
     _put_varint(head, len(sections))
-    for _, b in sections:
-        _put_varint(head, len(b))
-        head += struct.pack("<I", zlib.crc32(b) & 0xFFFFFFFF)
+    views = [_byte_view(b) for _, b in sections]
+    for v in views:
+        _put_varint(head, len(v))
+        head += struct.pack("<I", zlib.crc32(v) & 0xFFFFFFFF)
     head += struct.pack("<I", symbols_crc & 0xFFFFFFFF)
     head += struct.pack("<I", zlib.crc32(head) & 0xFFFFFFFF)
-    return bytes(head) + b"".join(bytes(b) for _, b in sections)
+    return b"".join([bytes(head), *views])  # one copy of each section
+
+
+def _byte_view(b) -> memoryview:
+    """A flat byte view of ``b`` (bytes, or a C-contiguous little-endian numpy array)."""
+    if isinstance(b, np.ndarray):
+        if b.dtype.byteorder == ">" or not b.flags.c_contiguous:
+            b = np.ascontiguousarray(b, dtype=b.dtype.newbyteorder("<"))
+        return memoryview(b.reshape(-1).view(np.uint8))
+    return memoryview(b).cast("B")
 
 
 def _corrupt(msg: str) -> CorruptStreamError:

@@ -211,7 +211,9 @@ def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
         used = np.flatnonzero(row)
         f = row[used] - 1
         gaps = np.diff(np.concatenate(([-1], used))) - 1
-        best = min(range(16), key=lambda k, f=f: int(_eg_lengths(f, k).sum()))
+        ks = np.arange(16)[:, None]
+        u = f[None, :] + (1 << ks)
+        best = int(np.argmin((2 * (np.frexp(u)[1] - 1) - ks + 1).sum(axis=1)))
         codes += [np.array([best]), np.array([used.size])]  # k; EG0(m - 1) has u = m
         lens += [np.array([4]), _eg_lengths(np.array([used.size - 1]), 0)]
         inter_c = np.empty(2 * used.size, np.int64)

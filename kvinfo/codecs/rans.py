@@ -75,7 +75,7 @@ from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
 from . import _device
-from .models import PerChannelTables, min_precision_bits
+from .models import PerChannelTables, entropy_bits, min_precision_bits
 from .registry import register_codec
 
 __all__ = ["Rans", "RANS_INDEX_DTYPE"]
@@ -161,6 +161,12 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool):
         if period > 1 and period <= 1 << 16 and period * span <= 1 << 22:
             per = cpu.histogram(flat, lo, span, period, per_channel=True)
             pooled = per.sum(axis=0, keepdims=True)
+            # cheap screen first: the empirical gain of per-channel tables must beat a
+            # generous table cost (12 bits per used entry) before both are quantized
+            gain = entropy_bits(pooled) - sum(entropy_bits(row) for row in per)
+            if gain < AUTO_PER_CHANNEL_MIN_GAIN * entropy_bits(pooled) + 12 * int(
+                    (per > 0).sum()):
+                return a, flat, period, lo, span, _tables(pooled, precision_bits, lo), pooled
             t1, t2 = (_tables(c, precision_bits, lo) for c in (pooled, per))
             s1, s2 = (t.cross_entropy_bits(c) + 8 * len(t.to_bytes(packed=True))
                       for t, c in ((t1, pooled), (t2, per)))
@@ -283,7 +289,7 @@ class Rans(C.ContainerCoder):
             a.shape,
             a.dtype.name,
             params,
-            [("tables", tbytes), ("index", index), ("payload", words.astype("<u2").tobytes())],
+            [("tables", tbytes), ("index", index), ("payload", words)],
             C.symbols_crc32(a),
         )
 

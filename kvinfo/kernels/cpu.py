@@ -155,9 +155,7 @@ def histogram(symbols: np.ndarray, min_symbol: int, alphabet_size: int, period: 
 # rANS
 # ---------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _rans_put(x, f, c, invf, shift, P, scratch, ptr):  # pragma: no cover - numba
-    # q = x // f by a float64 reciprocal and one correction step: x < 2**32 and f <= 2**16,
-    # so x * (1/f) is within 2**-20 of x / f and the quotient is off by at most one
+def _rans_put(x, f, c, shift, P, scratch, ptr):  # pragma: no cover - numba
     scratch[ptr - 1] = np.uint16(x & 0xFFFF)
     if x >= (f << shift):
         x = x >> 16
@@ -167,7 +165,7 @@ def _rans_put(x, f, c, invf, shift, P, scratch, ptr):  # pragma: no cover - numb
 
 
 @njit(cache=True, parallel=True, nogil=True)
-def _rans_encode_kernel(sym, min_symbol, period, freq, cum, invf, precision, chunk_size,
+def _rans_encode_kernel(sym, min_symbol, period, freq, cum, precision, chunk_size,
                         num_lanes, scratch, word_start, num_words, states):  # pragma: no cover
     n = sym.shape[0]
     nchunks = states.shape[0]
@@ -191,7 +189,7 @@ def _rans_encode_kernel(sym, min_symbol, period, freq, cum, invf, precision, chu
             t = ch if num_tables > 1 else 0
             s = np.int64(sym[j]) - min_symbol
             st[l], ptr = _rans_put(st[l], np.int64(freq[t, s]), np.int64(cum[t, s]),
-                                   invf[t, s], shift, P, scratch, ptr)
+                                   shift, P, scratch, ptr)
             ch = ch - 1 if ch > 0 else period - 1
         if num_tables == 1 and K == 32:
             for step in range(nfull - 1, -1, -1):
@@ -199,7 +197,7 @@ def _rans_encode_kernel(sym, min_symbol, period, freq, cum, invf, precision, chu
                 for l in range(31, -1, -1):
                     s = np.int64(sym[base + l]) - min_symbol
                     st[l], ptr = _rans_put(st[l], np.int64(freq[0, s]), np.int64(cum[0, s]),
-                                           invf[0, s], shift, P, scratch, ptr)
+                                           shift, P, scratch, ptr)
         else:
             for step in range(nfull - 1, -1, -1):
                 base = start + K * step
@@ -207,7 +205,7 @@ def _rans_encode_kernel(sym, min_symbol, period, freq, cum, invf, precision, chu
                     t = ch if num_tables > 1 else 0
                     s = np.int64(sym[base + l]) - min_symbol
                     st[l], ptr = _rans_put(st[l], np.int64(freq[t, s]), np.int64(cum[t, s]),
-                                           invf[t, s], shift, P, scratch, ptr)
+                                           shift, P, scratch, ptr)
                     ch = ch - 1 if ch > 0 else period - 1
         word_start[k] = ptr
         num_words[k] = region_end - ptr
@@ -293,12 +291,10 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     freq = frequencies.astype(np.uint32)
     cum = np.zeros_like(freq)
     np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
-    with np.errstate(divide="ignore"):
-        invf = np.where(freq > 0, 1.0 / np.maximum(freq, 1), 0.0)
     if nchunks:
         with _threads_for(nchunks):
             _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), freq, cum,
-                                invf, np.int64(precision_bits), np.int64(chunk_size),
+                                np.int64(precision_bits), np.int64(chunk_size),
                                 np.int64(num_lanes), scratch, word_start, num_words, states)
     words = np.empty(int(num_words.sum()), dtype=np.uint16)
     if nchunks:
