@@ -72,3 +72,23 @@ def test_old_version_decodes(path):
     out = codec.decode(path.read_bytes())
     assert out.dtype == x.dtype and out.shape == x.shape and np.array_equal(out, x)
     assert codec.rate(path.read_bytes())["total_bits"] == 8 * path.stat().st_size
+
+
+@pytest.mark.parametrize("name", ["rans", "rans_pc", "huffman", "arith"])
+def test_old_version_damage_is_always_caught(name):
+    """The exhaustive damaged-stream check on a version-1 stream: every single-byte change
+    and every truncation raises CorruptStreamError (the decoders still validate v1)."""
+    from kvinfo.codecs import CorruptStreamError
+
+    path = GOLDEN / f"v1_{name}_walk.kvic"
+    data = path.read_bytes()
+    codec = get_codec(dict(CASES)[name])
+    for i in range(len(data)):
+        for flip in (0x01, 0x80):
+            damaged = bytearray(data)
+            damaged[i] ^= flip
+            with pytest.raises(CorruptStreamError):
+                codec.decode(bytes(damaged))
+    for n in range(0, len(data), 7):
+        with pytest.raises(CorruptStreamError):
+            codec.decode(data[:n])

@@ -337,7 +337,7 @@ class Rans(C.ContainerCoder):
         index["num_words"] = nw
         if len(c.sections["payload"]) % 2:
             raise CorruptStreamError("corrupt kvinfo stream: rans payload has an odd length")
-        words = np.frombuffer(c.sections["payload"], "<u2").astype(np.uint16)
+        words = np.frombuffer(c.sections["payload"], "<u2")  # a view; kernels copy it
         expect_syms = np.minimum(
             p["chunk_size"], n - np.arange(nchunks, dtype=np.int64) * p["chunk_size"]
         )
@@ -453,7 +453,7 @@ class Rans(C.ContainerCoder):
         out = C.allocate_output(c, max_output_bytes, work)
         if c.num_symbols:
             status = cpu.rans_decode(
-                np.ascontiguousarray(words, dtype=np.uint16),
+                words if words.dtype.isnative else words.astype(np.uint16),
                 np.ascontiguousarray(index["num_words"], dtype=np.uint32),
                 np.ascontiguousarray(index["states"], dtype=np.uint32), tables.frequencies,
                 p["precision_bits"], p["chunk_size"], p["min_symbol"], p["period"], out,

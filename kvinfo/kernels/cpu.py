@@ -411,7 +411,9 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     padded copy is made).
     ``table`` may pass a precomputed :func:`rans_decode_table`.
     """
-    _check_array(words, "words", (np.uint16,), 1)
+    # words may be an unaligned view of the stream: they are copied into a padded buffer
+    _check(isinstance(words, np.ndarray) and words.ndim == 1 and words.dtype == np.uint16,
+           "words: expected a 1-D uint16 array")
     _check_array(num_words, "num_words", (np.uint32,), 1)
     _check_array(states, "states", (np.uint32,), 2)
     _check_array(out, "out", _SYMBOL_DTYPES, 1)
