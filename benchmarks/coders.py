@@ -9,7 +9,7 @@ Sources of ``--symbols`` symbols each, from 0.05 to 8 bits per symbol:
 * ``kv4``: real KV (keys and values of the first layers/heads of ``--dump``), each token
   row quantized to 4 bits with its own absmax scale (16 levels). Without a dump a
   synthetic one is generated and the table says so.
-* ``bern0.05``: Bernoulli with H = 0.05 bit (p = 0.0035), the sparse/low-rate regime.
+* ``bern0.05``: Bernoulli with H = 0.05 bit (p = 0.00558), the sparse/low-rate regime.
 * ``bern0.02``: Bernoulli, p = 0.02 (0.141 bit).
 * ``laplace16``: Laplace (scale 1.2) over 16 levels with per-channel scales 0.3..3
   (64 channels), where per-channel tables pay.
@@ -98,7 +98,7 @@ def sources(dump, n, seed=0):
                   -8, 7).astype(np.int32)
     z = (np.minimum(rng.zipf(1.3, n), 256) - 1).astype(np.uint8).reshape(-1, 64)
     return [("kv4", kv, note),
-            ("bern0.05", (rng.random(n) < 0.00349).astype(np.uint8), "Bernoulli p = 0.00349"),
+            ("bern0.05", (rng.random(n) < 0.00558).astype(np.uint8), "Bernoulli p = 0.00558"),
             ("bern0.02", (rng.random(n) < 0.02).astype(np.uint8), "Bernoulli p = 0.02"),
             ("laplace16", lap, "Laplace, 64 channels of scale 0.3..3, clipped to -8..7"),
             ("gauss16", g, "N(7.5, 2.5) rounded, clipped to 0..15"),
