@@ -242,7 +242,9 @@ def main(argv=None) -> int:
         # 3. kvinfo rans / huffman
         streams = {}
         for cid in ("rans", "huffman"):
-            codec = get_codec({"id": cid})
+            # 64 Ki-symbol chunks: the many-chunk layout a GPU wants (rans's automatic
+            # layout, chunk_size=None, makes few large chunks to minimise the rate)
+            codec = get_codec({"id": cid, "chunk_size": 1 << 16})
             t = time.perf_counter()
             data = codec.encode(host)
             r[f"{cid}_encode_cpu_s"] = time.perf_counter() - t
@@ -286,7 +288,7 @@ def main(argv=None) -> int:
         zero = (rng.standard_normal((b, tokens // GROUP, CHANNELS)) * 0.5 - 2).astype(np.float16)
         step = rng.uniform(0.05, 0.3, (b, tokens // GROUP, CHANNELS)).astype(np.float16)
         ucodec = get_codec({"id": "uniform", "bits": 4, "axis": "channel", "group_size": GROUP,
-                            "coder": {"id": "rans"}})
+                            "coder": {"id": "rans", "chunk_size": 1 << 16}})
         udata = _uniform_stream(data, shape, zero, step)
         t = time.perf_counter()
         uprep = ucodec.prepare_cuda(udata)
