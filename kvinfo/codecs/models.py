@@ -11,9 +11,12 @@
   model that the ``arith`` coder uses (contexts per channel and, optionally, per
   previous symbol of the same channel).
 
-Tables serialise compactly (:meth:`PerChannelTables.to_bytes`): each frequency is an
-unsigned LEB128 varint, and a run of ``r`` zero frequencies is the byte ``0x00``
-followed by ``varint(r - 1)``. The bytes count as side information in every rate.
+Tables serialise compactly (:meth:`PerChannelTables.to_bytes`). Container version 2
+packs them bit by bit with exp-Golomb codes (:func:`pack_frequency_tables`: per row a
+parameter ``k``, the count of used symbols, then each used symbol's gap and frequency);
+version 1 wrote each frequency as an unsigned LEB128 varint, a run of ``r`` zero
+frequencies as the byte ``0x00`` followed by ``varint(r - 1)``. The bytes count as side
+information in every rate.
 
 Examples
 --------
