@@ -34,7 +34,7 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 V2_LAYOUTS = {
     1: ("rans", ["precision_bits", "num_lanes", "chunk_size", "num_tables", "period",
                  "min_symbol", "alphabet_size", "num_chunks"], ["tables", "index", "payload"]),
-    2: ("huffman", ["table_bits", "chunk_size", "sub_block_size", "min_symbol",
+    2: ("huffman", ["table_bits", "num_tables", "chunk_size", "sub_block_size", "min_symbol",
                     "alphabet_size", "num_chunks"], ["lengths", "index", "subblocks", "payload"]),
     3: ("arith", ["prob_bits", "symbol_bits", "num_channel_contexts", "prev_bits",
                   "adapt_limit", "chunk_size", "period", "min_symbol", "alphabet_size",

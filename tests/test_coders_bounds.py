@@ -25,7 +25,8 @@ def _huffman_single_symbol(n: int, crc: int = 0) -> bytes:
     """A valid single-symbol huffman stream (no payload) claiming ``n`` symbols."""
     cs = 1 << 30
     nchunks = -(-n // cs)
-    params = {"table_bits": 0, "chunk_size": cs, "sub_block_size": cs, "min_symbol": 9,
+    params = {"table_bits": 0, "num_tables": 1, "chunk_size": cs, "sub_block_size": cs,
+              "min_symbol": 9,
               "alphabet_size": 1, "num_chunks": nchunks}
     return C.pack("huffman", (n,), "uint8", params,
                   [("lengths", b"\x00\x00"), ("index", bytes(4 * nchunks)),

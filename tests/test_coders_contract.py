@@ -17,6 +17,7 @@ CONFIGS = [
     {"id": "rans", "per_channel": True, "chunk_size": 64, "precision_bits": 14},
     {"id": "huffman"},
     {"id": "huffman", "chunk_size": 64, "sub_block_size": 16, "max_code_length": 5},
+    {"id": "huffman", "chunk_size": 64, "sub_block_size": 16, "per_channel": True},
     {"id": "arith"},
     {"id": "arith", "context": "none", "chunk_size": 100},
     {"id": "constriction-ans"},

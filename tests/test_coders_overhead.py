@@ -120,6 +120,20 @@ def test_constriction_peers_within_0p5_percent_plus_64_bytes(peer, kind):
     _check({"id": peer}, kind, 1 << 18, 5e-3)
 
 
+def test_huffman_auto_per_channel_codes_pay_for_themselves():
+    rng = np.random.default_rng([SEED, 4])
+    same = np.clip(np.round(rng.normal(0, 2, (8192, 16))), -8, 7).astype(np.int32)
+    diff = np.clip(np.round(rng.normal(0, rng.uniform(0.2, 5, 16), (8192, 16))), -8, 7
+                   ).astype(np.int32)
+    codec = get_codec({"id": "huffman"})
+    for x, want in ((same, 1), (diff, 16)):
+        auto = codec.encode(x)
+        assert codec.parse(auto)[0].params["num_tables"] == want, f"seed {SEED}"
+        assert np.array_equal(codec.decode(auto), x)
+        other = get_codec({"id": "huffman", "per_channel": want == 1}).encode(x)
+        assert len(auto) <= len(other), f"seed {SEED}"
+
+
 def test_auto_per_channel_tables_pay_for_themselves():
     """per_channel="auto" keeps one table on channel-independent data and takes per-channel
     tables when channels differ; either way the stream is no larger than the other choice."""

@@ -65,6 +65,10 @@ def _cases(seed: int):
         ({"id": "huffman", "chunk_size": 8192, "sub_block_size": 1024},
          rng.permutation(np.arange(5000, dtype=np.uint16)).repeat(2)[:9000]),
         ({"id": "huffman"}, np.full((3, 5), 7, np.uint8)),  # single symbol: no payload
+        # per-channel codes (global-memory tables, one row per channel)
+        ({"id": "huffman", "chunk_size": 128, "sub_block_size": 32, "per_channel": True},
+         np.clip(np.round(rng.normal(0, np.linspace(0.3, 5, 6), (50, 6))), -9, 9
+                 ).astype(np.int32)),
         # format version 2 automatic layouts: one chunk of a single lane (low entropy),
         # per-channel tables chosen by measurement
         ({"id": "rans"}, (rng.random(300) < 0.03).astype(np.uint8)),
@@ -241,7 +245,7 @@ def sim_results():
 
 def test_simulated_decode_matches_cpu(sim_results):
     cases = [r for r in sim_results if r.get("ok") is not None]
-    assert len(cases) == 21
+    assert len(cases) == 22
     bad = [r for r in cases if not r["ok"]]
     assert not bad, bad
     assert {r["dtype"] for r in cases} >= {"uint8", "uint16", "int32", "float16", "bfloat16",

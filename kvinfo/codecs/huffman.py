@@ -12,10 +12,17 @@ chunk_size : int, default 65536
 sub_block_size : int, default 4096
     The index stores the bit offset of every sub-block of this many symbols, so
     decoders (a GPU thread per sub-block) can start anywhere. Costs 32 bits each.
+per_channel : bool or "auto", default "auto"
+    One code per channel (the last axis, for arrays of 2 or more dimensions). ``"auto"``
+    measures both (code bits plus the code-length tables) and keeps per-channel codes
+    when they shrink that by more than 0.5 %; the stream records the choice
+    (``num_tables``). A channel with a single symbol gets a 1-bit code.
 
 Notes
 -----
-Code lengths are the optimal ones under the length limit (package-merge; without a
+A prefix code never spends less than one bit per symbol: for sparse or low-rate symbols
+(below about 1.5 bits of entropy per symbol) use ``rans`` (``docs/codecs.md``). Code
+lengths are the optimal ones under the length limit (package-merge; without a
 binding limit these are Huffman's lengths). Codes are canonical (shorter first, then
 by symbol) and written MSB first into little-endian 32-bit words; each chunk starts on
 a word boundary. A single distinct symbol codes with zero payload bits. Symbols are
@@ -59,6 +66,7 @@ HUFFMAN_INDEX_DTYPE = np.dtype([("byte_offset", "<u8"), ("num_symbols", "<u4"),
 
 _PARAM_SPEC = {
     "table_bits": (0, 16),
+    "num_tables": (0, 1 << 16),
     "chunk_size": (1, 1 << 30),
     "sub_block_size": (1, 1 << 30),
     "min_symbol": (-(1 << 31), (1 << 32) - 1),
@@ -140,7 +148,7 @@ class Huffman(C.ContainerCoder):
     codec_id = "huffman"
 
     def __init__(self, max_code_length: int = 12, chunk_size: int = 1 << 16,
-                 sub_block_size: int = 4096):
+                 sub_block_size: int = 4096, per_channel: bool | str = "auto"):
         _int("max_code_length", max_code_length, 1, 16)
         _int("chunk_size", chunk_size, 1, 1 << 30)
         _int("sub_block_size", sub_block_size, 1, 1 << 30)
@@ -149,9 +157,14 @@ class Huffman(C.ContainerCoder):
                 f"huffman: chunk_size {chunk_size} must be a multiple of sub_block_size "
                 f"{sub_block_size}"
             )
+        if not isinstance(per_channel, bool) and per_channel != "auto":
+            raise CodecConfigError(
+                f"huffman: per_channel must be true, false or 'auto', found {per_channel!r}"
+            )
         self.max_code_length = max_code_length
         self.chunk_size = chunk_size
         self.sub_block_size = sub_block_size
+        self.per_channel = per_channel
 
     def get_config(self) -> dict:
         return {
@@ -159,7 +172,35 @@ class Huffman(C.ContainerCoder):
             "max_code_length": self.max_code_length,
             "chunk_size": self.chunk_size,
             "sub_block_size": self.sub_block_size,
+            "per_channel": self.per_channel,
         }
+
+    def _code_lengths(self, flat, lo, span, period):
+        """``(lengths (num_tables, span), num_tables)``: one pooled code, or per-channel
+        codes when asked for or (``"auto"``) when they pay for their tables."""
+        pooled = cpu.histogram(flat, lo, span)[0]
+
+        def limit(counts):
+            used = int((counts > 0).sum(axis=-1).max())
+            return max(self.max_code_length, int(np.ceil(np.log2(max(used, 1)))))
+
+        one = huffman_code_lengths(pooled, limit(pooled))[None, :]
+        want = self.per_channel
+        if not want or period < 2 or period > 1 << 16 or period * span > 1 << 22 or (
+                flat.size % period):
+            return one
+        per = cpu.histogram(flat, lo, span, period, per_channel=True)
+        lim = limit(per)
+        rows = np.stack([huffman_code_lengths(c, lim) for c in per])
+        single = (per > 0).sum(axis=1) == 1  # a lone symbol still needs a 1-bit code
+        rows[single] = (per[single] > 0).astype(np.int64)
+        if want == "auto":
+            def bits(lengths, counts):
+                return float((lengths * counts).sum()) + 8 * sum(
+                    len(encode_uints(r)) for r in lengths)
+            if bits(rows, per) >= (1 - 5e-3) * bits(one, pooled[None, :]):
+                return one
+        return rows
 
     def encode(self, array: np.ndarray) -> bytes:
         a = C.as_symbol_array(array, self.codec_id)
@@ -167,7 +208,7 @@ class Huffman(C.ContainerCoder):
         n = flat.size
         nchunks = -(-n // self.chunk_size)
         lo, span, table_bits = 0, 0, 0
-        lengths = np.zeros(0, np.int64)
+        lengths = np.zeros((0, 0), np.int64)
         words = np.empty(0, np.uint32)
         num_words = np.zeros(nchunks, np.uint32)
         nsub = sum(-(-min(self.chunk_size, n - k * self.chunk_size) // self.sub_block_size)
@@ -175,19 +216,18 @@ class Huffman(C.ContainerCoder):
         sub = np.zeros(nsub, np.uint32)
         if n:
             lo, span = C.symbol_range(flat, self.codec_id)
-            counts = cpu.histogram(flat, lo, span)[0]
-            used = int((counts > 0).sum())
-            limit = max(self.max_code_length, int(np.ceil(np.log2(max(used, 1)))))
-            lengths = huffman_code_lengths(counts, limit)
+            period = C.channel_period(a.shape)
+            lengths = self._code_lengths(flat, lo, span, period)
             table_bits = int(lengths.max())
             if table_bits:
                 idx = np.subtract(flat, lo, dtype=np.int32) if lo else flat.astype(np.int32)
+                codes = np.stack([cpu.canonical_codes(r) for r in lengths])
                 words, num_words, sub = cpu.huffman_encode(
-                    idx, cpu.canonical_codes(lengths), lengths, self.chunk_size,
-                    self.sub_block_size,
+                    idx, codes, lengths, self.chunk_size, self.sub_block_size, period,
                 )
         params = {
             "table_bits": table_bits,
+            "num_tables": int(lengths.shape[0]),
             "chunk_size": self.chunk_size,
             "sub_block_size": self.sub_block_size,
             "min_symbol": lo,
@@ -197,7 +237,7 @@ class Huffman(C.ContainerCoder):
         return C.pack(
             self.codec_id, a.shape, a.dtype.name, params,
             [
-                ("lengths", encode_uints(lengths) if n else b""),
+                ("lengths", b"".join(encode_uints(r) for r in lengths)),
                 ("index", np.asarray(num_words, "<u4").tobytes()),
                 ("subblocks", sub.astype("<u4").tobytes()),
                 ("payload", words.astype("<u4").tobytes()),
@@ -206,7 +246,8 @@ class Huffman(C.ContainerCoder):
         )
 
     def parse(self, data):
-        """Validate a stream completely; return ``(container, lengths, index, sub, words)``."""
+        """Validate a stream completely; return ``(container, lengths, index, sub, words)``
+        (``lengths``: one row of code lengths per table, ``(num_tables, alphabet_size)``)."""
         c = C.unpack(data, self.codec_id)
         p = C.require_params(c.params, _PARAM_SPEC if c.version >= 2 else _PARAM_SPEC_V1)
         n = c.num_symbols
@@ -233,15 +274,27 @@ class Huffman(C.ContainerCoder):
         sub = C.section_array(c, "subblocks", "<u4", nsub)
         words = C.section_array(c, "payload", "<u4")
         if n == 0:
-            if p["alphabet_size"] or p["table_bits"] or len(c.sections["lengths"]) or len(words):
+            if (p["alphabet_size"] or p["table_bits"] or p.get("num_tables", 0)
+                    or len(c.sections["lengths"]) or len(words)):
                 raise CorruptStreamError("corrupt kvinfo stream: empty array with non-empty data")
             return c, None, index, sub, words
         if p["alphabet_size"] < 1:
             raise CorruptStreamError("corrupt kvinfo stream: alphabet_size must be >= 1")
+        nt = p.get("num_tables", 1)
+        period = C.channel_period(c.shape)
+        if nt not in (1, period) or nt * p["alphabet_size"] > 1 << 22:
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: num_tables {nt} must be 1 or the {period} channels"
+            )
         C.check_dtype_range(p, c.dtype)
-        lengths = np.zeros(p["alphabet_size"], np.int64)
         buf = bytes(c.sections["lengths"])
-        if decode_uints(buf, 0, len(buf), lengths, 16) != len(buf):
+        if nt > len(buf):  # every row takes at least one byte
+            raise CorruptStreamError("corrupt kvinfo stream: too many code tables for their bytes")
+        lengths = np.zeros((nt, p["alphabet_size"]), np.int64)
+        pos = 0
+        for row in lengths:
+            pos = decode_uints(buf, pos, len(buf), row, 16)
+        if pos != len(buf):
             raise CorruptStreamError("corrupt kvinfo stream: trailing bytes after code lengths")
         tb = p["table_bits"]
         if int(lengths.max()) != tb:
@@ -249,9 +302,10 @@ class Huffman(C.ContainerCoder):
                 f"corrupt kvinfo stream: longest code {int(lengths.max())} != table_bits {tb}"
             )
         if tb == 0:
-            if p["alphabet_size"] != 1:
+            if p["alphabet_size"] != 1 or nt != 1:
                 raise CorruptStreamError("corrupt kvinfo stream: no codes for several symbols")
-        elif int((1 << (tb - lengths[lengths > 0])).sum()) > (1 << tb):
+        elif np.any(np.where(lengths > 0, 1 << np.maximum(tb - lengths, 0), 0).sum(axis=1)
+                    > (1 << tb)):
             raise CorruptStreamError("corrupt kvinfo stream: code lengths violate Kraft")
         nw = index["num_words"].astype(np.int64)
         offs = np.zeros_like(nw)
@@ -287,6 +341,7 @@ class Huffman(C.ContainerCoder):
             chunk_size=p["chunk_size"], sub_block_size=p["sub_block_size"],
             min_symbol=p["min_symbol"], shape=c.shape, dtype=c.dtype, dequant=dequant,
             verify=_device.crc_check(c) if dequant is None else None,
+            period=C.channel_period(c.shape),
         )
 
     def decode(self, data, device: str = "cpu", max_output_bytes: int | None = None
@@ -309,6 +364,7 @@ class Huffman(C.ContainerCoder):
             idx, status = cpu.huffman_decode(
                 words, np.ascontiguousarray(index["num_words"], np.uint32), sub, lengths,
                 p["table_bits"], p["chunk_size"], p["sub_block_size"], n,
+                C.channel_period(c.shape),
             )
             C.raise_status(status, "huffman")
             if p["min_symbol"]:

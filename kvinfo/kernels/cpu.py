@@ -453,11 +453,13 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
 # Huffman
 # ---------------------------------------------------------------------------------------
 @njit(cache=True, parallel=True, nogil=True)
-def _huffman_encode_kernel(idx, codes, lengths, chunk_size, sub_block, region_words, scratch,
-                           num_words, sub_offsets):  # pragma: no cover - numba
+def _huffman_encode_kernel(idx, codes, lengths, period, chunk_size, sub_block, region_words,
+                           scratch, num_words, sub_offsets):  # pragma: no cover - numba
+    # codes/lengths: (num_tables, alphabet); element j uses row j % period if num_tables > 1
     n = idx.shape[0]
     nchunks = num_words.shape[0]
     spc = chunk_size // sub_block
+    num_tables = codes.shape[0]
     for k in prange(nchunks):
         start = k * chunk_size
         stop = min(n, start + chunk_size)
@@ -472,8 +474,9 @@ def _huffman_encode_kernel(idx, codes, lengths, chunk_size, sub_block, region_wo
             z = min(stop, a + sub_block)
             for j in range(a, z):
                 s = idx[j]
-                ln = lengths[s]
-                acc = (acc << np.uint64(ln)) | np.uint64(codes[s])
+                t = j % period if num_tables > 1 else 0
+                ln = lengths[t, s]
+                acc = (acc << np.uint64(ln)) | np.uint64(codes[t, s])
                 nb += ln
                 if nb >= 32:
                     nb -= 32
@@ -496,25 +499,36 @@ def _gather_u32(scratch, region_words, num_words, out):  # pragma: no cover - nu
 
 
 def huffman_encode(idx: np.ndarray, codes: np.ndarray, lengths: np.ndarray, chunk_size: int,
-                   sub_block: int):
+                   sub_block: int, period: int = 1):
     """Encode symbol indices ``idx`` (int32, each < len(codes)) with a prefix code.
 
-    ``codes[s]`` holds the ``lengths[s]``-bit codeword of index ``s`` (MSB first).
+    ``codes[s]`` holds the ``lengths[s]``-bit codeword of index ``s`` (MSB first). With
+    2-D ``codes``/``lengths`` of ``period`` rows (per-channel codes), element ``j`` uses
+    row ``j % period``.
     Returns ``(words uint32, num_words uint32 per chunk, sub_offsets uint32)`` where
     ``sub_offsets`` has one bit offset per sub-block (relative to its chunk's start).
     """
     _check_array(idx, "idx", (np.int32,), 1)
-    _check_array(codes, "codes", (np.uint32,), 1)
-    _check_array(lengths, "lengths", (np.int64,), 1)
+    if codes.ndim == 1:
+        codes, lengths = codes[None, :], lengths[None, :]
+    _check_array(codes, "codes", (np.uint32,), 2)
+    _check_array(lengths, "lengths", (np.int64,), 2)
     _check(codes.shape == lengths.shape, "codes and lengths differ in shape")
+    _check(codes.shape[0] in (1, period), "codes must have 1 or period rows")
     _check(bool(np.all((lengths >= 0) & (lengths <= 16))), "code lengths must be in [0, 16]")
     _check(sub_block >= 1 and chunk_size % sub_block == 0,
            f"chunk_size {chunk_size} must be a multiple of sub_block {sub_block}")
     n = idx.shape[0]
     if n:
         lo, hi = int(idx.min()), int(idx.max())
-        _check(lo >= 0 and hi < codes.shape[0], "symbol index outside the code table")
-        _check(bool(np.all(lengths[np.unique(idx)] > 0)), "a symbol that occurs has no code")
+        _check(lo >= 0 and hi < codes.shape[1], "symbol index outside the code table")
+        if codes.shape[0] == 1:
+            _check(bool(np.all(lengths[0, np.unique(idx)] > 0)), "a symbol that occurs has no code")
+        else:
+            _check(n % period == 0, "per-row codes need whole rows of period elements")
+            _check(bool(np.all(np.take_along_axis(
+                lengths.T, idx.reshape(-1, period), axis=0) > 0)),
+                "a symbol that occurs has no code in its row")
     nchunks = _num_chunks(n, chunk_size)
     max_len = int(lengths.max()) if lengths.size else 0
     region_words = (chunk_size * max_len + 31) // 32 + 1
@@ -525,8 +539,9 @@ def huffman_encode(idx: np.ndarray, codes: np.ndarray, lengths: np.ndarray, chun
     sub_offsets = np.zeros(max(nsub, 0), dtype=np.int64)
     if nchunks:
         with _threads_for(nchunks):
-            _huffman_encode_kernel(idx, codes, lengths, np.int64(chunk_size), np.int64(sub_block),
-                                   np.int64(region_words), scratch, num_words, sub_offsets)
+            _huffman_encode_kernel(idx, codes, lengths, np.int64(period), np.int64(chunk_size),
+                                   np.int64(sub_block), np.int64(region_words), scratch,
+                                   num_words, sub_offsets)
     words = np.empty(int(num_words.sum()), dtype=np.uint32)
     if nchunks:
         _gather_u32(scratch, np.int64(region_words), num_words, words)
@@ -535,7 +550,9 @@ def huffman_encode(idx: np.ndarray, codes: np.ndarray, lengths: np.ndarray, chun
 
 @njit(cache=True, parallel=True, nogil=True)
 def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table_bits,
-                           chunk_size, sub_block, out, status):  # pragma: no cover - numba
+                           chunk_size, sub_block, period, out, status):  # pragma: no cover
+    # table: (num_tables, 2**table_bits); element j uses row j % period if num_tables > 1
+    num_tables = table.shape[0]
     n = out.shape[0]
     nchunks = num_words.shape[0]
     spc = chunk_size // sub_block
@@ -558,7 +575,8 @@ def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table
             for j in range(a, z):
                 w = min(w0 + (bitpos >> 5), last)
                 win = (np.uint64(words[w]) << _S32) | np.uint64(words[w + 1])
-                e = table[(win << np.uint64(bitpos & 31)) >> tb]
+                e = table[j % period if num_tables > 1 else 0,
+                          (win << np.uint64(bitpos & 31)) >> tb]
                 ln = e & 0xFF
                 if ln == 0:
                     bad = 2
@@ -582,7 +600,7 @@ def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table
 
 def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.ndarray,
                    lengths: np.ndarray, table_bits: int, chunk_size: int, sub_block: int,
-                   n: int) -> tuple[np.ndarray, np.ndarray]:
+                   n: int, period: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Decode ``n`` symbol indices; returns ``(idx int32, status per chunk)``.
 
     ``lengths`` are canonical code lengths (index order); the decode table has
@@ -602,7 +620,9 @@ def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.nda
            f"{sub_offsets.shape[0]}")
     total = int(num_words.astype(np.int64).sum())
     _check(total == words.shape[0], f"expected {total} words, found {words.shape[0]}")
-    table = huffman_decode_table(lengths, table_bits)
+    rows = np.atleast_2d(lengths)
+    _check(rows.shape[0] in (1, period), "lengths must have 1 or period rows")
+    table = np.stack([huffman_decode_table(r, table_bits) for r in rows])
     padded = np.zeros(total + 2, dtype=np.uint32)
     padded[:total] = words
     offsets = np.zeros(nchunks, dtype=np.int64)
@@ -614,7 +634,8 @@ def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.nda
         with _threads_for(nchunks):
             _huffman_decode_kernel(padded, offsets, num_words.astype(np.int64),
                                    sub_offsets.astype(np.int64), table, np.int64(table_bits),
-                                   np.int64(chunk_size), np.int64(sub_block), out, status)
+                                   np.int64(chunk_size), np.int64(sub_block), np.int64(period),
+                                   out, status)
     return out, status
 
 

@@ -435,7 +435,8 @@ def huffman_kernel(shared: bool, mode: int):
     """The Huffman decode kernel for one variant (built and cached on first use).
 
     Signature: ``(words u32[total+2], word_off i64[c], num_words i64[c], sub_offsets
-    u32[s], table u32[2**table_bits], table_bits, chunk_size, sub_block, n, min_symbol,
+    u32[s], table u32[num_tables * 2**table_bits], table_bits, chunk_size, sub_block, n,
+    min_symbol, period, num_tables,
     status i32[s], out, zero, step, colterm, dq)``; one thread per sub-block, blocks of
     ``CONFIG.huffman_threads_per_block``.
     """
@@ -449,7 +450,8 @@ def huffman_kernel(shared: bool, mode: int):
 
     @cuda.jit
     def kernel(words, word_off, num_words, sub_offsets, table, table_bits, chunk_size,
-               sub_block, n, min_symbol, status, out, zero, step, colterm, dq):
+               sub_block, n, min_symbol, period, num_tables, status, out, zero, step, colterm,
+               dq):
         tid = np.int64(cuda.threadIdx.x)
         sh = cuda.shared.array(TAB, numba.uint32)
         if SHARED:
@@ -483,6 +485,8 @@ def huffman_kernel(shared: bool, mode: int):
         nacc = 32 - off
         wp += 1
         shift = np.uint64(64 - table_bits)
+        # per-channel tables (global memory only): row j % period, rows of 2**table_bits
+        ch = j0 % period
         di = 0
         ti = 0
         bi = 0
@@ -501,6 +505,11 @@ def huffman_kernel(shared: bool, mode: int):
                     wp += 1
                 if SHARED:
                     e = sh[acc >> shift]
+                elif num_tables > 1:
+                    e = table[np.uint64(ch << table_bits) + (acc >> shift)]
+                    ch += 1
+                    if ch == period:
+                        ch = 0
                 else:
                     e = table[acc >> shift]
                 ln = e & _U8

@@ -351,7 +351,8 @@ def prepare_rans(words, num_words, states, frequencies, *, precision_bits: int,
 
 def prepare_huffman(words, num_words, sub_offsets, lengths, *, table_bits: int,
                     chunk_size: int, sub_block_size: int, min_symbol: int, shape, dtype,
-                    dequant: Dequant | None = None, verify=None) -> PreparedStream:
+                    dequant: Dequant | None = None, verify=None,
+                    period: int = 1) -> PreparedStream:
     """Upload a validated chunked canonical-Huffman stream for the Huffman kernels.
 
     Parameters
@@ -362,8 +363,9 @@ def prepare_huffman(words, num_words, sub_offsets, lengths, *, table_bits: int,
         Words per chunk.
     sub_offsets : uint32 array (num_sub_blocks,)
         Each sub-block's starting bit offset within its chunk.
-    lengths : int array (alphabet_size,) or None
-        Code lengths (0 = unused; they satisfy Kraft); None for an empty array.
+    lengths : int array (alphabet_size,) or (period, alphabet_size), or None
+        Code lengths (0 = unused; each row satisfies Kraft); one row per channel (element
+        ``j`` uses row ``j % period``) for per-channel codes; None for an empty array.
     table_bits : int
         The longest code length (0: a single symbol and no payload).
     chunk_size, sub_block_size, min_symbol : int
@@ -386,8 +388,9 @@ def prepare_huffman(words, num_words, sub_offsets, lengths, *, table_bits: int,
                   np.int64(n)), (zero, step, colterm, dqp), None)
         return PreparedStream(K, "fill", shape, out_dtype, result_dtype, launch, verify)
     tb = int(table_bits)
-    table = cpu.huffman_decode_table(np.asarray(lengths, np.int64), tb)
-    shared = (1 << tb) <= K.CONFIG.shared_table_slots
+    rows = np.atleast_2d(np.asarray(lengths, np.int64))
+    table = np.concatenate([cpu.huffman_decode_table(r, tb) for r in rows])
+    shared = rows.shape[0] == 1 and (1 << tb) <= K.CONFIG.shared_table_slots
     nw, off = _chunk_offsets(num_words)
     words = np.asarray(words)
     padded = np.zeros(words.shape[0] + 2, np.uint32)
@@ -399,7 +402,8 @@ def prepare_huffman(words, num_words, sub_offsets, lengths, *, table_bits: int,
     pre = (cuda.to_device(padded), cuda.to_device(off), cuda.to_device(nw),
            cuda.to_device(sub), cuda.to_device(table),
            np.int64(tb), np.int64(chunk_size), np.int64(sub_block_size),
-           np.int64(n), np.int64(min_symbol), status)
+           np.int64(n), np.int64(min_symbol), np.int64(period), np.int64(rows.shape[0]),
+           status)
     launch = (K.huffman_kernel(shared, mode), _grid(nsub, tpb), tpb, pre,
               (zero, step, colterm, dqp), status)
     prep = PreparedStream(K, "huffman", shape, out_dtype, result_dtype, launch, verify)
