@@ -365,3 +365,92 @@ def test_command_eval_adds_quality_records(synthetic_dump, tiny_model_dir, tmp_p
         assert {"perplexity", "perplexity_increase_pct", "kl", "top1_agreement",
                 "bits_per_element"} <= set(m)
     assert doc["settings"]["eval"]["prefix"] == 40
+
+
+# -- one reference, small data, the rule for nulls ------------------------------------------
+
+
+def test_slb_never_exceeds_the_gaussian_rd(synthetic_dump, monkeypatch):
+    """The SLB's entropy is clipped at the Gaussian entropy of the same covariance (ddof 1)
+    that the R(D) uses: with a kNN estimate above it, SLB <= R_G must still hold. (It did not
+    when bench took ddof 0 for the R(D) and ddof 1 for the clip.)"""
+    import kvinfo.analysis._slab as slab_mod
+
+    real = slab_mod.entropy_knn_corrected
+
+    def too_high(*args, **kwargs):
+        est = real(*args, **kwargs)
+        return {**est, "estimate": est["estimate"] + 50.0}
+
+    monkeypatch.setattr(slab_mod, "entropy_knn_corrected", too_high)
+    u8 = {"id": "uniform", "bits": 8, "axis": "token", "coder": {"id": "rans"}}
+    doc = bench_dump(synthetic_dump, [u8, U4], layers=[0], knn_samples=100, use_gpu=False,
+                     attention=False)
+    checked = 0
+    for r in _codec_records(doc, "slab") + _codec_records(doc, "overall"):
+        m = r["metrics"]
+        assert m["slb_estimate_bits_per_element"] <= m["rd_gaussian_bits_per_element"] + 1e-12
+        checked += 1
+    assert checked == 2 * 4 + 2
+
+
+def test_bench_on_a_short_dump_gives_rates_and_null_bounds(tmp_path, capsys):
+    """Issue 12 item 7: 10 tokens of head_dim 16: rates, distortions, own-symbol entropies and
+    attention errors are measured; the bounds are null with the reason."""
+    from kvinfo.dumps import write_synthetic_dump
+
+    p = write_synthetic_dump(tmp_path / "short.h5", num_layers=1, num_tokens=10, head_dim=16,
+                             num_sequences=1)
+    out = tmp_path / "short.json"
+    rc = main(["bench", str(p), "--codec", json.dumps(U4), "--no-progress", "--no-gpu",
+               "--knn-samples", "50", "-o", str(out)])
+    assert rc == 0
+    assert "n<=d" in capsys.readouterr().out
+    doc = load_results(out)
+    for r in _codec_records(doc, "slab") + _codec_records(doc, "overall"):
+        m = r["metrics"]
+        assert m["bits_per_element"] > 0 and m["mse_per_element"] > 0
+        assert m["snr_db"] is not None
+        assert m["own_symbols_entropy_bits_per_element"] > 0
+        assert m["rd_gaussian_bits_per_element"] is None
+        assert m["gap_to_slb_estimate_bits_per_element"] is None
+        assert "more vectors than dimensions" in m["null_reasons"]["rd_gaussian_bits_per_element"]
+        if r["kind"] == "keys":
+            assert m["attention_kl_nats"] >= 0
+    overall = _codec_records(doc, "overall")[0]["metrics"]
+    assert overall["counts"]["rd_gaussian_bits_per_element"] == [0, 4]
+    assert overall["counts"]["bits_per_element"] == [4, 4]
+
+
+def test_aggregate_uses_the_slabs_where_a_value_is_defined():
+    """The rule for nulls: a bound null in one slab does not null the aggregate; counts say
+    how many of how many; the gap is the aggregated rate minus bound over the same slabs."""
+    a = {"num_elements": 10, "bits_per_element": 4.0, "rd_gaussian_bits_per_element": 3.0,
+         "gap_to_rd_gaussian_bits_per_element": 1.0, "encode_seconds": 1.0,
+         "input_bytes": 2e6}
+    b = {"num_elements": 30, "bits_per_element": 2.0, "rd_gaussian_bits_per_element": None,
+         "gap_to_rd_gaussian_bits_per_element": None, "encode_seconds": None,
+         "input_bytes": 6e6}
+    out = aggregate_codec_metrics([a, b])
+    assert out["bits_per_element"] == pytest.approx(100 / 40)
+    assert out["rd_gaussian_bits_per_element"] == 3.0
+    assert out["gap_to_rd_gaussian_bits_per_element"] == 1.0
+    assert out["gap_to_rd_gaussian_pct"] == pytest.approx(100 / 3)
+    assert out["counts"]["rd_gaussian_bits_per_element"] == [1, 2]
+    assert out["counts"]["bits_per_element"] == [2, 2]
+    assert out["encode_mbytes_per_s"] == pytest.approx(2.0)  # the timed slab only
+    none = aggregate_codec_metrics([b])
+    assert none["rd_gaussian_bits_per_element"] is None
+    assert none["counts"]["rd_gaussian_bits_per_element"] == [0, 1]
+
+
+def test_bench_selection_errors_name_the_parameter(synthetic_dump):
+    from kvinfo.dumps import Selection
+    from kvinfo.errors import SelectionError
+
+    for kwargs, param in (({"layers": [7]}, "layers"), ({"kinds": ["nope"]}, "kinds"),
+                          ({"heads": [5]}, "heads"), ({"sequences": [50]}, "sequences"),
+                          ({"selection": Selection(kinds="keys_pre_rope")}, "kinds")):
+        with pytest.raises(SelectionError, match=f"^{param}: ") as info:
+            bench_dump(synthetic_dump, [U4], use_gpu=False, **kwargs)
+        assert info.value.parameter == param
