@@ -8,11 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from kvinfo.cli import main
 from kvinfo.analysis import aggregate_slab_metrics as aggregate_metrics
+from kvinfo.cli import main
 from kvinfo.commands.analyze import parse_snr_grid
-from kvinfo.dumps import parse_index_list
-from kvinfo.dumps import write_synthetic_dump
+from kvinfo.dumps import parse_index_list, write_synthetic_dump
 from kvinfo.errors import AnalysisInputError
 from kvinfo.results import load_results
 

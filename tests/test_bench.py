@@ -454,3 +454,13 @@ def test_bench_selection_errors_name_the_parameter(synthetic_dump):
         with pytest.raises(SelectionError, match=f"^{param}: ") as info:
             bench_dump(synthetic_dump, [U4], use_gpu=False, **kwargs)
         assert info.value.parameter == param
+
+
+def test_report_draws_labels_without_loading_bench():
+    import subprocess
+    import sys
+
+    code = "import sys, kvinfo.report; print('kvinfo.bench' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -56,7 +56,6 @@ from ._slab import (
 )
 from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
 from .aggregate import aggregate_metrics, is_defined
-from .engine import aggregate_slab_metrics, analyze_dump, check_analysis_options
 from .distortion import (
     attention_output_error,
     attention_score_errors,
@@ -64,6 +63,7 @@ from .distortion import (
     mse_per_element,
     snr_db,
 )
+from .engine import aggregate_slab_metrics, analyze_dump, check_analysis_options
 
 __all__ = [
     "ENTROPY_ESTIMATORS",

@@ -3,6 +3,7 @@ document out."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import warnings
 from collections.abc import Sequence
@@ -155,9 +156,15 @@ def bench_dump(
         cost_kind: dict[str, TokenCost] = {}
         q_cache: dict = {}
         warmed = False
+        slabs = d.iter_slabs(selection=sel)
+        # the first slab is checked before the progress bar starts, so that a damaged dump
+        # gives its one-line error alone
+        first = next(slabs)
+        if not np.all(np.isfinite(np.asarray(first[3], dtype=np.float32))):
+            _nonfinite(first[3], "layer {} {} head {}".format(*first[:3]))
         bar = tqdm(
-            d.iter_slabs(selection=sel), total=len(sel.slabs()), desc="bench", unit="slab",
-            file=sys.stderr, disable=not progress, dynamic_ncols=True,
+            itertools.chain([first], slabs), total=len(sel.slabs()), desc="bench",
+            unit="slab", file=sys.stderr, disable=not progress, dynamic_ncols=True,
         )
         for lay, kind, head, slab in bar:
             label = f"layer {lay} {kind} head {head}"
@@ -174,13 +181,8 @@ def bench_dump(
                 except AnalysisInputError as exc:
                     raise AnalysisInputError(f"{label}: {exc}") from None
             am = res.metrics
-            bad = int(am["nonfinite_elements"])
-            if bad:
-                raise AnalysisInputError(
-                    f"{label}: the slab holds {bad} NaN or Inf values of {slab.size}; the "
-                    "codecs and bounds need finite values (kvinfo analyze reports such slabs, "
-                    "excluding those vectors)"
-                )
+            if am["nonfinite_elements"]:
+                _nonfinite(slab, label)
             x64 = res.x64 if res.x64 is not None else np.asarray(slab, dtype=np.float64)
             if not warmed:
                 # untimed warm-up of every codec on a small piece of the first slab (numba
@@ -279,6 +281,15 @@ def bench_dump(
     doc = results.new_results("bench", source, settings, command=command)
     doc["records"] = ref_records + slab_records + agg_records
     return doc
+
+
+def _nonfinite(slab, label: str) -> None:
+    a = np.asarray(slab, dtype=np.float32)
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    raise AnalysisInputError(
+        f"{label}: the slab holds {bad} NaN or Inf values of {slab.size}; the codecs and "
+        "bounds need finite values (kvinfo analyze reports such slabs, excluding those vectors)"
+    )
 
 
 def _warm_codecs(codecs, kinds, piece) -> None:

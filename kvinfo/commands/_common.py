@@ -27,7 +27,7 @@ _PARAMETERS = (
     "layers", "kinds", "heads", "sequences", "knn_samples", "knn_k", "pervector_snr_db",
     "top_tokens", "outlier_rms_ratio", "snr_db", "max_queries", "repeat", "histogram_bins",
 )
-_LEADING = re.compile(r"^(%s)\b" % "|".join(_PARAMETERS))
+_LEADING = re.compile(r"^({})\b".format("|".join(_PARAMETERS)))
 
 
 def _flag(name: str) -> str:
