@@ -70,7 +70,7 @@ class GpuTimer:
         from ..errors import KvinfoError
 
         try:
-            prepared = self.gpu.prepare(codec, data)
+            prepared = codec.prepare_cuda(data)
         except KvinfoError:
             return None
         out = prepared.decode()
