@@ -86,6 +86,8 @@ def test_analyze_is_deterministic_for_a_seed(synthetic_dump, tmp_path):
         (["--layers", "a-b"], "expected integers"),
         (["--kinds", "keys_pre_rope"], "not in this dump"),
         (["--kinds", ","], "empty selection"),
+        (["--sequences", "9"], "--sequences: 9 is out of range"),
+        (["--heads", "x"], "--heads: expected integers"),
         (["--snr-db", "40:0:2"], "START:STOP:STEP"),
         (["--snr-db", "x"], "START:STOP:STEP"),
         (["--knn-samples", "1"], "knn-samples"),
