@@ -107,6 +107,10 @@ def aggregate_codec_metrics(slabs: Sequence[dict]) -> dict:
         amount = sum(s.get(num) or 0 for s in ok)
         out[name] = amount / scale / total if ok and amount and total > 0 else None
     reasons = null_reasons(slabs, out)
+    for name in ("rd_gaussian", "slb_estimate"):
+        gap = f"gap_to_{name}_bits_per_element"
+        if gap in reasons and out.get(f"gap_to_{name}_pct") is None:
+            reasons[f"gap_to_{name}_pct"] = reasons[gap]
     if reasons:
         out["null_reasons"] = reasons
     return out
