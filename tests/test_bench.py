@@ -464,3 +464,37 @@ def test_report_draws_labels_without_loading_bench():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_reference_shares_the_analysis_covariance(synthetic_dump):
+    """One covariance and eigendecomposition per slab: the bench reference holds the very
+    arrays that slab_analysis computed (ddof 1), and its SNR reference is analyze's."""
+    from kvinfo.analysis import slab_analysis
+    from kvinfo.bench import SlabReference
+    from kvinfo.dumps import open_dump
+
+    with open_dump(synthetic_dump) as d:
+        res = slab_analysis(d.slab("keys", 0, 1), snr_db=[20.0], knn_samples=100)
+    ref = SlabReference(res)
+    assert ref.eigenvalues is res.gaussian.eigenvalues
+    assert ref.variance_per_element == res.metrics["variance_per_element"]
+    x = res.x64
+    np.testing.assert_allclose(res.gaussian.covariance, np.cov(x, rowvar=False, ddof=1))
+    assert ref.h_slb <= res.gaussian.h_gaussian_bits_per_element
+
+
+def test_command_sequences_select_the_tokens_of_some_prompts(synthetic_dump, tmp_path):
+    from kvinfo.dumps import open_dump
+
+    with open_dump(synthetic_dump) as d:
+        n1 = int(d.sequence_offsets[2] - d.sequence_offsets[1])
+        dim = d.head_dim
+    out = tmp_path / "seq.json"
+    assert main(["bench", str(synthetic_dump), "--codec", json.dumps(U4), "--layers", "0",
+                 "--kinds", "values", "--sequences", "1", "--knn-samples", "50",
+                 "--no-progress", "--no-gpu", "-o", str(out)]) == 0
+    doc = load_results(out)
+    assert doc["settings"]["sequences"] == [1] and doc["settings"]["num_tokens"] == n1
+    for r in _codec_records(doc, "slab"):
+        assert r["metrics"]["num_elements"] == n1 * dim
+        assert r["metrics"]["attention_output_relative_error"] >= 0
