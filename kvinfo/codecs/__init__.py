@@ -13,6 +13,7 @@ from . import (
 )
 from ._container import reseal as reseal_stream
 from .abc import Codec, RateBreakdown
+from .labels import codec_family, codec_label, coder_label
 from .registry import codec_registry, get_codec, list_codecs, register_codec
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "list_codecs",
     "register_codec",
     "codec_registry",
+    "codec_label",
+    "codec_family",
+    "coder_label",
     "CorruptStreamError",
     "UnknownCodecError",
     "CodecConfigError",
