@@ -56,10 +56,13 @@ def _entropy_model(coder_config: dict) -> tuple[str, bool]:
     """Which order-0 entropy matches the coder's model, and whether it bounds the coder."""
     cid = coder_config.get("id")
     if cid == "arith":
-        ctx = coder_config.get("context", "channel+prev")
+        ctx = coder_config.get("context", "auto")
         # adaptive with a floor on the adaptation rate: can track drift, so no strict bound
         return ("pooled" if ctx == "none" else "per_channel"), False
-    if coder_config.get("per_channel"):
+    # rans and huffman default to per_channel="auto" (per-channel tables when they pay):
+    # the per-channel entropy, the smaller of the two, bounds either choice
+    default = "auto" if cid in ("rans", "huffman") else False
+    if coder_config.get("per_channel", default):
         return "per_channel", True
     return "pooled", True
 

@@ -27,10 +27,10 @@ def coder_label(coder: dict | None) -> str:
     if not coder:
         return "rans"
     cid = coder.get("id", "?")
-    if cid == "rans" and coder.get("per_channel"):
-        return "rans/ch"
+    if cid in ("rans", "huffman") and coder.get("per_channel") is True:
+        return f"{cid}/ch"
     if cid == "arith":
-        return f"arith({coder.get('context', 'channel+prev')})"
+        return f"arith({coder.get('context', 'auto')})"
     return cid
 
 
