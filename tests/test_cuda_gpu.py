@@ -154,17 +154,14 @@ def test_shared_memory_tables_are_used_for_the_default_codecs():
 
 
 def test_tampered_payload_is_reported():
-    import json
-    import struct
-    import zlib
+    from kvinfo.codecs import _container as C
+    from kvinfo.codecs import reseal_stream
 
     codec = get_codec({"id": "rans"})
     x = np.random.default_rng().integers(0, 16, 300_000, dtype=np.uint8)
     data = bytearray(codec.encode(x))
-    meta = json.loads(bytes(data[24:24 + struct.unpack_from("<I", data, 8)[0]]))
-    offset = [s[1] for s in meta["sections"] if s[0] == "payload"][0]
-    data[offset + 1001] ^= 0x44
-    struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]) & 0xFFFFFFFF)
+    data[C.unpack(bytes(data)).offsets["payload"] + 1001] ^= 0x44
+    data = reseal_stream(bytes(data))  # every checksum but the symbols CRC recomputed
     with pytest.raises(CorruptStreamError, match="GPU"):
         codec.decode(bytes(data), device="cuda")
 
