@@ -27,11 +27,18 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._paths import check_output_file, make_dirs, output_error
+from ._paths import (
+    check_output_file,
+    commit_partial,
+    create_partial,
+    discard_partial,
+    make_dirs,
+    output_error,
+    remove_stale_partials,
+)
 from ._version import __version__
 from .errors import ResultsSchemaError
 
@@ -170,19 +177,17 @@ def validate_results(doc: Any, where: str = "results") -> dict:
 def write_results(doc: dict, path: str | os.PathLike) -> Path:
     """Validate and write ``doc`` atomically (temporary file, then rename)."""
     validate_results(doc)
-    path = check_output_file(path)
+    path = check_output_file(path, kind="results")
     make_dirs(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise output_error(path, exc) from None
+    remove_stale_partials(path)
+    fd, tmp = create_partial(path)  # <name>.kvinfo-partial-<pid>, mode 0o666 minus the umask
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(to_jsonable(doc), f, indent=1, allow_nan=False)
             f.write("\n")
-        os.replace(tmp, path)
+        commit_partial(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        discard_partial(tmp)
         if isinstance(exc, OSError):
             raise output_error(path, exc) from None
         raise

@@ -46,7 +46,9 @@ _NOT_AGGREGATED = frozenset(
 
 def add_arguments(p) -> None:
     p.add_argument("dump", help="a kvdump (.h5)")
-    p.add_argument("-o", "--output", help="results JSON to write (default: print the table only)")
+    p.add_argument("-o", "--output",
+                   help="results JSON to write, replacing a results file there (never the input "
+                   "dump); default: print the table only")
     p.add_argument("--layers", help="layers to analyse, e.g. '0,3,10-12' (default: all)")
     p.add_argument(
         "--kinds", help="comma-separated kinds among keys,values,queries,keys_pre_rope "
@@ -277,7 +279,7 @@ def run(args) -> int:
             f"--outlier-rms-ratio must be a finite number > 0; got {args.outlier_rms_ratio}"
         )
     if args.output:
-        check_output_file(args.output, "-o")
+        check_output_file(args.output, "-o", inputs=[args.dump], kind="results")
     warmup()
 
     with open_dump(args.dump) as d:

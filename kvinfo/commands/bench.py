@@ -28,7 +28,8 @@ def add_arguments(p) -> None:
         help="a codec sweep: " + "; ".join(f"'{k}': {v[0]}" for k, v in PRESETS.items())
         + " (default 'standard' when no --codec is given); repeatable",
     )
-    p.add_argument("-o", "--output", metavar="RESULTS.json", help="results JSON to write")
+    p.add_argument("-o", "--output", metavar="RESULTS.json",
+                   help="results JSON to write, replacing a results file there (never an input)")
     p.add_argument("--layers", help="layers to bench, e.g. '0,3,10-12' (default: all)")
     p.add_argument("--kinds", help="comma-separated kinds (default: keys,values)")
     p.add_argument("--heads", help="heads to bench, e.g. '0-1' (default: all)")
@@ -92,7 +93,8 @@ def run(args) -> int:
         raise AnalysisInputError(f"--max-queries must be >= 0; got {args.max_queries}")
     check_knn_args(args)
     if args.output:
-        check_output_file(args.output, "-o")
+        check_output_file(args.output, "-o", kind="results",
+                          inputs=[args.dump, args.eval_text, args.eval and args.model])
     if args.repeat < 1:
         raise AnalysisInputError(f"--repeat must be at least 1; got {args.repeat}")
     text = None

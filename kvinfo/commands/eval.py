@@ -50,7 +50,9 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("-o", "--output", metavar="RESULTS.json", help="also write the results schema")
+    p.add_argument("-o", "--output", metavar="RESULTS.json",
+                   help="also write the results schema, replacing a results file there "
+                   "(never an input)")
 
 
 def parse_codec_args(values: list[str]) -> list[dict]:
@@ -115,7 +117,7 @@ def run(args) -> int:
         CacheCodec(c)  # fail on a bad config before loading the model
     check_eval_options(args.prefix, args.max_tokens, args.block)
     if args.output:
-        check_output_file(args.output, "-o")
+        check_output_file(args.output, "-o", inputs=[args.text, args.model], kind="results")
     text = read_text_file(args.text) if args.text else None
     model, tok, name = load_model(args.model, dtype=args.dtype)
     res = evaluate(

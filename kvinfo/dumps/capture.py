@@ -306,7 +306,7 @@ def capture(
     **kwargs,
 ) -> Path:
     """Load ``model`` (see :func:`kvinfo.dumps._model.load_model`) and capture it into ``out``."""
-    check_output_file(out)  # a bad output path fails before the model loads
+    check_output_file(out, kind="kvdump")  # a bad output path fails before the model loads
     m, tok, name = load_model(model, dtype=dtype)
     return capture_model(
         m, tok, out, prompts, model_name=name, extra_settings={"kvinfo": __version__}, **kwargs
