@@ -40,6 +40,7 @@ from ._base import (
     build_stream,
     check_float_array,
     finite_side,
+    guard_memory,
     side_array,
     to_le_bytes,
     to_output,
@@ -134,9 +135,15 @@ class EcsqCodec(QuantCodec):
         sections = [Section(0, to_le_bytes(rms)), self._coded(symbols)]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    @guard_memory
+    def decode(
+        self, data, device: str = "cpu", max_output_bytes: int | None = None
+    ) -> np.ndarray:
+        """Decode a stream; see the module docstring for its layout and
+        ``docs/codecs.md`` ("Damaged input") for what is checked before any allocation.
+        ``max_output_bytes`` caps the output (:mod:`kvinfo.codecs.limits`)."""
         self._check_device(device)
-        p = self._parse(data)
+        p = self._parse(data, max_output_bytes)
         step, mode, k_min = unpack_params(_PARAMS, p.params)
         if not (math.isfinite(step) and step > 0) or mode > 1:
             raise CorruptStreamError("bad ecsq parameter block")

@@ -45,6 +45,7 @@ from ._base import (
     build_stream,
     check_float_array,
     finite_side,
+    guard_memory,
     round_side,
     side_array,
     to_le_bytes,
@@ -234,13 +235,19 @@ class UniformCodec(QuantCodec):
         ]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    @guard_memory
+    def decode(
+        self, data, device: str = "cpu", max_output_bytes: int | None = None
+    ) -> np.ndarray:
+        """Decode a stream; see the module docstring for its layout and
+        ``docs/codecs.md`` ("Damaged input") for what is checked before any allocation.
+        ``max_output_bytes`` caps the output (:mod:`kvinfo.codecs.limits`)."""
         if device == "cuda":  # fused decode + dequantize on the GPU, output in device memory
             from ...kernels import gpu
 
             return gpu.decode(self, data)
         self._check_device(device)
-        p = self._parse(data)
+        p = self._parse(data, max_output_bytes)
         bits, axis_code, sd_code, group_size = unpack_params(_PARAMS, p.params)
         if not 1 <= bits <= 8 or axis_code > 1 or sd_code not in (1, 3):
             raise CorruptStreamError("bad uniform parameter block")
