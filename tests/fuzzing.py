@@ -209,6 +209,9 @@ def mutate(buf: bytes, ops: list[tuple], fix: str) -> bytes:
     return out
 
 
+_LAST: dict = {"path": None}
+
+
 # -- the properties -----------------------------------------------------------------------------
 class FuzzFailure(AssertionError):
     pass
@@ -220,6 +223,8 @@ def check_decode(config: dict, data: bytes) -> str:
     from kvinfo.errors import CorruptStreamError
 
     codec = get_codec(config)
+    if _LAST["path"] is not None:  # so that a crash (abort, segfault) can be reported
+        _LAST["path"].write_bytes(json.dumps(config).encode() + b"\n" + data)
     try:
         y = codec.decode(data)
     except CorruptStreamError as exc:
@@ -411,55 +416,119 @@ def limit_memory(headroom: int = MEMORY_HEADROOM_BYTES) -> int:
     return cap
 
 
-def replay_regressions() -> dict:
-    """Re-check every saved case; returns counts per outcome."""
+def replay_regressions(codec_ids) -> dict:
+    """Re-check every saved case of ``codec_ids`` ("dump" for the reader); returns counts."""
     counts = {"ok": 0, "refused": 0}
     for path in sorted(REGRESSIONS.glob("*.bin")):
         cfg = json.loads(path.with_suffix(".json").read_text())
-        counts[check_decode(cfg, path.read_bytes())] += 1
-    for path in sorted(REGRESSIONS.glob("dump__*.h5")):
-        counts[check_dump(path)] += 1
+        if path.name.split("__")[0] in codec_ids:
+            counts[check_decode(cfg, path.read_bytes())] += 1
+    if "dump" in codec_ids:
+        for path in sorted(REGRESSIONS.glob("dump__*.h5")):
+            counts[check_dump(path)] += 1
     return counts
+
+
+def _child(args) -> int:
+    """Fuzz ``args.codec`` in this process under the memory cap; one JSON line per target."""
+    ids = args.codec
+    codec_ids = [c for c in ids if c != "dump"]
+    _LAST["path"] = Path(args.last) if args.last else None
+    # everything imported and compiled before the cap: numba and LLVM reserve address space
+    for cid in codec_ids:
+        for cfg, data in seed_streams(cid):
+            check_decode(cfg, data)
+    cap = None if args.no_memory_limit else limit_memory()
+    for cid in ids:
+        t = time.perf_counter()
+        line = {"target": cid, "memory_limit_bytes": cap}
+        try:
+            line["regressions"] = replay_regressions([cid])
+            if cid == "dump":
+                with tempfile.TemporaryDirectory() as tmp:
+                    line.update(fuzz_dumps(args.dumps, args.ci, Path(tmp), not args.no_save))
+            else:
+                line.update(fuzz_codec(cid, args.examples, args.ci, not args.no_save))
+        except FuzzFailure as exc:
+            line["failure"] = str(exc)
+        line["seconds"] = round(time.perf_counter() - t, 2)
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+def run(ids, *, examples: int, dumps: int, ci: bool, save: bool = True,
+        memory_limit: bool = True, timeout_s: float = 3600) -> dict:
+    """Fuzz ``ids`` (codec ids, and ``"dump"`` for the reader) in child processes.
+
+    A child that crashes (an abort or segfault in native code cannot be caught) is
+    reported as a failure of the target it was decoding, with that input saved as a
+    regression file (not shrunk), and the remaining targets go on in a new child.
+    """
+    import subprocess
+
+    report: dict = {"targets": {}, "failures": []}
+    todo = list(ids)
+    t0 = time.perf_counter()
+    while todo:
+        with tempfile.TemporaryDirectory() as tmp:
+            last = Path(tmp) / "last"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--last", str(last),
+                   "--examples", str(examples), "--dumps", str(dumps)]
+            cmd += ["--ci"] * ci + ["--no-save"] * (not save)
+            cmd += ["--no-memory-limit"] * (not memory_limit)
+            for cid in todo:
+                cmd += ["--codec", cid]
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                  timeout=timeout_s)
+            done = []
+            for text in proc.stdout.splitlines():
+                if text.startswith("{"):
+                    line = json.loads(text)
+                    done.append(line["target"])
+                    report["memory_limit_bytes"] = line.pop("memory_limit_bytes")
+                    if "failure" in line:
+                        report["failures"].append({"target": line["target"],
+                                                   "error": line.pop("failure")})
+                    report["targets"][line.pop("target")] = line
+            todo = [c for c in todo if c not in done]
+            if not todo:
+                break
+            crashed = todo.pop(0)
+            error = (f"the process died (exit status {proc.returncode}) decoding; "
+                     f"stderr: {' '.join(proc.stderr.split()[-40:])}")
+            if last.exists():
+                cfg_line, _, data = last.read_bytes().partition(b"\n")
+                cfg = json.loads(cfg_line)
+                if save:
+                    path = _save(cfg["id"] if crashed != "dump" else "dump", data)
+                    path.with_suffix(".json").write_text(json.dumps(cfg) + "\n")
+                    error += f" (input saved as {path})"
+            report["failures"].append({"target": crashed, "error": error})
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
 
 
 def main(argv=None) -> int:
     from kvinfo.codecs import list_codecs
 
     ap = argparse.ArgumentParser(description="fuzz every kvinfo decoder and the dump reader")
-    ap.add_argument("--ci", action="store_true", help="bounded, derandomized (for CI)")
+    ap.add_argument("--ci", action="store_true", help="derandomized (reproducible) examples")
     ap.add_argument("--examples", type=int, default=2000, help="examples per codec")
-    ap.add_argument("--dumps", type=int, default=None, help="examples for the dump reader")
-    ap.add_argument("--codec", action="append", help="only these codec ids")
+    ap.add_argument("--dumps", type=int, default=500, help="examples for the dump reader")
+    ap.add_argument("--codec", action="append",
+                    help="only these codec ids ('dump' for the reader); repeatable")
     ap.add_argument("--no-save", action="store_true", help="do not write regression files")
-    ap.add_argument("--no-memory-limit", action="store_true")
+    ap.add_argument("--no-memory-limit", action="store_true", help="no RLIMIT_AS cap")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--last", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    ids = args.codec or list_codecs()
-    dump_examples = args.dumps if args.dumps is not None else max(args.examples // 4, 20)
-    # everything imported and compiled before the cap: numba and LLVM reserve address space
-    for cid in ids:
-        for cfg, data in seed_streams(cid):
-            check_decode(cfg, data)
-    cap = None if args.no_memory_limit else limit_memory()
-    report = {"memory_limit_bytes": cap, "codecs": {}, "failures": []}
-    t0 = time.perf_counter()
-    report["regressions"] = replay_regressions()
-    for cid in ids:
-        t = time.perf_counter()
-        try:
-            counts = fuzz_codec(cid, args.examples, args.ci, save=not args.no_save)
-        except FuzzFailure as exc:
-            report["failures"].append({"codec": cid, "error": str(exc)})
-            continue
-        report["codecs"][cid] = {**counts, "seconds": round(time.perf_counter() - t, 2)}
-    if dump_examples:
-        t = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                counts = fuzz_dumps(dump_examples, args.ci, Path(tmp), save=not args.no_save)
-                report["dumps"] = {**counts, "seconds": round(time.perf_counter() - t, 2)}
-            except FuzzFailure as exc:
-                report["failures"].append({"codec": "dump reader", "error": str(exc)})
-    report["seconds"] = round(time.perf_counter() - t0, 2)
+    if args.child:
+        return _child(args)
+    ids = args.codec or [*list_codecs(), "dump"]
+    report = run(ids, examples=args.examples, dumps=args.dumps, ci=args.ci,
+                 save=not args.no_save, memory_limit=not args.no_memory_limit)
     print(json.dumps(report, indent=1))
     return 1 if report["failures"] else 0
 
