@@ -437,8 +437,9 @@ def test_shared_contract_checks(cfg):
 @pytest.mark.parametrize("cfg", LOSSY + [{"id": "lossless"}], ids=lambda c: json.dumps(c))
 def test_damage_past_crc_never_escapes(cfg):
     """With the CRC recomputed, damage must give CorruptStreamError or an array of the
-    stream's shape and dtype (side information has no second checksum), never another
-    exception, a crash or a huge allocation."""
+    stream's shape and dtype, never another exception, a crash or a huge allocation.
+    (Since container version 2 every section has a second checksum, so it is always
+    CorruptStreamError: tests/test_quant_integrity.py checks that stronger property.)"""
     import zlib
 
     codec = get_codec(cfg)
