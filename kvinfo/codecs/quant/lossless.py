@@ -222,7 +222,7 @@ class LosslessCodec(QuantCodec):
         self, data, device: str = "cpu", max_output_bytes: int | None = None
     ) -> np.ndarray:
         """Decode a stream; see the module docstring for its layout and
-        ``docs/codecs.md`` ("Damaged input") for what is checked before any allocation.
+        ``docs/damaged-input.md`` for what is checked before any allocation.
         ``max_output_bytes`` caps the output (:mod:`kvinfo.codecs.limits`)."""
         self._check_device(device)
         p = self._parse(data, max_output_bytes)
