@@ -243,3 +243,12 @@ def test_partial_file_name_says_what_it_is(tmp_path, monkeypatch):
     R.write_results(R.new_results("bench", {}, {}), tmp_path / "b.json")
     assert seen == [f"b.json{PARTIAL_TAG}{os.getpid()}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json"]
+
+
+def test_writer_removes_legacy_temporary_files_of_its_output_only(tmp_path):
+    legacy = tmp_path / "out.h5.k3j4l5m6.tmp"  # what a killed writer of kvinfo <= 0.x left
+    legacy.write_bytes(b"\x89HDF partial")
+    other = tmp_path / "other.h5.k3j4l5m6.tmp"
+    other.write_bytes(b"not ours")
+    _write_small(tmp_path / "out.h5")
+    assert not legacy.exists() and other.exists()
