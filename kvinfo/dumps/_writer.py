@@ -216,6 +216,7 @@ class DumpWriter:
                 commit_partial(self._tmp, self.path)
             except OSError as exc:
                 raise output_error(self.path, exc) from None
+            self._tmp = None  # renamed: nothing of ours to remove any more
             self._closed = True
             self._lock.release()
         except BaseException:
