@@ -69,27 +69,36 @@ def test_section_tamper_names_the_section(kind):
         codec.decode(_recrc(bad))
 
 
-def test_damaged_coded_payload_fails_before_the_symbols_are_decoded():
-    """The issue's case: a few-KB uniform stream of a large constant array, one byte of its
-    coded section changed and the outer CRC recomputed, used to decode every symbol (and
-    allocate float64 temporaries) before the coder's symbol checksum failed."""
+def test_damaged_coded_payload_fails_before_the_symbols_are_decoded(monkeypatch):
+    """The issue's case: a uniform stream of a large array, one byte of its coded section
+    changed and the checksums a tool knows recomputed (the coder's trailer CRC-32 and the
+    outer CRC-32) used to decode the symbols before a late check failed. The section's own
+    checksum (not a CRC-32, so not fooled by the recomputed trailer) refuses it first."""
     codec = get_codec({"id": "uniform", "bits": 4})
-    x = np.zeros((1, 1 << 21, 2), dtype=np.float32)
+    x = np.zeros((1, 1 << 20, 2), dtype=np.float32)
+    x[0, ::2, 0] = 1.0
     data = codec.encode(x)
-    assert len(data) < 64 << 10
     sec = parse_stream(data).sections[2]
+    at = data.index(sec.data)
+    blob = bytearray(sec.data)
+    blob[len(blob) // 2] ^= 0x01
+    struct.pack_into("<I", blob, len(blob) - 4, zlib.crc32(bytes(blob[:-4])) & 0xFFFFFFFF)
     bad = bytearray(data)
-    bad[data.index(sec.data) + len(sec.data) - 9] ^= 0x01  # inside the coder's payload
+    bad[at : at + len(blob)] = blob
     bad = _recrc(bad)
+    calls = []
+    real = type(codec.coder).decode
+    monkeypatch.setattr(type(codec.coder), "decode",
+                        lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     tracemalloc.start()
     t0 = time.perf_counter()
     try:
-        with pytest.raises(CorruptStreamError):
+        with pytest.raises(CorruptStreamError, match="section 2 \\(entropy-coded\\)"):
             codec.decode(bad)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 4 * len(data) + (1 << 20), peak
+    assert calls == [] and peak < 2 * len(data) + (1 << 20), peak
     assert time.perf_counter() - t0 < 1.0
 
 

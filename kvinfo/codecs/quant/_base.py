@@ -12,18 +12,19 @@ Stream layout (all integers little-endian), version 2::
     .       2         P = length of the codec's parameter block, uint16
     .       P         parameter block (codec-specific, fixed struct; see each codec)
     .       1         number of sections S, uint8
-    .       4         header CRC-32 (zlib) of every byte from the magic to S
+    .       4         header checksum of every byte from the magic to S
     then S times:
             1         section kind: 0 side information, 1 entropy-coded blob, 2 raw payload bits
             4         section length L, uint32
-            4         section CRC-32 of its kind byte, its length field and its L bytes
+            4         section checksum of its kind byte, its length field and its L bytes
             L         section bytes
     end-4   4         CRC-32 (zlib) of every byte before it
 
-Version 1 (still decoded) is the same without the header and section CRCs: a damaged side
-or raw section behind a recomputed outer CRC went unnoticed there. In version 2 every byte
-but the outer CRC is covered by two checksums, and all of them are verified before any
-symbol is decoded.
+The header and section checksums are BLAKE2b with a 4-byte digest (``hashlib.blake2b(...,
+digest_size=4)``, little-endian), not CRC-32: see :func:`_crc`. Version 1 (still decoded) is
+the same without them: a damaged side or raw section behind a recomputed outer CRC went
+unnoticed there. In version 2 every byte but the outer CRC is covered by two independent
+checksums, and all of them are verified before any symbol is decoded.
 
 An entropy-coded blob (kind 1) is the verbatim output of the codec's coder
 (``get_codec(coder).encode(symbols)``), itself a self-describing stream with its own
@@ -42,6 +43,7 @@ full-precision tokens, padding and the CRC -- is *side information*. The two add
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import struct
 import zlib
@@ -166,10 +168,15 @@ def pack_header(tag: int, dtype: np.dtype, shape: tuple[int, ...], params: bytes
 
 
 def _crc(*parts: bytes) -> int:
-    c = 0
+    """The 32-bit checksum of the header and of each section (version 2): BLAKE2b with a
+    4-byte digest, little-endian. Not CRC-32 on purpose: an entropy-coded section ends with
+    its coder's own CRC-32 of everything before it, and a CRC-32 over such a blob is the same
+    for every content of a given length (a CRC appended to its message leaves a constant
+    residue), so it would add nothing to the coder's check. Unkeyed: a checksum, not a MAC."""
+    h = hashlib.blake2b(digest_size=4)
     for part in parts:
-        c = zlib.crc32(part, c)
-    return c & 0xFFFFFFFF
+        h.update(part)
+    return int.from_bytes(h.digest(), "little")
 
 
 def build_stream(
