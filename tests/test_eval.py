@@ -44,13 +44,13 @@ def test_evaluate_orders_results_and_degrades_with_fewer_bits(tiny):
     model, tok, _ = tiny
     codecs = [{**U, "bits": 8}, {"id": "lossless"}, {**U, "bits": 1}]
     res = evaluate(model, tok, codecs, TEXT, prefix=60, max_tokens=180)
-    assert [r["codec"] for r in res["results"]] == codecs
-    r8, rl, r1 = res["results"]
-    assert rl["kl"] == 0.0 and rl["top1_agreement"] == 1.0
-    assert rl["perplexity"] == res["baseline"]["perplexity"]
-    assert r1["kl"] > r8["kl"] >= 0
-    assert r8["bits_per_element"] < rl["bits_per_element"]
-    assert res["num_scored_tokens"] == 180 - 60
+    assert [r.codec for r in res.results] == codecs
+    r8, rl, r1 = res.results
+    assert rl.kl_nats_per_token == 0.0 and rl.top1_agreement == 1.0
+    assert rl.perplexity == res.baseline.perplexity
+    assert r1.kl_nats_per_token > r8.kl_nats_per_token >= 0
+    assert r8.bits_per_element < rl.bits_per_element
+    assert res.num_scored_tokens == 180 - 60
 
 
 def test_per_kind_codecs(tiny):
@@ -60,8 +60,8 @@ def test_per_kind_codecs(tiny):
         "values": {**U, "bits": 2, "axis": "token"},
     }
     res = evaluate(model, tok, [spec], TEXT, prefix=60, max_tokens=120)
-    r = res["results"][0]
-    assert r["bits_per_element_keys"] > r["bits_per_element_values"]
+    r = res.results[0]
+    assert r.bits_per_element_keys > r.bits_per_element_values
 
 
 def test_bad_codec_specs():
@@ -123,6 +123,6 @@ def test_eval_cli_json_and_results(tiny_model_dir, tmp_path, capsys):
     assert set(res["baseline"]) >= {"perplexity"}
     assert [r["codec"]["id"] for r in res["results"]] == ["lossless", "uniform"]
     for r in res["results"]:
-        assert {"bits_per_element", "perplexity", "kl", "top1_agreement"} <= set(r)
+        assert {"bits_per_element", "perplexity", "kl_nats_per_token", "top1_agreement"} <= set(r)
     doc = load_results(out)
     assert doc["tool"] == "eval" and len(doc["records"]) == 3

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from ..cli import recorded_command
 from ..dumps import parse_index_list  # noqa: F401  (re-exported for callers)
 from ..errors import AnalysisInputError
 
@@ -385,7 +386,7 @@ def run(args) -> int:
 
     records = slab_records + layer_records + kind_records + [overall]
     doc = results.new_results(
-        "analyze", source, settings, command=["kvinfo", "analyze", *_argv_of(args)]
+        "analyze", source, settings, command=recorded_command(args)
     )
     doc["records"] = records
     if args.output:
@@ -401,16 +402,3 @@ def run(args) -> int:
         print(f"\nwrote {args.output} ({len(records)} records)")
     return 0
 
-
-def _argv_of(args) -> list[str]:
-    out = [str(args.dump)]
-    if args.output:
-        out += ["-o", str(args.output)]
-    for opt in ("layers", "kinds", "heads"):
-        v = getattr(args, opt)
-        if v is not None:
-            out += [f"--{opt}", str(v)]
-    out += ["--snr-db", str(args.snr_db), "--pervector-snr-db", str(args.pervector_snr_db)]
-    out += ["--knn-samples", str(args.knn_samples), "--knn-k", str(args.knn_k)]
-    out += ["--seed", str(args.seed)]
-    return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import sys
 
+from ..cli import recorded_command
+
 
 def add_arguments(p) -> None:
     from ..bench import PRESETS
@@ -118,7 +120,7 @@ def run(args) -> int:
     if args.eval:  # load the model before the bench, so that a bad --model fails in seconds
         model, tok, name = load_model(args.model, dtype="float32")
 
-    command = ["kvinfo", "bench", *_argv_of(args)]
+    command = recorded_command(args)
     doc = bench_dump(
         args.dump, specs, layers=layers, kinds=kinds, heads=heads, attention=args.attention,
         max_queries=args.max_queries or None, knn_samples=args.knn_samples, knn_k=args.knn_k,
@@ -141,28 +143,3 @@ def run(args) -> int:
     sys.stdout.flush()
     return 0
 
-
-def _argv_of(args) -> list[str]:
-    out = [str(args.dump)]
-    for c in args.codec:
-        out += ["--codec", c]
-    for p in args.preset:
-        out += ["--preset", p]
-    if args.output:
-        out += ["-o", str(args.output)]
-    for opt in ("layers", "kinds", "heads"):
-        v = getattr(args, opt)
-        if v is not None:
-            out += [f"--{opt}", str(v)]
-    if args.attention is True:
-        out.append("--attention")
-    elif args.attention is False:
-        out.append("--no-attention")
-    out += ["--max-queries", str(args.max_queries), "--knn-samples", str(args.knn_samples)]
-    out += ["--seed", str(args.seed)]
-    if args.eval:
-        out += ["--eval", "--eval-prefix", str(args.eval_prefix),
-                "--eval-max-tokens", str(args.eval_max_tokens)]
-        if args.model:
-            out += ["--model", str(args.model)]
-    return out
