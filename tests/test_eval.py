@@ -137,7 +137,7 @@ def test_eval_cli_json_and_results(tiny_model_dir, tmp_path, capsys):
     for r in res["results"]:
         assert {"bits_per_element", "perplexity", "kl_nats_per_token", "top1_agreement"} <= set(r)
         assert "kl" not in r
-    doc = load_results(out)
+    doc = load_results(out, upgrade=False)  # as written
     assert doc["tool"] == "eval" and len(doc["records"]) == 3
     assert doc["schema_version"] == 2
     base, lossless, u2 = doc["records"]
