@@ -30,7 +30,6 @@ import datetime as _dt
 import json
 import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,12 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def new_results(tool: str, source: dict, settings: dict, command: list[str] | None = None) -> dict:
-    """A fresh results document with no records."""
+    """A fresh results document with no records.
+
+    ``command`` is the command line that reproduces the document (the commands pass
+    :func:`kvinfo.cli.recorded_command`); a document made through the Python API without
+    one records ``[]``, not the argv of whatever process made it.
+    """
     if tool not in TOOLS:
         raise ResultsSchemaError(f"tool must be one of {TOOLS}; got {tool!r}")
     return {
@@ -97,7 +101,7 @@ def new_results(tool: str, source: dict, settings: dict, command: list[str] | No
         "tool": tool,
         "kvinfo_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": list(command) if command is not None else ["kvinfo", *sys.argv[1:]],
+        "command": [str(c) for c in command] if command is not None else [],
         "source": to_jsonable(source),
         "settings": to_jsonable(settings),
         "records": [],
