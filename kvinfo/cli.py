@@ -167,7 +167,9 @@ def command_for(name: str, **options) -> list[str]:
     ['kvinfo', 'report', 'a.json', '--output', 'out', '--dpi', '110']
     """
     parser = _subparser(name)
-    values = {a.dest: a.default for a in _option_actions(parser)}
+    values: dict = {}
+    for a in _option_actions(parser):  # as argparse does: a dest's first default holds
+        values.setdefault(a.dest, a.default)
     unknown = sorted(set(options) - set(values))
     if unknown:
         raise ValueError(f"kvinfo {name} has no options {unknown}")

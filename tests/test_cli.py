@@ -80,6 +80,8 @@ def test_every_option_of_every_command_survives_the_recorded_command(name, pick)
     cmd = recorded_command(ns)
     assert cmd[:2] == ["kvinfo", name]
     assert _options(_reparse(cmd)) == _options(ns)
+    given = {k: v for k, v in _options(ns).items() if k != "command"}
+    assert command_for(name, **given) == cmd
     # and with every option at its default (only the required ones given)
     required = [a for a in sub._actions if a.required or not a.option_strings]
     minimal = [name]
@@ -92,6 +94,8 @@ def test_every_option_of_every_command_survives_the_recorded_command(name, pick)
             minimal.append("p")
     ns = build_parser().parse_args(minimal)
     assert _options(_reparse(recorded_command(ns))) == _options(ns)
+    required_values = {a.dest: getattr(ns, a.dest) for a in required if a.dest != "help"}
+    assert command_for(name, **required_values) == recorded_command(ns)
 
 
 @pytest.mark.parametrize(
@@ -115,6 +119,10 @@ def test_command_for_builds_the_command_of_library_runs():
     assert (ns.dump, ns.output, ns.layers, ns.knn_samples, ns.knn_k) == ("d.h5", "a.json",
                                                                         "0,10", 500, 4)
     assert "--knn-k" in cmd and "--per-slab" not in cmd
+    # --attention and --no-attention share one dest whose default (None) is neither flag
+    assert _options(_reparse(command_for("bench", dump="d.h5"))) == _options(
+        build_parser().parse_args(["bench", "d.h5"]))
+    assert "--no-attention" in command_for("bench", dump="d.h5", attention=False)
     with pytest.raises(ValueError, match="has no options"):
         command_for("analyze", dump="d.h5", no_such_option=1)
     with pytest.raises(ValueError, match="no kvinfo command"):
