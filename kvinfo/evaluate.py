@@ -46,6 +46,7 @@ __all__ = [
     "eval_codec_specs",
     "default_text",
     "QualityResult",
+    "QualityDict",
     "EvalResult",
 ]
 

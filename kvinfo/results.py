@@ -190,11 +190,9 @@ def upgrade_results(doc: dict) -> dict:
 
 
 def _normalize_known(codec: dict) -> dict:
-    from .errors import KvinfoError
-
     try:
         return normalize_codec(codec)
-    except KvinfoError:  # a codec this kvinfo does not know: keep it as written
+    except (ValueError, TypeError):  # a codec this kvinfo does not know: keep it as written
         return codec
 
 
