@@ -397,6 +397,15 @@ class EvalResult:
         )
         return self.as_dict()[key]
 
+    def get(self, key: str, default=None):
+        """Deprecated, as indexing: ``as_dict().get(key, default)``."""
+        warnings.warn(
+            "evaluate() returns an EvalResult: use its attributes or .as_dict()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.as_dict().get(key, default)
+
     def __setitem__(self, key: str, value) -> None:
         if key != "model":
             raise KeyError(key)

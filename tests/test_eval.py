@@ -210,6 +210,8 @@ def test_kl_stays_readable_as_a_deprecated_alias():
         old = res["results"]  # the dict evaluate() returned before
     with pytest.warns(DeprecationWarning, match="kl_nats_per_token"):
         assert old[0]["kl"] == 0.125
+    with pytest.warns(DeprecationWarning, match="EvalResult"):
+        assert res.get("prefix") == 4 and res.get("nope", 7) == 7
     with pytest.warns(DeprecationWarning):
         res["model"] = "m"
     assert res.model == "m" and res.as_dict()["model"] == "m"
