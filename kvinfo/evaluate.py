@@ -30,13 +30,13 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .codecs.spec import KINDS, KVCodecSpec
-from .errors import CaptureInputError, CodecConfigError
+from .errors import CodecConfigError, EvalInputError
 
 __all__ = [
     "EvalInputError",
@@ -49,38 +49,6 @@ __all__ = [
     "QualityDict",
     "EvalResult",
 ]
-
-#: the parameters of :func:`evaluate` that an :class:`EvalInputError` may name
-PARAMETERS = ("codecs", "text", "prefix", "max_tokens", "block")
-
-
-class EvalInputError(CaptureInputError):
-    """The text or options given to :func:`evaluate` cannot be used.
-
-    The message names :func:`evaluate`'s parameters (``prefix``, ``max_tokens``, ``block``);
-    :meth:`renamed` gives the same error with other names for them, which is how the command
-    line reports its flags (``--prefix``, or ``--eval-prefix`` for ``kvinfo bench``).
-    """
-
-    def __init__(self, message: str, *, template: str | None = None,
-                 values: Mapping | None = None):
-        super().__init__(message)
-        self.template = template
-        self.values = dict(values or {})
-
-    @classmethod
-    def about(cls, template: str, **values) -> EvalInputError:
-        """An error whose ``template`` names parameters as ``{prefix}``, ``{max_tokens}``..."""
-        return cls(template.format(**{p: p for p in PARAMETERS}, **values),
-                   template=template, values=values)
-
-    def renamed(self, names: Mapping[str, str]) -> EvalInputError:
-        """This error with each parameter ``p`` called ``names.get(p, p)``."""
-        if self.template is None:
-            return self
-        fields = {p: names.get(p, p) for p in PARAMETERS}
-        return type(self)(self.template.format(**fields, **self.values))
-
 
 def check_eval_options(prefix: int, max_tokens: int, block: int = 0) -> None:
     """Refuse sizes that cannot work (:class:`EvalInputError`), before any model is loaded."""
