@@ -50,6 +50,7 @@ __all__ = [
     "EvalResult",
 ]
 
+
 def check_eval_options(prefix: int, max_tokens: int, block: int = 0) -> None:
     """Refuse sizes that cannot work (:class:`EvalInputError`), before any model is loaded."""
     for name, v in (("prefix", prefix), ("max_tokens", max_tokens), ("block", block)):
