@@ -102,16 +102,13 @@ def read_text_file(path) -> str:
         raise EvalInputError(f"{path}: not UTF-8 text") from None
 
 
-def _fmt(x, spec):
-    return "-" if x is None else format(x, spec)
-
-
 def run(args) -> int:
     from .._paths import check_output_file
     from ..cli import recorded_command
     from ..dumps.capture import load_model
     from ..evaluate import eval_codec_specs, evaluate
     from ..results import write_results
+    from ..tables import format_number
 
     # validated once, by the library, before the model loads; errors are mapped to the flags
     specs = eval_codec_specs(parse_codec_args(args.codec))
@@ -145,7 +142,7 @@ def run(args) -> int:
         if len(label) > 58:
             label = label[:55] + "..."
         print(
-            f"{label:<58} {_fmt(r.bits_per_element, '9.3f')} {r.perplexity:9.3f} "
+            f"{label:<58} {format_number(r.bits_per_element, 9, 3)} {r.perplexity:9.3f} "
             f"{r.extra['perplexity_increase_pct']:7.2f} {r.kl_nats_per_token:9.5f} "
             f"{r.top1_agreement:6.3f}"
         )
