@@ -250,8 +250,8 @@ def test_api_errors(paths):
     assert parse_index_list("2,0-1,1", 3, "layers") == [2, 0, 1]
     with pytest.raises(CodecConfigError, match="not a KV codec"):
         CacheCodec({"id": "huffman"})
-    for kwargs, msg in (({"max_tokens": 4}, "--max-tokens must be larger"),
-                        ({"block": -2}, "--block must be 0")):
+    for kwargs, msg in (({"max_tokens": 4}, "^max_tokens must be larger than prefix"),
+                        ({"block": -2}, "^block must be 0")):
         with pytest.raises(EvalInputError, match=msg):
             evaluate(None, None, [{"id": "uniform", "bits": 4}], "text", prefix=4, **kwargs)
     with pytest.raises(OutputPathError, match="is a folder"):

@@ -29,7 +29,7 @@ from ._model import load_model, weights_checksum
 from ._prompts import default_prompts, default_prompts_source
 from ._writer import DumpWriter
 
-__all__ = ["capture", "capture_model", "read_prompts", "load_model"]
+__all__ = ["capture", "capture_model", "read_prompts", "load_model", "output_cache"]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -70,6 +70,16 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise CaptureInputError(f"{path}: no prompts in file")
     return prompts
+
+
+def output_cache(outputs):
+    """The KV cache a transformers forward returned.
+
+    ``outputs.cache`` since transformers 5 renamed ``past_key_values`` to ``cache`` (the old
+    attribute still reads, with a deprecation warning); ``outputs.past_key_values`` before.
+    """
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else outputs.past_key_values
 
 
 def _cache_layers(pkv):
@@ -275,7 +285,7 @@ def capture_model(
                     for r in hooks.rec:
                         r.clear()
                 outputs = model(ids, use_cache=True)
-            layers = _cache_layers(outputs.past_key_values)
+            layers = _cache_layers(output_cache(outputs))
             tensors = {
                 "keys": _to_numpy([k[0] for k, _ in layers], dtype),
                 "values": _to_numpy([v[0] for _, v in layers], dtype),
