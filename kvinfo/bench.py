@@ -373,7 +373,6 @@ def measure_codec(
     """
     from .analysis.distortion import attention_output_error, attention_score_errors
     from .codecs.abc import Codec
-    from .codecs.quant._base import CODED, parse_stream
 
     if x64 is None:
         x64 = slab.astype(np.float64)
@@ -401,7 +400,6 @@ def measure_codec(
     coder = codec.coder
     coder_cfg = coder.get_config()
     model, is_bound = _entropy_model(coder_cfg)
-    parsed = parse_stream(data)
     coder_rate = type(coder).rate is not Codec.rate
     n_sym = 0
     h_bits = 0.0
@@ -413,10 +411,8 @@ def measure_codec(
     t_cenc = 0.0
     gpu_coder_t = 0.0
     gpu_coder_ok = gpu is not None and gpu.available
-    for sec in parsed.sections:
-        if sec.kind != CODED:
-            continue
-        sym, t = _best_time(lambda s=sec: coder.decode(s.data), repeat)
+    for blob in codec.coded_sections(data):
+        sym, t = _best_time(lambda b=blob: coder.decode(b), repeat)
         t_cdec += t
         t_cenc += _best_time(lambda s=sym: coder.encode(s), repeat)[1]
         hp, hc = symbol_entropy(sym)
@@ -425,11 +421,11 @@ def measure_codec(
         h_chan_bits += hc * sym.size
         h_bits += (hc if model == "per_channel" else hp) * sym.size
         coded_payload_bits += (
-            int(coder.rate(sec.data)["symbol_bits"]) if coder_rate else 8 * len(sec.data)
+            int(coder.rate(blob)["symbol_bits"]) if coder_rate else 8 * len(blob)
         )
-        coded_blob_bits += 8 * len(sec.data)
+        coded_blob_bits += 8 * len(blob)
         if gpu_coder_ok:
-            tg = gpu.time_decode(coder, sec.data, repeat)
+            tg = gpu.time_decode(coder, blob, repeat)
             if tg is None:
                 gpu_coder_ok = False
             else:
@@ -693,8 +689,7 @@ def bench_dump(
     from tqdm import tqdm
 
     from . import results
-    from .analysis import AnalysisWarning, analyze_slab
-    from .analysis._slab import TokenCost, check_knn_options
+    from .analysis import AnalysisWarning, TokenCost, analyze_slab, check_knn_options
     from .dumps import open_dump, parse_index_list
     from .kernels import warmup
 

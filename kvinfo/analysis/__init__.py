@@ -11,13 +11,14 @@ whether it is a bound or an estimate.
 - :func:`rd_gaussian`, :func:`dr_gaussian`: Gaussian R(D) by reverse water-filling, and D(R).
 - :func:`rd_shannon_lower_bound`, :func:`blahut_arimoto`.
 - :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
-- :func:`analyze_slab`: every metric of one (layer, kind, head) slab.
+- :func:`analyze_slab`: every metric of one (layer, kind, head) slab;
+  :func:`check_knn_options` its kNN option check, :class:`TokenCost` the per-token
+  code-length accumulator, :func:`warmup` compiles the counting kernels.
 - :func:`mse_per_element`, :func:`snr_db`, :func:`cosine_similarity`,
   :func:`attention_score_errors`, :func:`attention_output_error`: distortion measures.
 """
 
 from ._entropy import (
-    ENTROPY_ESTIMATORS,
     dither_stored,
     entropy_discrete,
     entropy_from_counts,
@@ -34,10 +35,9 @@ from ._rd import (
     rd_gaussian,
     rd_gaussian_eigenvalues,
     rd_shannon_lower_bound,
-    water_level,
 )
-from ._slab import DEFAULT_SNR_DB, AnalysisWarning, analyze_slab, snr_grid_to_mse
-from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
+from ._slab import DEFAULT_SNR_DB, AnalysisWarning, TokenCost, analyze_slab, check_knn_options
+from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, warmup
 from .distortion import (
     attention_output_error,
     attention_score_errors,
@@ -47,7 +47,6 @@ from .distortion import (
 )
 
 __all__ = [
-    "ENTROPY_ESTIMATORS",
     "entropy_discrete",
     "entropy_from_counts",
     "entropy_gaussian",
@@ -57,7 +56,6 @@ __all__ = [
     "knn_gaussian_bias",
     "dither_stored",
     "gaussian_eigenvalues",
-    "water_level",
     "rd_gaussian",
     "rd_gaussian_eigenvalues",
     "dr_gaussian",
@@ -67,12 +65,12 @@ __all__ = [
     "MomentStats",
     "PairStats",
     "SlabStats",
-    "bit_view",
-    "to_float64",
     "AnalysisWarning",
     "DEFAULT_SNR_DB",
     "analyze_slab",
-    "snr_grid_to_mse",
+    "check_knn_options",
+    "TokenCost",
+    "warmup",
     "mse_per_element",
     "snr_db",
     "cosine_similarity",

@@ -261,9 +261,7 @@ def run(args) -> int:
 
     from .. import results
     from .._paths import check_output_file
-    from ..analysis import AnalysisWarning, analyze_slab
-    from ..analysis._slab import TokenCost
-    from ..analysis._stats import warmup
+    from ..analysis import AnalysisWarning, TokenCost, analyze_slab, warmup
     from ..dumps import open_dump
 
     snr = parse_snr_grid(args.snr_db)

@@ -63,8 +63,7 @@ def run(args) -> int:
     import importlib.util
 
     from .._paths import check_output_dir, make_dirs
-    from ..dumps import open_dump
-    from ..dumps._select import check_index_list
+    from ..dumps import check_index_list, open_dump
     from ..errors import AnalysisInputError, CaptureInputError
     from .eval import check_eval_options
 

@@ -330,6 +330,13 @@ class QuantCodec(Codec):
     def _parse(self, data) -> ParsedStream:
         return parse_stream(data, self._tag)
 
+    def coded_sections(self, data) -> list[bytes]:
+        """The entropy-coded blobs of a stream (each a stream of :attr:`coder`), in order.
+
+        Raises :class:`~kvinfo.errors.CorruptStreamError` for a damaged stream.
+        """
+        return [bytes(s.data) for s in self._parse(data).sections if s.kind == CODED]
+
     def _check_device(self, device: str) -> None:
         if device != "cpu":
             raise CodecConfigError(
