@@ -284,6 +284,7 @@ class QuantCodec(Codec):
 
     codec_id = ""
     _tag = 0
+    lossy = True
 
     def __init__(self, coder: dict | str | None = None):
         from ..registry import get_codec
