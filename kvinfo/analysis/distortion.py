@@ -41,6 +41,17 @@ __all__ = [
 ]
 
 
+def _finite_float64(arrays, empty: str, nonfinite: str) -> list[np.ndarray]:
+    """``arrays`` as float64, refusing an empty first array and any NaN or Inf (the one
+    input check of every distortion measure; the messages name the caller's inputs)."""
+    if arrays[0].size == 0:
+        raise AnalysisInputError(empty)
+    out = [a.astype(np.float64) for a in arrays]
+    if not all(np.all(np.isfinite(a)) for a in out):
+        raise AnalysisInputError(nonfinite)
+    return out
+
+
 def _pair(x, x_hat) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     x_hat = np.asarray(x_hat)
@@ -49,12 +60,10 @@ def _pair(x, x_hat) -> tuple[np.ndarray, np.ndarray]:
             f"original and reconstruction must have the same shape; found {x.shape} and "
             f"{x_hat.shape}"
         )
-    if x.size == 0:
-        raise AnalysisInputError(f"expected non-empty arrays; found shape {x.shape}")
-    x = x.astype(np.float64)
-    x_hat = x_hat.astype(np.float64)
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(x_hat))):
-        raise AnalysisInputError("expected finite values; found NaN or Inf")
+    x, x_hat = _finite_float64(
+        [x, x_hat], f"expected non-empty arrays; found shape {x.shape}",
+        "expected finite values; found NaN or Inf",
+    )
     return x, x_hat
 
 
@@ -128,12 +137,8 @@ def _as_heads(a, name: str) -> np.ndarray:
             f"{name} must have shape (heads, tokens, head_dim) or (tokens, head_dim); "
             f"found {a.shape}"
         )
-    if a.size == 0:
-        raise AnalysisInputError(f"{name} is empty; found shape {a.shape}")
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a)):
-        raise AnalysisInputError(f"{name} contains NaN or Inf")
-    return a
+    return _finite_float64([a], f"{name} is empty; found shape {a.shape}",
+                           f"{name} contains NaN or Inf")[0]
 
 
 def _check_kv(q: np.ndarray, kvs: dict[str, np.ndarray]) -> int:

@@ -224,26 +224,22 @@ class DumpWriter:
 def capture_writer(
     path,
     *,
-    model: str,
-    dtype: str,
-    num_layers: int,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
     queries: bool,
     pre_rope: bool,
     weights_checksum: str,
     rope: dict,
     capture: dict,
     model_type: str | None = None,
+    **writer_args,
 ) -> DumpWriter:
     """The one set-up of a :class:`DumpWriter` for a cache capture (real or synthetic).
 
     The tensor kinds follow from ``queries`` and ``pre_rope`` (keys and values always);
     the root attributes are those every capture records: ``weights_checksum``, ``rope``
     (made JSON-safe), ``capture`` (the settings) and, for a real model, ``model_type``.
-    Use it as a context manager: the file appears at ``path`` when the block ends without
-    an error and is discarded otherwise.
+    ``writer_args`` are :class:`DumpWriter`'s ``model``, ``dtype`` and geometry. Use it as
+    a context manager: the file appears at ``path`` when the block ends without an error
+    and is discarded otherwise.
     """
     kinds = (
         ["keys", "values"]
@@ -257,14 +253,4 @@ def capture_writer(
     }
     if model_type is not None:
         attrs["model_type"] = model_type
-    return DumpWriter(
-        path,
-        model=model,
-        dtype=dtype,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        kinds=kinds,
-        attrs=attrs,
-    )
+    return DumpWriter(path, kinds=kinds, attrs=attrs, **writer_args)
