@@ -86,3 +86,19 @@ def test_old_codec_class_names_are_deprecated_aliases(module, old, new, codec_id
             exec(f"from {module} import {old}", ns)
     with pytest.raises(AttributeError, match="no attribute"):
         mod.NoSuchCodec  # noqa: B018
+
+
+def test_gpu_prepare_and_decode_of_a_codec_are_deprecated_shims():
+    import numpy as np
+
+    from kvinfo.codecs import get_codec
+    from kvinfo.errors import CodecConfigError
+    from kvinfo.kernels import gpu
+
+    codec = get_codec({"id": "ecsq"})  # no CUDA decoder: refused on the host, GPU or not
+    data = codec.encode(np.ones((4, 8), np.float32))
+    for fn in (gpu.prepare, gpu.decode):
+        with pytest.warns(DeprecationWarning, match="deprecated; use codec"):
+            with pytest.raises(CodecConfigError, match="no CUDA decoder for codec 'ecsq'"):
+                fn(codec, data)
+    assert "prepare" not in gpu.__all__ and "prepare_rans" in gpu.__all__
