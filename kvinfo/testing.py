@@ -20,9 +20,9 @@ guard (:func:`check_damage_past_crc`).
 **Lossy codecs** (``codec.lossy`` is True). The round trip keeps shape and dtype, gives
 finite values and stays within a stated distortion (:func:`check_lossy_roundtrip`): the
 codec's own bound when it states one (a method ``max_abs_error(array)`` returning a
-per-element bound on ``|x - decode(encode(x))|``, as ``ecsq`` does), else the tolerance
-the test gives (``max_abs_error`` and/or ``max_relative_mse``, the MSE over the mean
-square of the input); the config through JSON rebuilds an equal codec that decodes the
+per-element bound on ``|x - decode(encode(x))|``, as ``uniform`` and ``ecsq`` do), else
+the tolerance the test gives (``max_abs_error`` and/or ``max_relative_mse``, the MSE over
+the mean square of the input); the config through JSON rebuilds an equal codec that decodes the
 stream to the same bits (:func:`check_lossy_config_json`); the rate accounting equals the
 stream length (:func:`check_rate`: ``total_bits == 8 * len(stream)``, ``symbol_bits +
 side_bits == total_bits``). :func:`check_lossy_codec` runs them on KV-like data
@@ -37,7 +37,7 @@ Examples
 >>> stream[:4]
 b'KVIC'
 >>> check_lossy_codec(get_codec({"id": "ecsq", "step": 0.05}))  # its own stated bound
->>> check_lossy_codec(get_codec({"id": "uniform", "bits": 4}), max_relative_mse=0.01)
+>>> check_lossy_codec(get_codec({"id": "turbo", "bits": 4}), max_relative_mse=0.02)
 """
 
 from __future__ import annotations
