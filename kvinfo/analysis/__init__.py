@@ -11,9 +11,15 @@ whether it is a bound or an estimate.
 - :func:`rd_gaussian`, :func:`dr_gaussian`: Gaussian R(D) by reverse water-filling, and D(R).
 - :func:`rd_shannon_lower_bound`, :func:`blahut_arimoto`.
 - :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
-- :func:`analyze_slab`: every metric of one (layer, kind, head) slab;
-  :func:`check_knn_options` its kNN option check, :class:`TokenCost` the per-token
-  code-length accumulator, :func:`warmup` compiles the counting kernels.
+- :func:`analyze_slab`: every metric of one (layer, kind, head) slab; :func:`slab_analysis`
+  also returns its :class:`SlabGaussian` (covariance and eigendecomposition, computed once)
+  for the bench reference bounds.
+- :func:`analyze_dump`: the analyze engine (a dump and a selection in, a results document
+  out; :func:`aggregate_slab_metrics` its per-group aggregate); :func:`aggregate_metrics`:
+  the one aggregator of analyze and bench, with its rule for nulls (:func:`is_defined`);
+  :class:`TokenCost`: per-token code lengths over a group of slabs;
+  :func:`check_knn_options`: the kNN option check; :func:`warmup` compiles the counting
+  kernels.
 - :func:`mse_per_element`, :func:`snr_db`, :func:`cosine_similarity`,
   :func:`attention_score_errors`, :func:`attention_output_error`: distortion measures.
 """
@@ -31,13 +37,23 @@ from ._entropy import (
 from ._rd import (
     blahut_arimoto,
     dr_gaussian,
-    gaussian_eigenvalues,
     rd_gaussian,
     rd_gaussian_eigenvalues,
     rd_shannon_lower_bound,
 )
-from ._slab import DEFAULT_SNR_DB, AnalysisWarning, TokenCost, analyze_slab, check_knn_options
+from ._slab import (
+    DEFAULT_SNR_DB,
+    SMALL_DATA_METRICS,
+    AnalysisWarning,
+    SlabAnalysis,
+    SlabGaussian,
+    TokenCost,
+    analyze_slab,
+    check_knn_options,
+    slab_analysis,
+)
 from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, warmup
+from .aggregate import aggregate_metrics, is_defined
 from .distortion import (
     attention_output_error,
     attention_score_errors,
@@ -45,6 +61,7 @@ from .distortion import (
     mse_per_element,
     snr_db,
 )
+from .engine import aggregate_slab_metrics, analyze_dump
 
 __all__ = [
     "entropy_discrete",
@@ -55,7 +72,6 @@ __all__ = [
     "entropy_knn_marginals",
     "knn_gaussian_bias",
     "dither_stored",
-    "gaussian_eigenvalues",
     "rd_gaussian",
     "rd_gaussian_eigenvalues",
     "dr_gaussian",
@@ -68,8 +84,16 @@ __all__ = [
     "AnalysisWarning",
     "DEFAULT_SNR_DB",
     "analyze_slab",
-    "check_knn_options",
+    "slab_analysis",
+    "SlabAnalysis",
+    "SlabGaussian",
+    "SMALL_DATA_METRICS",
     "TokenCost",
+    "check_knn_options",
+    "analyze_dump",
+    "aggregate_slab_metrics",
+    "aggregate_metrics",
+    "is_defined",
     "warmup",
     "mse_per_element",
     "snr_db",

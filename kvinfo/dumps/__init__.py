@@ -3,14 +3,15 @@
 Public API: :func:`open_dump`, :class:`Dump`, :class:`DumpWriter`,
 :func:`write_synthetic_dump`, ``FORMAT_VERSION``, :func:`parse_index_list` and
 :func:`check_index_list` (index lists such as ``"0-3,7"``), :func:`default_prompts` (the
-built-in prompt set). Capture from a model lives in
+built-in prompt set), :class:`Selection` (layers, kinds, heads and sequences, validated
+once against a dump). Capture from a model lives in
 :mod:`kvinfo.dumps.capture` (it imports torch, so it is not imported here).
 """
 
 from ._format import FORMAT, FORMAT_VERSION, KINDS
 from ._prompts import default_prompts
 from ._reader import Dump, open_dump
-from ._select import check_index_list, parse_index_list
+from ._select import ResolvedSelection, Selection, check_index_list, parse_index_list
 from ._synthetic import write_synthetic_dump
 from ._writer import DumpWriter
 
@@ -25,4 +26,6 @@ __all__ = [
     "parse_index_list",
     "check_index_list",
     "default_prompts",
+    "Selection",
+    "ResolvedSelection",
 ]
