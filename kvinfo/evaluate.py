@@ -167,7 +167,7 @@ def _layers(cache):
 
 def default_text() -> str:
     """The built-in default text: the default capture prompts joined by blank lines."""
-    from .dumps._prompts import default_prompts
+    from .dumps import default_prompts
 
     return "\n\n".join(default_prompts())
 

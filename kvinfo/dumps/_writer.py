@@ -43,7 +43,7 @@ from ._format import (
     to_storage,
 )
 
-__all__ = ["DumpWriter"]
+__all__ = ["DumpWriter", "capture_writer"]
 
 
 class DumpWriter:
@@ -245,3 +245,38 @@ class DumpWriter:
             self.close()
         else:
             self.abort()
+
+
+def capture_writer(
+    path,
+    *,
+    queries: bool,
+    pre_rope: bool,
+    weights_checksum: str,
+    rope: dict,
+    capture: dict,
+    model_type: str | None = None,
+    **writer_args,
+) -> DumpWriter:
+    """The one set-up of a :class:`DumpWriter` for a cache capture (real or synthetic).
+
+    The tensor kinds follow from ``queries`` and ``pre_rope`` (keys and values always);
+    the root attributes are those every capture records: ``weights_checksum``, ``rope``
+    (made JSON-safe), ``capture`` (the settings) and, for a real model, ``model_type``.
+    ``writer_args`` are :class:`DumpWriter`'s ``model``, ``dtype`` and geometry. Use it as
+    a context manager: the file appears at ``path`` when the block ends without an error
+    and is discarded otherwise.
+    """
+    kinds = (
+        ["keys", "values"]
+        + (["queries"] if queries else [])
+        + (["keys_pre_rope"] if pre_rope else [])
+    )
+    attrs = {
+        "weights_checksum": weights_checksum,
+        "rope": json.loads(json.dumps(rope, default=str)),
+        "capture": capture,
+    }
+    if model_type is not None:
+        attrs["model_type"] = model_type
+    return DumpWriter(path, kinds=kinds, attrs=attrs, **writer_args)

@@ -376,6 +376,7 @@ class QuantCodec(Codec):
 
     codec_id = ""
     _tag = 0
+    lossy = True
 
     def __init__(self, coder: dict | str | None = None):
         from ..registry import get_codec
@@ -438,6 +439,13 @@ class QuantCodec(Codec):
         p = parse_stream(data, self._tag)
         check_output_bytes(math.prod(p.shape) * p.dtype.itemsize, max_output_bytes)
         return p
+
+    def coded_sections(self, data) -> list[bytes]:
+        """The entropy-coded blobs of a stream (each a stream of :attr:`coder`), in order.
+
+        Raises :class:`~kvinfo.errors.CorruptStreamError` for a damaged stream.
+        """
+        return [bytes(s.data) for s in self._parse(data).sections if s.kind == CODED]
 
     def _check_device(self, device: str) -> None:
         if device != "cpu":

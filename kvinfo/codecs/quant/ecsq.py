@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import struct
 
+import ml_dtypes
 import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
@@ -134,6 +135,21 @@ class EcsqCodec(QuantCodec):
         params = struct.pack(_PARAMS, self.step, _MODES.index(self.step_mode), int(k_min))
         sections = [Section(0, to_le_bytes(rms)), self._coded(symbols)]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
+
+    def max_abs_error(self, array) -> np.ndarray:
+        """A bound on ``|x - decode(encode(x))|`` per element, stated for
+        :func:`kvinfo.testing.check_lossy_codec`: half the slab's step (rounding to the
+        nearest multiple), plus the final rounding to the output dtype (half a unit in the
+        last place of the reconstruction, taken as a full unit above the smallest normal,
+        plus the smallest subnormal), plus 1e-9 of the step for float64 arithmetic."""
+        array = check_float_array(array, self.codec_id)
+        x3 = as_slabs(array)
+        steps, _ = ecsq_steps(x3, self.step, self.step_mode)
+        half = 0.5 * steps[:, None, None]
+        fin = ml_dtypes.finfo(array.dtype)
+        rounding = np.maximum(np.abs(x3) + half, float(fin.tiny)) * float(fin.eps)
+        bound = half * (1 + 1e-9) + rounding + float(fin.smallest_subnormal)
+        return bound.reshape(array.shape)
 
     @guard_memory
     def decode(

@@ -160,6 +160,7 @@ class LosslessCodec(QuantCodec):
 
     codec_id = "lossless"
     _tag = 4
+    lossy = False  # bit-exact
 
     def __init__(self, mantissa_bits: int | str = "auto", coder: dict | None = None):
         if mantissa_bits != "auto" and (

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import struct
 
+import ml_dtypes
 import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
@@ -236,6 +237,34 @@ class UniformCodec(QuantCodec):
             self._coded(q.reshape(array.shape)),
         ]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
+
+    def max_abs_error(self, array) -> np.ndarray:
+        """A bound on ``|x - decode(encode(x))|`` per element, stated for
+        :func:`kvinfo.testing.check_lossy_codec`.
+
+        Per group, with the stored zero point ``z`` and step ``s`` and the group's minimum
+        and maximum: half a step inside ``[z, z + (2**bits - 1) s]``, and the clipping
+        error where rounding the side information moved that range inside
+        ``[min, max]`` (``z - min``, ``max - z - (2**bits - 1) s``); plus 1e-12 of the
+        range for float64 arithmetic and the final rounding to the output dtype (a unit in
+        the last place of the reconstruction plus the smallest subnormal).
+        """
+        array = check_float_array(array, self.codec_id)
+        x3 = as_slabs(array)
+        _, zero, step = uniform_quantize(x3, self.bits, self.axis, self.group_size,
+                                         self.side_dtype)
+        xo = _orient(x3, self.axis)
+        xg, _ = _grouped(xo, self.group_size)
+        lo, hi = xg.min(axis=2), xg.max(axis=2)
+        z, st = zero.astype(np.float64), step.astype(np.float64)
+        top = z + ((1 << self.bits) - 1) * st
+        group = np.maximum.reduce([st / 2, z - lo, hi - top]) + 1e-12 * (np.abs(z) + np.abs(top))
+        b, length, other = xo.shape
+        e = np.broadcast_to(group[:, :, None, :], xg.shape).reshape(b, -1, other)[:, :length]
+        e = _orient(e, self.axis)
+        fin = ml_dtypes.finfo(array.dtype)
+        rounding = np.maximum(np.abs(x3) + e, float(fin.tiny)) * float(fin.eps)
+        return (e + rounding + float(fin.smallest_subnormal)).reshape(array.shape)
 
     def _read(self, data, max_output_bytes: int | None = None):
         """Parse and validate a stream: the one parser of the ``uniform`` format, shared by
