@@ -77,7 +77,7 @@ def test_rans_claim_larger_than_its_words_can_hold_is_refused(n):
 
 
 def test_rans_claim_is_refused_before_the_tables_are_built():
-    """Many wide per-channel tables in a few bytes: refused by the limit before allocation."""
+    """Many wide per-channel tables in a few bytes: refused before they are allocated."""
     t = PerChannelTables.from_counts(np.eye(1, 65536, 65535, dtype=np.int64), 12, 0)
     rows = t.to_bytes(packed=True)
     period = 4096
@@ -87,7 +87,7 @@ def test_rans_claim_is_refused_before_the_tables_are_built():
     data = C.pack("rans", (256, period), "uint16", params,
                   [("tables", rows * period), ("index", struct.pack("<I", L) + b"\x00"),
                    ("payload", b"")], 0)
-    with pytest.raises(CorruptStreamError, match="decode limit"):
+    with pytest.raises(CorruptStreamError, match="cannot be described"):
         get_codec({"id": "rans"}).decode(data, max_output_bytes=1 << 30)
 
 
@@ -117,6 +117,6 @@ def test_every_decoder_takes_max_output_bytes(cid):
     codec = get_codec({"id": cid})
     x = (np.arange(3000) % 5).astype(np.uint16).reshape(300, 10)
     data = codec.encode(x)
-    assert np.array_equal(codec.decode(data, max_output_bytes=x.nbytes + (1 << 20)), x)
+    assert np.array_equal(codec.decode(data, max_output_bytes=x.nbytes), x)
     with pytest.raises(CorruptStreamError, match="decode limit"):
         codec.decode(data, max_output_bytes=x.nbytes - 1)

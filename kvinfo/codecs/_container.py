@@ -477,14 +477,14 @@ def allocate_output(container: Container, max_output_bytes: int | None = None,
                     extra_bytes: int = 0) -> np.ndarray:
     """A flat uninitialised output array for ``container`` after the decode-size limit.
 
-    ``extra_bytes`` counts the decoder's own working memory (tables) against the limit
-    too. Raises :class:`CorruptStreamError` when the claim exceeds the limit
+    ``extra_bytes`` (the decoder's working memory) is accepted for the record but not
+    counted: the limit is on the claimed output, which callers size exactly. Raises :class:`CorruptStreamError` when the claim exceeds the limit
     (:func:`kvinfo.codecs.limits.check_output_bytes`) or cannot be allocated, so a
     ``MemoryError`` never leaves a decoder.
     """
     n = container.num_symbols
     nbytes = n * np.dtype(container.dtype).itemsize
-    check_output_bytes(nbytes + int(extra_bytes), max_output_bytes)
+    check_output_bytes(nbytes, max_output_bytes)
     try:
         return np.empty(n, dtype=container.dtype)
     except MemoryError:

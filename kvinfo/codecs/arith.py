@@ -63,10 +63,11 @@ import numpy as np
 from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
+from ._deprecated import deprecated_aliases
 from .models import AdaptiveContextModel
 from .registry import register_codec
 
-__all__ = ["Arith", "ARITH_INDEX_DTYPE", "CONTEXTS", "estimate_context_bits"]
+__all__ = ["ArithCodec", "ARITH_INDEX_DTYPE", "CONTEXTS", "estimate_context_bits"]
 
 CONTEXTS = ("auto", "channel+prev", "channel", "none")
 #: probability precision of format version 2 streams (version 1: 16)
@@ -137,7 +138,7 @@ def estimate_context_bits(idx: np.ndarray, period: int, model: AdaptiveContextMo
 
 
 @register_codec
-class Arith(C.ContainerCoder):
+class ArithCodec(C.ContainerCoder):
     """Adaptive context-modelling range coder; the module docstring lists parameters."""
 
     codec_id = "arith"
@@ -277,3 +278,6 @@ class Arith(C.ContainerCoder):
         C.check_symbols(c, out)
         return out
 
+
+#: old class name, deprecated (one release)
+__getattr__ = deprecated_aliases(__name__, {"Arith": "ArithCodec"})

@@ -58,7 +58,7 @@ True
 >>> codec.decode(data, max_output_bytes=1024)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-kvinfo.errors.CorruptStreamError: the stream claims an output of ... bytes, above ...
+kvinfo.errors.CorruptStreamError: the stream claims an output of 8192 bytes, above ...
 
 References
 ----------
@@ -75,10 +75,11 @@ from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
 from . import _device
+from ._deprecated import deprecated_aliases
 from .models import PerChannelTables, entropy_bits, min_precision_bits
 from .registry import register_codec
 
-__all__ = ["Rans", "RANS_INDEX_DTYPE"]
+__all__ = ["RansCodec", "RANS_INDEX_DTYPE"]
 
 #: one chunk-index record of format version 1 (little-endian, 144 bytes)
 RANS_INDEX_DTYPE = np.dtype(
@@ -218,7 +219,7 @@ def refine_precision(tables: PerChannelTables, counts) -> PerChannelTables:
 
 
 @register_codec
-class Rans(C.ContainerCoder):
+class RansCodec(C.ContainerCoder):
     """Static interleaved rANS codec; the module docstring lists parameters and notes."""
 
     codec_id = "rans"
@@ -346,9 +347,13 @@ class Rans(C.ContainerCoder):
 
     @staticmethod
     def _check_claim(c, p, max_output_bytes):
-        tables = p["num_tables"] * (2 * p["alphabet_size"] + (1 << p["precision_bits"]))
-        C.check_output_bytes(c.num_symbols * np.dtype(c.dtype).itemsize + 8 * tables,
-                             max_output_bytes)
+        C.check_output_bytes(c.num_symbols * np.dtype(c.dtype).itemsize, max_output_bytes)
+        # the tables' working memory: bounded by the stream's own size, not the limit
+        if p["num_tables"] * p["alphabet_size"] > max(1 << 20, 1024 * c.total_len):
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: {p['num_tables']} tables of {p['alphabet_size']} "
+                f"symbols cannot be described by {c.total_len} bytes"
+            )
 
     @staticmethod
     def _check_period(c, p):
@@ -499,3 +504,7 @@ def _read_varints(buf: bytes, pos: int, count: int) -> np.ndarray:
 def _index_dtype(num_lanes: int) -> np.dtype:
     """The parsed chunk index: words and final lane states of every chunk."""
     return np.dtype([("num_words", "<u4"), ("states", "<u4", (num_lanes,))])
+
+
+#: old class name, deprecated (one release)
+__getattr__ = deprecated_aliases(__name__, {"Rans": "RansCodec"})

@@ -353,6 +353,9 @@ def _rans_decode_kernel(words, word_off, num_words, states, table, precision, ch
         nfull = (stop - start) // K
         bad = 0
         ch = start % period
+        # Deliberate kernel twins: the decode step is written out three times (one table
+        # with 32 lanes, any lane count / per-channel tables, the partial last step) so
+        # that the hot loop carries no channel counter; a change to the step goes into all.
         if num_tables == 1 and K == 32:
             for t in range(nfull):
                 if ptr > end:
