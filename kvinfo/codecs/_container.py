@@ -478,7 +478,8 @@ def allocate_output(container: Container, max_output_bytes: int | None = None,
     """A flat uninitialised output array for ``container`` after the decode-size limit.
 
     ``extra_bytes`` (the decoder's working memory) is accepted for the record but not
-    counted: the limit is on the claimed output, which callers size exactly. Raises :class:`CorruptStreamError` when the claim exceeds the limit
+    counted: the limit is on the claimed output, which callers size exactly. Raises
+    :class:`CorruptStreamError` when the claim exceeds the limit
     (:func:`kvinfo.codecs.limits.check_output_bytes`) or cannot be allocated, so a
     ``MemoryError`` never leaves a decoder.
     """
