@@ -118,8 +118,10 @@ def seed_streams(codec_id: str) -> list[tuple[dict, bytes]]:
 def _fix_outer(buf: bytes) -> bytes:
     if buf[:3] == b"KVQ" and len(buf) >= 8:
         return buf[:-4] + struct.pack("<I", zlib.crc32(buf[:-4]) & 0xFFFFFFFF)
-    if buf[:4] == b"KVIC" and len(buf) >= 28:
-        return buf[:-4] + struct.pack("<I", zlib.crc32(buf[:-4]) & 0xFFFFFFFF)
+    if buf[:4] == b"KVIC":  # version 1: trailer CRC; version 2: header and section CRCs
+        from kvinfo.codecs import reseal_stream
+
+        return reseal_stream(bytes(buf))
     return buf
 
 
@@ -149,7 +151,7 @@ def _rebuild_coder(buf: bytes, edit) -> bytes | None:
         meta = {"codec": dict(c.codec), "shape": list(c.shape), "dtype": c.dtype,
                 "params": dict(c.params)}
         edit(meta)
-        return C.pack(meta["codec"], meta["shape"], meta["dtype"], meta["params"],
+        return C.pack(meta["codec"]["id"], meta["shape"], meta["dtype"], meta["params"],
                       [(k, bytes(v)) for k, v in c.sections.items()], c.symbols_crc32)
     except Exception:
         return None
