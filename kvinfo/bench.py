@@ -764,6 +764,8 @@ def bench_dump(
                 codec = c.for_kind(k)
                 if codec is not None:
                     try:
+                        if hasattr(codec, "for_slab"):  # the slab identity hook (klt)
+                            codec = codec.for_slab(jobs[0][0], k, jobs[0][2])
                         codec.decode(codec.encode(piece))
                     except CodecConfigError as exc:
                         raise CodecConfigError(f"codec {c.label!r}: {exc}") from None
@@ -816,6 +818,12 @@ def bench_dump(
                 codec = c.for_kind(kind)
                 if codec is None:
                     continue
+                if hasattr(codec, "for_slab"):  # the slab identity hook (klt; docs/codecs.md)
+                    try:
+                        codec = codec.for_slab(lay, kind, head, positions=pos,
+                                               token_ids=token_ids, sequences=sequences)
+                    except CodecConfigError as exc:
+                        raise CodecConfigError(f"{label}: codec {c.label!r}: {exc}") from None
                 try:
                     m = measure_codec(
                         codec, slab, ref, x64=x64, attention=att, repeat=repeat, gpu=gpu
