@@ -10,6 +10,8 @@ whether it is a bound or an estimate.
   Kozachenko-Leonenko estimates (raw, and prewhitened with a Gaussian bias correction).
 - :func:`rd_gaussian`, :func:`dr_gaussian`: Gaussian R(D) by reverse water-filling, and D(R).
 - :func:`rd_shannon_lower_bound`, :func:`blahut_arimoto`.
+- :func:`rd_gaussian_attention`: Gaussian R(D) of keys under the attention-logit distortion
+  (reverse water-filling on the eigenvalues of ``M^(1/2) S_k M^(1/2)``, ``M = E[q q^T]``).
 - :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
 - :func:`analyze_slab`: every metric of one (layer, kind, head) slab.
 - :func:`mse_per_element`, :func:`snr_db`, :func:`cosine_similarity`,
@@ -38,6 +40,12 @@ from ._rd import (
 )
 from ._slab import DEFAULT_SNR_DB, AnalysisWarning, analyze_slab, snr_grid_to_mse
 from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
+from .attention_bound import (
+    attention_metric_eigenvalues,
+    attention_weighting,
+    query_second_moment,
+    rd_gaussian_attention,
+)
 from .distortion import (
     attention_output_error,
     attention_score_errors,
@@ -63,6 +71,10 @@ __all__ = [
     "dr_gaussian",
     "rd_shannon_lower_bound",
     "blahut_arimoto",
+    "rd_gaussian_attention",
+    "attention_metric_eigenvalues",
+    "attention_weighting",
+    "query_second_moment",
     "PatternCounts",
     "MomentStats",
     "PairStats",

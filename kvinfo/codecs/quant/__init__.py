@@ -1,6 +1,7 @@
 """Lossy KV codecs (quantizer + entropy coder) and the exact float codec.
 
-Importing this package registers ``"uniform"``, ``"ecsq"``, ``"turbo"``, ``"klt"`` and ``"lossless"``.
+Importing this package registers ``"uniform"``, ``"ecsq"``, ``"turbo"``, ``"klt"`` and
+``"lossless"``.
 Each owns a lossless coder for its symbols (``"coder"`` in its config) and writes the stream
 container of :mod:`kvinfo.codecs.quant._base`; ``Codec.rate`` splits its bits into symbol
 payload and side information. See ``docs/codecs.md``.

@@ -167,8 +167,8 @@ def water_level_from_eigenvalues(eigenvalues, mse: float) -> float:
 
     Examples
     --------
-    >>> water_level_from_eigenvalues([4.0, 1.0, 0.25, 0.0], 0.5)
-    0.75
+    >>> water_level_from_eigenvalues([4.0, 1.0, 0.25, 0.0], 0.5)  # (2 theta + 0.25) / 4
+    0.875
     """
     lam = np.sort(np.maximum(np.asarray(eigenvalues, dtype=np.float64).ravel(), 0.0))
     d = lam.size
@@ -752,8 +752,8 @@ class KltCodec(QuantCodec):
             lam = np.mean(y * y, axis=0)
             theta = water_level_from_eigenvalues(lam, target)
             active = lam > theta
-            if target <= 0 or not np.any(active):
-                active = np.zeros(d, bool) if target > 0 else lam > 0
+            if not target > 0:  # a constant slab: the mean is the whole reconstruction
+                active = np.zeros(d, bool)
             va = v[:, active]
             if not calibrated and va.size:
                 va = round_side(va, sd, "eigenvectors", "klt").astype(np.float64)
@@ -792,7 +792,8 @@ class KltCodec(QuantCodec):
         params = struct.pack(
             _PARAMS, float(params_step), self.rounding, self.rope_theta if rope else 0.0,
             int(calibrated), _RECON.index(self.reconstruction), DTYPE_CODES[self.side_dtype],
-            kind_code, _ROPE_CODES.index(rdt) if rope else 0, -1 if self._layer is None else self._layer,
+            kind_code, _ROPE_CODES.index(rdt) if rope else 0,
+            -1 if self._layer is None else self._layer,
             -1 if self._head is None else self._head, self.recent_tokens, crc,
         )
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
