@@ -342,7 +342,7 @@ class _Gpu:
         from .errors import KvinfoError
 
         try:
-            prepared = self.gpu.prepare(codec, data)
+            prepared = codec.prepare_cuda(data)
         except KvinfoError:
             return None
         out = prepared.decode()
