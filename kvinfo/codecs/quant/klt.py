@@ -55,19 +55,23 @@ information, counted in the rate) and not transformed.
 
 Stream sections (container of :mod:`kvinfo.codecs.quant._base`, codec tag 5)::
 
-    params  "<dddBBBBBiiiI": step Delta (float64), rounding (float64), rope_theta (float64, 0 =
+    params  "<dddBBBBBBiiiI": step Delta (float64), rounding (float64), rope_theta (float64, 0 =
             off), mode (0 in-stream, 1 calibrated), reconstruction (0 midpoint, 1 centroid),
             side dtype (1 float16, 3 float32), kind (0 keys, 1 values, 2 unbound, 3 pre-RoPE
             keys), RoPE inverse-frequency dtype (1 float32, 2 bfloat16, 3 float16; 0 off),
+            prediction (0 none, 1 lag-1),
             layer (int32, -1 unbound), head (int32, -1: the leading axis is the head),
             token count per slab kept verbatim at the end (recent_tokens), basis CRC-32
     side    verbatim rows: uint32 row indices into (slabs * tokens), ascending
     side    their values, input dtype, (rows, head_dim)
-    side    RoPE position runs: uint32 pairs (first row of the run, its position) (RoPE only)
+    side    position runs: uint32 pairs (first row of the run, its position) (RoPE or
+            prediction only; empty otherwise)
     side    active-component masks: packed bits, slabs x head_dim (components in basis order)
     side    per-slab means, side dtype, (slabs, head_dim)
     side    in-stream bases: for each slab its active eigenvectors, side dtype, (head_dim, m)
     side    centroid offsets: int8 per active component, all slabs concatenated
+    side    per-slab steps, float64
+    side    lag-1 prediction coefficients: int8 / 127 per active component (lag-1 only)
     then per slab one section: coded symbols int32 (coded tokens, m), or an empty side
             section when the slab has no active component
 
@@ -107,6 +111,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
+import numba
 import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
@@ -143,9 +148,10 @@ __all__ = [
     "sequence_fingerprints",
 ]
 
-_PARAMS = "<dddBBBBBiiiI"
+_PARAMS = "<dddBBBBBBiiiI"
 _KINDS = ("keys", "values", None, "keys_pre_rope")  # stream kind codes 0..3
 _RECON = ("midpoint", "centroid")
+_PREDICT = ("none", "lag1")
 _METRICS = ("mse",)
 _ROPE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _ROPE_CODES = ("auto", "float32", "bfloat16", "float16")
@@ -488,6 +494,39 @@ def _dequantize(k: np.ndarray, step: float, offsets: np.ndarray | None) -> np.nd
     return np.sign(kf) * np.maximum(np.abs(kf) - delta[None, :], 0.0) * step
 
 
+@numba.njit(cache=True)
+def _dpcm_encode(y, rho, reset, step, rounding, delta):  # pragma: no cover - compiled
+    t, m = y.shape
+    k = np.zeros((t, m), np.int64)
+    yh = np.zeros((t, m))
+    r = np.zeros((t, m))
+    for i in range(t):
+        for j in range(m):
+            pred = 0.0 if reset[i] else rho[j] * yh[i - 1, j]
+            u = y[i, j] - pred
+            a = math.floor(abs(u) / step + rounding)
+            q = a if u > 0 else (-a if u < 0 else 0.0)
+            rec = max(a - delta[j], 0.0) * step if a > 0 else 0.0
+            yh[i, j] = pred + (rec if u > 0 else -rec)
+            r[i, j] = u
+            k[i, j] = int(q)
+    return k, yh, r
+
+
+@numba.njit(cache=True)
+def _dpcm_decode(k, rho, reset, step, delta):  # pragma: no cover - compiled
+    t, m = k.shape
+    yh = np.zeros((t, m))
+    for i in range(t):
+        for j in range(m):
+            pred = 0.0 if reset[i] else rho[j] * yh[i - 1, j]
+            q = k[i, j]
+            a = abs(q)
+            rec = max(a - delta[j], 0.0) * step if a > 0 else 0.0
+            yh[i, j] = pred + (rec if q > 0 else -rec)
+    return yh
+
+
 def _check_num(name, value, lo, hi, *, integer=False, open_lo=False):
     ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value):
@@ -525,6 +564,11 @@ class KltCodec(QuantCodec):
         Storage of the means and of in-stream eigenvectors.
     metric : {"mse"}
         The distortion the bits are allocated for.
+    predict : {"none", "lag1"}
+        ``"lag1"``: closed-loop prediction of each component from its reconstruction one
+        token earlier (DPCM), ``y_t - rho_i y_hat_{t-1}`` is quantized; ``rho_i`` (int8 / 127,
+        side information) is the lag-1 correlation shrunk by ``lambda_i / (lambda_i +
+        theta)`` for the quantization noise of the reference. Reset at every sequence start.
     coder : dict
         Coder of the indices; default ``{"id": "rans", "per_channel": true}``.
 
@@ -546,6 +590,7 @@ class KltCodec(QuantCodec):
         reconstruction: str = "centroid",
         side_dtype: str = "float16",
         metric: str = "mse",
+        predict: str = "lag1",
         coder: dict | None = None,
     ):
         self.snr_db = _check_num("snr_db", snr_db, -20.0, 80.0)
@@ -576,6 +621,9 @@ class KltCodec(QuantCodec):
             )
         if metric not in _METRICS:
             raise CodecConfigError(f"klt: metric must be one of {_METRICS}; found {metric!r}")
+        if predict not in _PREDICT:
+            raise CodecConfigError(f"klt: predict must be one of {_PREDICT}; found {predict!r}")
+        self.predict = predict
         self.reconstruction = reconstruction
         self.side_dtype = side_dtype
         self.metric = metric
@@ -599,6 +647,7 @@ class KltCodec(QuantCodec):
             "reconstruction": self.reconstruction,
             "side_dtype": self.side_dtype,
             "metric": self.metric,
+            "predict": self.predict,
             "coder": self.coder_config,
         }
 
@@ -733,6 +782,12 @@ class KltCodec(QuantCodec):
             rdt = {"bfloat16": "bfloat16", "float16": "float16"}.get(array.dtype.name, "float32")
         xw = rope_rotate(x3, pos, self.rope_theta, True, rdt) if rope else x3
         masks, means, vec_parts, off_parts, coded, steps = [], [], [], [], [], []
+        predict = self.predict == "lag1"
+        rho_parts = []
+        cpos = pos[coded_rows]
+        reset = np.ones(tc, dtype=np.bool_)
+        if tc > 1:
+            reset[1:] = np.diff(cpos) != 1
         for s in range(b):
             xs = xw[s][coded_rows]
             var = float(np.mean(np.var(x3[s], axis=0)))
@@ -766,7 +821,17 @@ class KltCodec(QuantCodec):
             if y.shape[1] == 0:
                 steps.append(None)
                 continue
-            k, offs, step = self._fit_step(y, xs - mu, va, target * d)
+            rho = None
+            if predict:
+                lam_a = lam[active]
+                prev, cur = y[:-1][~reset[1:]], y[1:][~reset[1:]]
+                den = np.sqrt(np.sum(prev * prev, axis=0) * np.sum(cur * cur, axis=0))
+                r1 = np.where(den > 0, np.sum(prev * cur, axis=0) / np.maximum(den, 1e-300), 0.0)
+                r1 = r1 * lam_a / (lam_a + theta)
+                q = np.clip(np.rint(r1 * 127.0), -127, 127).astype(np.int8)
+                rho_parts.append(q.tobytes())
+                rho = q.astype(np.float64) / 127.0
+            k, offs, step = self._fit_step(y, xs - mu, va, target * d, rho, reset)
             steps.append(step)
             off_parts.append(offs.tobytes())
             coded.append((s, k))
@@ -776,12 +841,13 @@ class KltCodec(QuantCodec):
         sections = [
             Section(SIDE, to_le_bytes(verbatim)),
             Section(SIDE, to_le_bytes(flat_in[verbatim])),
-            Section(SIDE, to_le_bytes(_runs(pos)) if rope else b""),
+            Section(SIDE, to_le_bytes(_runs(pos)) if rope or predict else b""),
             Section(SIDE, np.packbits(np.stack(masks).astype(np.uint8), axis=None).tobytes()),
             Section(SIDE, to_le_bytes(np.stack([np.asarray(m, sd) for m in means]))),
             Section(SIDE, b"".join(vec_parts)),
             Section(SIDE, b"".join(off_parts)),
             Section(SIDE, to_le_bytes(np.array([s or 0.0 for s in steps], "<f8"))),
+            Section(SIDE, b"".join(rho_parts)),
         ]
         by_slab = dict(coded)
         for s in range(b):
@@ -792,13 +858,13 @@ class KltCodec(QuantCodec):
         params = struct.pack(
             _PARAMS, float(params_step), self.rounding, self.rope_theta if rope else 0.0,
             int(calibrated), _RECON.index(self.reconstruction), DTYPE_CODES[self.side_dtype],
-            kind_code, _ROPE_CODES.index(rdt) if rope else 0,
+            kind_code, _ROPE_CODES.index(rdt) if rope else 0, int(predict),
             -1 if self._layer is None else self._layer,
             -1 if self._head is None else self._head, self.recent_tokens, crc,
         )
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
-    def _fit_step(self, y, xc, va, target_sse_per_row):
+    def _fit_step(self, y, xc, va, target_sse_per_row, rho=None, reset=None):
         """Step, indices and offsets so that the slab's MSE is the target (within 0.5 %).
 
         ``target_sse_per_row`` is ``D * d``; the residual of the active subspace (the
@@ -813,6 +879,14 @@ class KltCodec(QuantCodec):
         step = math.sqrt(12.0 * want / m)
 
         def run(st):
+            if rho is not None:  # closed loop: offsets from a first pass, then the real one
+                zero = np.zeros(m)
+                k, yh, r = _dpcm_encode(y, rho, reset, st, self.rounding, zero)
+                offs = _offsets(r, k, st) if centroid else None
+                if centroid:
+                    k, yh, r = _dpcm_encode(y, rho, reset, st, self.rounding,
+                                            offs.astype(np.float64) / 256.0)
+                return k, offs, float(np.mean(np.sum(np.square(y - yh), axis=1)))
             k = _quantize(y, st, self.rounding)
             offs = _offsets(y, k, st) if centroid else None
             yh = _dequantize(k, st, offs)
@@ -846,21 +920,21 @@ class KltCodec(QuantCodec):
     def decode(self, data, device: str = "cpu") -> np.ndarray:
         self._check_device(device)
         p = self._parse(data)
-        (step0, rounding, theta, mode, recon, sd_code, kind_code, rope_code, layer, head,
-         recent, crc) = unpack_params(_PARAMS, p.params)
+        (step0, rounding, theta, mode, recon, sd_code, kind_code, rope_code, pred_code, layer,
+         head, recent, crc) = unpack_params(_PARAMS, p.params)
         if (
             mode > 1 or recon > 1 or sd_code not in (1, 3) or kind_code > 3
             or not math.isfinite(theta) or theta < 0 or not math.isfinite(step0)
-            or rope_code > 3 or (theta > 0) != (rope_code > 0)
+            or rope_code > 3 or (theta > 0) != (rope_code > 0) or pred_code > 1
         ):
             raise CorruptStreamError("bad klt parameter block")
         t, d = p.shape[-2:]
         b = int(np.prod(p.shape[:-2], dtype=np.int64))
-        if b > MAX_SLABS or len(p.sections) != 8 + b:
+        if b > MAX_SLABS or len(p.sections) != 9 + b:
             raise CorruptStreamError("bad klt stream layout")
         sd = SIDE_DTYPES["float16" if sd_code == 1 else "float32"]
         secs = p.sections
-        if any(s.kind != SIDE for s in secs[:8]):
+        if any(s.kind != SIDE for s in secs[:9]):
             raise CorruptStreamError("bad klt stream layout")
         n_verb = len(secs[0].data) // 4
         rows = side_array(secs[0], np.uint32, n_verb).astype(np.int64)
@@ -875,9 +949,9 @@ class KltCodec(QuantCodec):
         coded_rows = ~keep[0] if b else np.ones(t, bool)
         tc = int(coded_rows.sum())
         rope = theta > 0
-        if rope:
-            if d % 2:
-                raise CorruptStreamError("klt: RoPE stream with an odd head_dim")
+        if rope and d % 2:
+            raise CorruptStreamError("klt: RoPE stream with an odd head_dim")
+        if rope or pred_code:
             nr = len(secs[2].data) // 8
             pos = _positions_from_runs(side_array(secs[2], np.uint32, 2 * nr).reshape(nr, 2), t)
         else:
@@ -923,11 +997,26 @@ class KltCodec(QuantCodec):
         offs_all = side_array(secs[6], np.int8, n_off) if centroid else side_array(
             secs[6], np.int8, 0
         )
+        rhos = [None] * b
+        if pred_code:
+            n_rho = int(counts[steps > 0].sum()) if tc else 0
+            rq = side_array(secs[8], np.int8, n_rho).astype(np.float64) / 127.0
+            at = 0
+            for s in range(b):
+                if steps[s] > 0 and tc:
+                    rhos[s] = rq[at : at + int(counts[s])]
+                    at += int(counts[s])
+            cpos = pos[coded_rows]
+            reset = np.ones(tc, dtype=np.bool_)
+            if tc > 1:
+                reset[1:] = np.diff(cpos) != 1
+        else:
+            side_array(secs[8], np.int8, 0)
         out = np.empty((b, t, d), np.float64)
         off_pos = 0
         for s in range(b):
             m = int(counts[s])
-            sec = secs[8 + s]
+            sec = secs[9 + s]
             y = np.zeros((tc, m))
             if m and tc:
                 if sec.kind != CODED or not steps[s] > 0:
@@ -943,7 +1032,11 @@ class KltCodec(QuantCodec):
                 if centroid:
                     offs = offs_all[off_pos : off_pos + m]
                     off_pos += m
-                y = _dequantize(sym, float(steps[s]), offs)
+                if pred_code:
+                    delta = np.zeros(m) if offs is None else offs.astype(np.float64) / 256.0
+                    y = _dpcm_decode(sym.astype(np.int64), rhos[s], reset, float(steps[s]), delta)
+                else:
+                    y = _dequantize(sym, float(steps[s]), offs)
             elif sec.kind != SIDE or sec.data:
                 raise CorruptStreamError("klt: unexpected coded section for an empty slab")
             xs = means[s][None, :] + y @ bases[s].T
