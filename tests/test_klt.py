@@ -414,3 +414,62 @@ def test_bench_refuses_a_basis_on_its_own_data_and_runs_on_other(dumps):
     for r in slabs:
         m = r["metrics"] if "metrics" in r else r
         assert abs(m["snr_db"] - 20) < 0.3
+
+
+def test_attention_metric_reaches_the_attention_bound(tmp_path):
+    from kvinfo.analysis import rd_gaussian_attention
+    from kvinfo.codecs.quant.klt import KltBases, _sqrtm
+
+    rng = np.random.default_rng(15)
+    d, t = 16, 16384
+    lam, m = np.logspace(0, -2, d), np.logspace(-2, 1, d)  # queries read small key directions
+    k = rng.standard_normal((t, d)) * np.sqrt(lam)
+    s_k, q_m = np.diag(lam), np.diag(m)
+    w = _sqrtm(q_m)
+    ev, u = np.linalg.eigh(w @ s_k @ w)
+    u = u[:, np.argsort(-ev)]
+    one = {"keys": None}
+    bases = KltBases(
+        {"keys": np.zeros((1, 1, d), np.float32)},
+        {"keys": np.eye(d)[None, None].astype(np.float16)},
+        {"keys": lam[None, None].astype(np.float32)},
+        {"format": "kvinfo-klt-basis", "version": 1, "sequence_fingerprints": []},
+        attention_weights={"keys": w[None, None].astype(np.float32)},
+        attention_eigenvectors={"keys": u[None, None].astype(np.float16)},
+    )
+    assert set(one) == set(bases.attention_weights)
+    path = tmp_path / "att.npz"
+    save_klt_bases(bases, path)
+    gaps = {}
+    for metric in ("mse", "attention"):
+        c = get_codec({"id": "klt", "basis": str(path), "snr_db": 15, "metric": metric,
+                       "coder": {"id": "arith", "context": "channel"}}).for_slab(0, "keys", 0)
+        data = c.encode(k)
+        e = k - c.decode(data)
+        d_att = float(np.mean(np.einsum("ti,ij,tj->t", e, q_m, e)))
+        bound = rd_gaussian_attention(np.cov(k, rowvar=False), q_m, d_att, scale=1.0)
+        gaps[metric] = c.rate(data)["bits_per_element"] - bound
+    assert gaps["attention"] < 0.35 < 1.0 < gaps["mse"]
+    with pytest.raises(CodecConfigError, match="query moments"):
+        get_codec({"id": "klt", "metric": "attention"}).encode(k)
+
+
+def test_calibration_stores_the_attention_metric(dumps):
+    cal, _, folder = dumps
+    out = folder / "basis_att.npz"
+    assert main(["calibrate", str(cal), "-o", str(out)]) == 0
+    b = load_klt_bases(out)
+    assert "keys" in b.attention_weights  # keys_pre_rope too when the dump has a rope_theta
+    w = b.attention_weights["keys"][0, 1].astype(np.float64)
+    assert np.allclose(w, w.T) and np.all(np.linalg.eigvalsh(w) > 0)
+    _, test, _ = dumps
+    from kvinfo.dumps import open_dump
+
+    with open_dump(test) as d:
+        x = d.slab("keys", 0, 1)
+    c = get_codec({"id": "klt", "basis": str(out), "metric": "attention", "snr_db": 15})
+    y = c.for_slab(0, "keys", 1).encode(x)
+    assert c.decode(y).shape == x.shape
+    # values are always coded for MSE, even with metric 'attention'
+    v = c.for_slab(0, "values", 1)
+    assert abs(_snr(x, v.decode(v.encode(x))) - 15) < 0.3

@@ -55,11 +55,11 @@ information, counted in the rate) and not transformed.
 
 Stream sections (container of :mod:`kvinfo.codecs.quant._base`, codec tag 5)::
 
-    params  "<dddBBBBBBiiiI": step Delta (float64), rounding (float64), rope_theta (float64, 0 =
+    params  "<dddBBBBBBBiiiI": step Delta (float64), rounding (float64), rope_theta (float64, 0 =
             off), mode (0 in-stream, 1 calibrated), reconstruction (0 midpoint, 1 centroid),
             side dtype (1 float16, 3 float32), kind (0 keys, 1 values, 2 unbound, 3 pre-RoPE
             keys), RoPE inverse-frequency dtype (1 float32, 2 bfloat16, 3 float16; 0 off),
-            prediction (0 none, 1 lag-1),
+            prediction (0 none, 1 lag-1), metric (0 MSE, 1 attention),
             layer (int32, -1 unbound), head (int32, -1: the leading axis is the head),
             token count per slab kept verbatim at the end (recent_tokens), basis CRC-32
     side    verbatim rows: uint32 row indices into (slabs * tokens), ascending
@@ -148,11 +148,11 @@ __all__ = [
     "sequence_fingerprints",
 ]
 
-_PARAMS = "<dddBBBBBBiiiI"
+_PARAMS = "<dddBBBBBBBiiiI"
 _KINDS = ("keys", "values", None, "keys_pre_rope")  # stream kind codes 0..3
 _RECON = ("midpoint", "centroid")
 _PREDICT = ("none", "lag1")
-_METRICS = ("mse",)
+_METRICS = ("mse", "attention")
 _ROPE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _ROPE_CODES = ("auto", "float32", "bfloat16", "float16")
 MAX_SLABS = 240  # one coded section per slab; the container holds at most 255 sections
@@ -278,6 +278,10 @@ class KltBases:
     eigenvalues: dict
     meta: dict
     path: str | None = None
+    #: kind -> float32 ``(layers, heads, d, d)``: ``W = M^(1/2)``, ``M`` the query second moment
+    attention_weights: dict | None = None
+    #: kind -> float16 ``(layers, heads, d, d)``: eigenvectors of ``W S W`` (descending)
+    attention_eigenvectors: dict | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -305,13 +309,25 @@ class KltBases:
         crc = zlib.crc32(lam.tobytes(), crc) & 0xFFFFFFFF
         return mu.astype(np.float64), v.astype(np.float64), crc
 
+    def attention_entry(self, kind: str, layer: int, head: int):
+        """``(W float64 (d, d), U float64 (d, d), crc32)`` of the attention metric of a slab."""
+        if not self.attention_weights or kind not in self.attention_weights:
+            raise CodecConfigError(
+                f"klt: basis file {self.path} has no attention metric for {kind!r} (calibrate "
+                "on a dump captured with --queries)"
+            )
+        self.entry(kind, layer, head)  # range checks
+        w = self.attention_weights[kind][layer, head]
+        u = self.attention_eigenvectors[kind][layer, head]
+        crc = zlib.crc32(u.tobytes(), zlib.crc32(w.tobytes())) & 0xFFFFFFFF
+        return w.astype(np.float64), u.astype(np.float64), crc
+
     @property
     def nbytes(self) -> int:
         """Bytes of the stored arrays (what the calibration costs once per model)."""
-        return int(
-            sum(a.nbytes for d in (self.means, self.eigenvectors, self.eigenvalues)
-                for a in d.values())
-        )
+        dicts = [self.means, self.eigenvectors, self.eigenvalues,
+                 self.attention_weights or {}, self.attention_eigenvectors or {}]
+        return int(sum(a.nbytes for d in dicts for a in d.values()))
 
 
 def _pca(x: np.ndarray):
@@ -341,6 +357,14 @@ def fit_klt_bases(dump, layers=None, progress: bool = False) -> KltBases:
     if "keys_pre_rope" in dump.kinds or (theta and plain_rope and d % 2 == 0):
         kinds.append("keys_pre_rope")
     pos = dump.positions()
+    group = dump.num_heads // nh
+    akinds = []
+    if "queries" in dump.kinds:  # queries rotate back to the pre-RoPE frame only with a theta
+        akinds = [k for k in kinds if k == "keys" or (k == "keys_pre_rope" and theta
+                                                       and plain_rope and d % 2 == 0)]
+    rdt = dump.dtype if dump.dtype in _ROPE_DTYPES else "float32"
+    aw = {k: np.zeros((nl, nh, d, d), np.float32) for k in akinds}
+    au = {k: np.zeros((nl, nh, d, d), np.float16) for k in akinds}
     means = {k: np.zeros((nl, nh, d), np.float32) for k in kinds}
     vecs = {k: np.zeros((nl, nh, d, d), np.float16) for k in kinds}
     vals = {k: np.zeros((nl, nh, d), np.float32) for k in kinds}
@@ -358,6 +382,16 @@ def fit_klt_bases(dump, layers=None, progress: bool = False) -> KltBases:
                 means[k][lay, h] = mu
                 vecs[k][lay, h] = v
                 vals[k][lay, h] = w
+                if k in akinds:
+                    q = dump.queries(lay)[h * group : (h + 1) * group].astype(np.float64)
+                    if k == "keys_pre_rope":  # q . R_t k = (R_t^T q) . k
+                        q = rope_rotate(q, pos, theta, True, rdt)
+                    q2 = q.reshape(-1, d)
+                    wm = _sqrtm(q2.T @ q2 / q2.shape[0])
+                    c = np.cov(x, rowvar=False, bias=True)
+                    ev, ub = np.linalg.eigh(wm @ c @ wm)
+                    aw[k][lay, h] = wm
+                    au[k][lay, h] = ub[:, np.argsort(-ev, kind="stable")]
     meta = {
         "format": BASIS_FORMAT,
         "version": BASIS_VERSION,
@@ -371,7 +405,16 @@ def fit_klt_bases(dump, layers=None, progress: bool = False) -> KltBases:
         "rope": rope,
         "sequence_fingerprints": sequence_fingerprints(dump.token_ids, dump.sequence_offsets),
     }
-    return KltBases(means, vecs, vals, meta)
+    return KltBases(means, vecs, vals, meta, attention_weights=aw or None,
+                    attention_eigenvectors=au or None)
+
+
+def _sqrtm(m: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a PSD matrix, eigenvalues floored at 1e-6 of the largest (so
+    that ``W`` is invertible: a direction no query reads is weighted, not discarded)."""
+    w, v = np.linalg.eigh(0.5 * (m + m.T))
+    w = np.maximum(w, 1e-6 * max(float(w[-1]), 1e-300))
+    return (v * np.sqrt(w)) @ v.T
 
 
 def save_klt_bases(bases: KltBases, path) -> Path:
@@ -388,6 +431,9 @@ def save_klt_bases(bases: KltBases, path) -> Path:
         arrays[f"{k}.mean"] = bases.means[k]
         arrays[f"{k}.eigenvectors"] = bases.eigenvectors[k]
         arrays[f"{k}.eigenvalues"] = bases.eigenvalues[k]
+    for k in (bases.attention_weights or {}):
+        arrays[f"{k}.attention_weight"] = bases.attention_weights[k]
+        arrays[f"{k}.attention_eigenvectors"] = bases.attention_eigenvectors[k]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -463,7 +509,19 @@ def load_klt_bases(path) -> KltBases:
         vals[k] = w.astype(np.float32)
     if not vecs:
         raise CodecConfigError(f"klt: {path} holds no bases")
-    out = KltBases(means, vecs, vals, meta, path=str(path))
+    aw, au = {}, {}
+    for k in vecs:
+        wn, un = f"{k}.attention_weight", f"{k}.attention_eigenvectors"
+        if wn in data or un in data:
+            if not (wn in data and un in data) or data[wn].shape != vecs[k].shape \
+                    or data[un].shape != vecs[k].shape \
+                    or not np.all(np.isfinite(data[wn].astype(np.float64))) \
+                    or not np.all(np.isfinite(data[un].astype(np.float64))):
+                raise CodecConfigError(f"klt: {path}: bad {k} attention metric arrays")
+            aw[k] = data[wn].astype(np.float32)
+            au[k] = data[un].astype(np.float16)
+    out = KltBases(means, vecs, vals, meta, path=str(path), attention_weights=aw or None,
+                   attention_eigenvectors=au or None)
     with _CACHE_LOCK:
         _CACHE[key] = out
     return out
@@ -717,20 +775,29 @@ class KltCodec(QuantCodec):
             return [self._head] * b
         return list(range(b))
 
-    def _basis_for(self, kind_code: int, layer: int, heads: list[int]):
+    def _basis_for(self, kind_code: int, layer: int, heads: list[int], attention=False):
+        """Per head: mean, forward matrix ``F`` (``y = (x - mu) F``), weight ``W`` (None for
+        MSE), and the CRC of the entries. For MSE ``F = V``; for the attention metric
+        ``F = W U`` and the reconstruction is ``mu + y (W^-1 U)^T``."""
         kind = _KINDS[kind_code]
         if kind is None:
             raise CodecConfigError(
                 "klt: a calibrated basis needs the slab's kind: bind the codec with "
                 "for_slab(layer, kind, head) (kvinfo bench and eval do)"
             )
-        mus, vs, crc = [], [], 0
+        mus, fs, ws, crc = [], [], [], 0
         for h in heads:
             mu, v, c = self._bases.entry(kind, layer, h)
-            mus.append(mu)
-            vs.append(v)
             crc = zlib.crc32(struct.pack("<I", c), crc)
-        return mus, vs, crc & 0xFFFFFFFF
+            w = None
+            if attention:
+                w, u, c2 = self._bases.attention_entry(kind, layer, h)
+                crc = zlib.crc32(struct.pack("<I", c2), crc)
+                v = w @ u
+            mus.append(mu)
+            fs.append(v)
+            ws.append(w)
+        return mus, fs, ws, crc & 0xFFFFFFFF
 
     # -- codec ---------------------------------------------------------------------------
     def encode(self, array) -> bytes:
@@ -760,7 +827,8 @@ class KltCodec(QuantCodec):
                     "codec with for_slab(layer, kind, head) (kvinfo bench and eval do)"
                 )
             heads = self._slab_heads(b)
-            cal_mu, cal_v, crc = self._basis_for(kind_code, self._layer, heads)
+            attention = self.metric == "attention" and kind_code in (0, 3)
+            cal_mu, cal_v, cal_w, crc = self._basis_for(kind_code, self._layer, heads, attention)
             if cal_v[0].shape[0] != d:
                 raise CodecConfigError(
                     f"klt: basis file {self.basis} has head_dim {cal_v[0].shape[0]}; the data "
@@ -768,6 +836,12 @@ class KltCodec(QuantCodec):
                 )
         else:
             crc = 0
+            attention = False
+            if self.metric == "attention":
+                raise CodecConfigError(
+                    "klt: metric 'attention' needs a calibration file with the query moments "
+                    "(kvinfo calibrate on a dump captured with --queries)"
+                )
         # rows kept verbatim: sinks by position, the recent window at the end
         keep_row = pos < self.sink_tokens
         if self.recent_tokens:
@@ -790,7 +864,9 @@ class KltCodec(QuantCodec):
             reset[1:] = np.diff(cpos) != 1
         for s in range(b):
             xs = xw[s][coded_rows]
-            var = float(np.mean(np.var(x3[s], axis=0)))
+            wgt = cal_w[s] if attention else None
+            # the SNR is that of the keys in the metric W (attention) or plain (MSE)
+            var = float(np.mean(np.var(xw[s] @ wgt if attention else x3[s], axis=0)))
             target = var * 10.0 ** (-self.snr_db / 10.0) * (t / max(tc, 1))
             if tc == 0:
                 masks.append(np.zeros(d, bool))
@@ -810,6 +886,10 @@ class KltCodec(QuantCodec):
             if not target > 0:  # a constant slab: the mean is the whole reconstruction
                 active = np.zeros(d, bool)
             va = v[:, active]
+            xc = xs - mu
+            if attention:  # work in the weighted frame, where the basis U is orthonormal
+                xc = xc @ wgt
+                va = np.linalg.solve(wgt, va)  # = U[:, active]
             if not calibrated and va.size:
                 va = round_side(va, sd, "eigenvectors", "klt").astype(np.float64)
                 vec_parts.append(to_le_bytes(va.astype(sd)))
@@ -831,7 +911,7 @@ class KltCodec(QuantCodec):
                 q = np.clip(np.rint(r1 * 127.0), -127, 127).astype(np.int8)
                 rho_parts.append(q.tobytes())
                 rho = q.astype(np.float64) / 127.0
-            k, offs, step = self._fit_step(y, xs - mu, va, target * d, rho, reset)
+            k, offs, step = self._fit_step(y, xc, va, target * d, rho, reset)
             steps.append(step)
             off_parts.append(offs.tobytes())
             coded.append((s, k))
@@ -858,7 +938,7 @@ class KltCodec(QuantCodec):
         params = struct.pack(
             _PARAMS, float(params_step), self.rounding, self.rope_theta if rope else 0.0,
             int(calibrated), _RECON.index(self.reconstruction), DTYPE_CODES[self.side_dtype],
-            kind_code, _ROPE_CODES.index(rdt) if rope else 0, int(predict),
+            kind_code, _ROPE_CODES.index(rdt) if rope else 0, int(predict), int(attention),
             -1 if self._layer is None else self._layer,
             -1 if self._head is None else self._head, self.recent_tokens, crc,
         )
@@ -920,12 +1000,13 @@ class KltCodec(QuantCodec):
     def decode(self, data, device: str = "cpu") -> np.ndarray:
         self._check_device(device)
         p = self._parse(data)
-        (step0, rounding, theta, mode, recon, sd_code, kind_code, rope_code, pred_code, layer,
-         head, recent, crc) = unpack_params(_PARAMS, p.params)
+        (step0, rounding, theta, mode, recon, sd_code, kind_code, rope_code, pred_code,
+         metric_code, layer, head, recent, crc) = unpack_params(_PARAMS, p.params)
         if (
             mode > 1 or recon > 1 or sd_code not in (1, 3) or kind_code > 3
             or not math.isfinite(theta) or theta < 0 or not math.isfinite(step0)
             or rope_code > 3 or (theta > 0) != (rope_code > 0) or pred_code > 1
+            or metric_code > 1 or (metric_code and (mode != 1 or kind_code not in (0, 3)))
         ):
             raise CorruptStreamError("bad klt parameter block")
         t, d = p.shape[-2:]
@@ -974,7 +1055,8 @@ class KltCodec(QuantCodec):
                 raise CorruptStreamError("klt: calibrated stream without its slab identity")
             heads = [head] * b if head >= 0 else list(range(b))
             try:
-                mus, vs, want_crc = self._basis_for(kind_code, layer, heads)
+                mus, vs, ws, want_crc = self._basis_for(kind_code, layer, heads,
+                                                        bool(metric_code))
             except CodecConfigError as exc:
                 raise CorruptStreamError(f"klt: stream and basis file disagree: {exc}") from None
             if want_crc != crc or vs[0].shape[0] != d:
@@ -983,6 +1065,9 @@ class KltCodec(QuantCodec):
                     "(basis checksum mismatch)"
                 )
             side_array(secs[5], sd, 0)
+            if metric_code:  # reconstruction matrix W^-1 U
+                vs = [np.linalg.solve(w, v) for w, v in zip(ws, vs, strict=True)]
+                vs = [np.linalg.solve(w, v) for w, v in zip(ws, vs, strict=True)]
             bases = [v[:, masks[s]] for s, v in enumerate(vs)]
         else:
             total = int(counts.sum()) * d
