@@ -997,9 +997,13 @@ class KltCodec(QuantCodec):
             offs = np.zeros(0, np.int8)
         return k, offs, step
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    def decode(
+        self, data, device: str = "cpu", max_output_bytes: int | None = None
+    ) -> np.ndarray:
+        """Decode a stream (layout in the module docstring); ``max_output_bytes`` caps the
+        output before any allocation (:mod:`kvinfo.codecs.limits`)."""
         self._check_device(device)
-        p = self._parse(data)
+        p = self._parse(data, max_output_bytes)
         (step0, rounding, theta, mode, recon, sd_code, kind_code, rope_code, pred_code,
          metric_code, layer, head, recent, crc) = unpack_params(_PARAMS, p.params)
         if (
