@@ -10,6 +10,9 @@ whether it is a bound or an estimate.
   Kozachenko-Leonenko estimates (raw, and prewhitened with a Gaussian bias correction).
 - :func:`rd_gaussian`, :func:`dr_gaussian`: Gaussian R(D) by reverse water-filling, and D(R).
 - :func:`rd_shannon_lower_bound`, :func:`blahut_arimoto`.
+- :func:`entropy_lower_estimate`, :func:`rd_lower_bound`, :func:`rd_cluster_upper_bound`,
+  :class:`ReservoirSample`: the lower curve and the clustered upper bound that hold on
+  non-Gaussian sources (``docs/analysis.md``, "Bounds that hold").
 - :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
 - :func:`analyze_slab`: every metric of one (layer, kind, head) slab.
 - :func:`mse_per_element`, :func:`snr_db`, :func:`cosine_similarity`,
@@ -38,6 +41,17 @@ from ._rd import (
 )
 from ._slab import DEFAULT_SNR_DB, AnalysisWarning, analyze_slab, snr_grid_to_mse
 from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
+from .bounds import (
+    LOWER_MODELS,
+    ReservoirSample,
+    entropy_lower_estimate,
+    entropy_marginals_lower,
+    entropy_mixture_lower,
+    kmeans,
+    loewner_inflation,
+    rd_cluster_upper_bound,
+    rd_lower_bound,
+)
 from .distortion import (
     attention_output_error,
     attention_score_errors,
@@ -63,6 +77,15 @@ __all__ = [
     "dr_gaussian",
     "rd_shannon_lower_bound",
     "blahut_arimoto",
+    "LOWER_MODELS",
+    "entropy_lower_estimate",
+    "entropy_marginals_lower",
+    "entropy_mixture_lower",
+    "kmeans",
+    "loewner_inflation",
+    "rd_lower_bound",
+    "rd_cluster_upper_bound",
+    "ReservoirSample",
     "PatternCounts",
     "MomentStats",
     "PairStats",

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import AnalysisInputError
 from ._entropy import (
     LOG2E,
+    _storage_step,
     dither_stored,
     entropy_knn_corrected,
     entropy_knn_marginals,
@@ -24,8 +25,19 @@ from ._entropy import (
 )
 from ._rd import rd_gaussian_eigenvalues, rd_shannon_lower_bound, water_level
 from ._stats import FIELD_LAYOUT, SlabStats, to_float64
+from .bounds import (
+    entropy_lower_estimate,
+    loewner_inflation,
+    rd_cluster_upper_bound,
+    rd_lower_bound,
+)
 
 __all__ = ["AnalysisWarning", "analyze_slab", "snr_grid_to_mse", "DEFAULT_SNR_DB", "TokenCost"]
+
+#: at most this many vectors (a random subset) feed the lower curve and the clustered bound
+BOUND_SAMPLES = 20000
+#: plug-in per-channel H0 is marked undersampled above this distinct-pattern fraction
+UNDERSAMPLED_FRACTION = 0.1
 
 #: default distortion grid: SNR in dB relative to the slab's variance per element
 DEFAULT_SNR_DB = tuple(float(v) for v in range(0, 42, 2))
@@ -66,8 +78,13 @@ def _positions(n: int, sequences) -> tuple[np.ndarray, np.ndarray]:
     return seq, pos
 
 
-def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows):
-    """Information density of each vector under N(mean, cov) at water level theta, bits/elt."""
+def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows, n=None):
+    """Information density of each vector under N(mean, cov) at water level theta, bits/elt.
+
+    ``lam`` are the ddof-1 eigenvalues; the Mahalanobis term uses the ddof-0 ones
+    (``lam (n-1)/n``) so that the mean over the ``n`` vectors is exactly ``R_G`` (with ddof 1
+    it would be off by ``-(log2 e / 2)(k/d)/n``, ``k`` active components).
+    """
     active = lam > theta
     out = np.full(x64.shape[0], np.nan)
     if not np.any(active):
@@ -76,6 +93,8 @@ def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows):
     u = eigvecs[:, active]
     la = lam[active]
     const = 0.5 * float(np.sum(np.log2(la / theta)))
+    if n is not None and n > 1:
+        la = la * ((n - 1) / n)
     for s in range(0, x64.shape[0], chunk_rows):
         xs = x64[s : s + chunk_rows]
         vs = valid[s : s + chunk_rows]
@@ -209,6 +228,10 @@ def analyze_slab(
 
     # ---- lossless: order-0 entropies of the stored patterns -------------------------
     metrics.update(st.patterns.entropies())
+    ch_of, _, _ = st.patterns.triplets()
+    distinct_ch = np.bincount(ch_of, minlength=d) / max(n_all, 1)
+    metrics["h0_per_channel_distinct_fraction"] = float(distinct_ch.mean())
+    metrics["h0_per_channel_undersampled"] = bool(distinct_ch.mean() > UNDERSAMPLED_FRACTION)
 
     # ---- second-order statistics ---------------------------------------------------
     mean = st.moments.mean
@@ -293,6 +316,7 @@ def analyze_slab(
     ):
         metrics[key] = None
     metrics["slb_estimate_bits_per_element"] = [None] * snr.size
+    metrics["h_knn_clipped_to_gaussian"] = None
     if h_gauss is not None and m > d + knn_k:
         xs = dither_stored(a[sub], rng)
         try:
@@ -308,13 +332,28 @@ def analyze_slab(
             metrics["knn_bias_correction_bits_per_element"] = -est["bias"]
             metrics["negentropy_estimate_bits_per_element"] = h_gauss - h_est
             marg = marg_raw - marg_bias
-            metrics["total_correlation_estimate_bits_per_element"] = float(np.mean(marg)) - h_est
+            # TC >= 0 is a theorem; the joint kNN estimate reads high on non-Gaussian data
+            metrics["total_correlation_estimate_bits_per_element"] = max(
+                float(np.mean(marg)) - h_est, 0.0
+            )
             # h <= h_gauss is a theorem; clip the estimate so the SLB never exceeds R_G(D)
+            metrics["h_knn_clipped_to_gaussian"] = bool(h_est > h_gauss)
+            if h_est > h_gauss:
+                notes.append(
+                    f"kNN entropy estimate {h_est:.3f} exceeds the Gaussian entropy "
+                    f"{h_gauss:.3f} bits/element (impossible for the true h); the SLB estimate "
+                    "uses h_G and equals the Gaussian R(D)"
+                )
             metrics["slb_estimate_bits_per_element"] = rd_shannon_lower_bound(
                 min(h_est, h_gauss), mse
             )
     elif h_gauss is not None:
         notes.append(f"kNN entropy estimate skipped: {m} samples for {d} dimensions")
+
+    # ---- bounds that hold: lower curve and clustered upper bound ---------------------
+    metrics.update(
+        _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, notes)
+    )
 
     # ---- temporal prediction (lag 1 within sequences) --------------------------------
     pairs = st.pairs
@@ -349,7 +388,7 @@ def analyze_slab(
     x64 = to_float64(a)
     if st.excluded_vectors:
         x64 = np.where(np.isfinite(x64), x64, 0.0)
-    bits = _pervector_bits(x64, valid, mean, vecs, lam, theta, d, chunk_rows)
+    bits = _pervector_bits(x64, valid, mean, vecs, lam, theta, d, chunk_rows, n=n)
     del x64
     vb = bits[valid]
     metrics["pervector_snr_db"] = float(pervector_snr_db)
@@ -369,6 +408,69 @@ def analyze_slab(
     if return_token_bits:
         return metrics, bits
     return metrics
+
+
+def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, notes) -> dict:
+    """Lower curve (``rd_lower_bound_*``) and best achievable upper bound of one slab."""
+    n_grid = mse.size
+    d = a.shape[1]
+    out: dict = {
+        "h_lower_estimate_bits_per_element": None,
+        "h_lower_model": None,
+        "h_lower_members_bits_per_element": None,
+        "lower_bound_samples": 0,
+        "rd_lower_bound_bits_per_element": [None] * n_grid,
+        "rd_cluster_upper_bound_bits_per_element": [None] * n_grid,
+        "rd_upper_bound_bits_per_element": rd_full,
+    }
+    rng = np.random.default_rng(seed + 1)
+    m = min(BOUND_SAMPLES, valid_idx.size)
+    sub = np.sort(rng.choice(valid_idx, size=m, replace=False)) if m < valid_idx.size else valid_idx
+    out["lower_bound_samples"] = int(m)
+    if m < 4 * d + 16:
+        notes.append(f"bounds skipped: {m} vectors for {d} dimensions (needs {4 * d + 16})")
+        return out
+    stored = a[sub]
+    xs = dither_stored(stored, rng)
+    # E|U_j|^2 = E[step_j^2] / 12 for the dither U added to channel j
+    chan_dither_var = np.mean(np.square(_storage_step(stored).astype(np.float64)), axis=0) / 12
+    dither_var = float(chan_dither_var.mean())
+    try:
+        up = rd_cluster_upper_bound(xs[: min(m, 8000)], mse, seed=seed)
+    except AnalysisInputError as exc:
+        notes.append(f"clustered upper bound skipped: {exc}")
+    else:
+        up = np.where(np.isfinite(up), up, np.inf)
+        out["rd_cluster_upper_bound_bits_per_element"] = [
+            float(v) if np.isfinite(v) else None for v in up
+        ]
+        out["rd_upper_bound_bits_per_element"] = np.minimum(rd_full, up)
+    if h_gauss is None:
+        return out
+    try:
+        low = entropy_lower_estimate(xs, basis=vecs, k=knn_k, seed=seed, details=True)
+    except AnalysisInputError as exc:
+        notes.append(f"lower curve skipped: {exc}")
+        return out
+    h_low = min(low["estimate"], h_gauss)
+    out["h_lower_estimate_bits_per_element"] = h_low
+    out["h_lower_model"] = low["model"] if low["estimate"] <= h_gauss else "gaussian"
+    out["h_lower_members_bits_per_element"] = {k: float(v) for k, v in low["members"].items()}
+    lam_up = None
+    c = loewner_inflation(valid_idx.size, d)
+    if c is not None:
+        lam_up = c * (lam + float(chan_dither_var.max()))
+    low_curve = np.minimum(
+        rd_lower_bound(h_low, mse, eigenvalues=lam_up, dither_variance=dither_var), rd_full
+    )
+    out["rd_lower_bound_bits_per_element"] = low_curve
+    upper = np.asarray(out["rd_upper_bound_bits_per_element"], dtype=float)
+    if np.any(low_curve > upper + 1e-9):
+        notes.append(
+            "the lower curve exceeds the clustered upper bound at some distortions: the source "
+            "fits none of the lower curve's models (see docs/analysis.md, 'Bounds that hold')"
+        )
+    return out
 
 
 def top_token_list(bits, seq, pos, token_ids, k: int) -> list[dict]:
