@@ -51,6 +51,7 @@ from .bounds import (
     loewner_inflation,
     rd_cluster_upper_bound,
     rd_lower_bound,
+    rd_lower_curve,
 )
 from .distortion import (
     attention_output_error,
@@ -84,6 +85,7 @@ __all__ = [
     "kmeans",
     "loewner_inflation",
     "rd_lower_bound",
+    "rd_lower_curve",
     "rd_cluster_upper_bound",
     "ReservoirSample",
     "PatternCounts",

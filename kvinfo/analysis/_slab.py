@@ -17,7 +17,6 @@ import numpy as np
 from ..errors import AnalysisInputError
 from ._entropy import (
     LOG2E,
-    _storage_step,
     dither_stored,
     entropy_knn_corrected,
     entropy_knn_marginals,
@@ -25,12 +24,7 @@ from ._entropy import (
 )
 from ._rd import rd_gaussian_eigenvalues, rd_shannon_lower_bound, water_level
 from ._stats import FIELD_LAYOUT, SlabStats, to_float64
-from .bounds import (
-    entropy_lower_estimate,
-    loewner_inflation,
-    rd_cluster_upper_bound,
-    rd_lower_bound,
-)
+from .bounds import rd_cluster_upper_bound, rd_lower_curve
 
 __all__ = ["AnalysisWarning", "analyze_slab", "snr_grid_to_mse", "DEFAULT_SNR_DB", "TokenCost"]
 
@@ -431,16 +425,12 @@ def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, 
         notes.append(f"bounds skipped: {m} vectors for {d} dimensions (needs {4 * d + 16})")
         return out
     stored = a[sub]
-    xs = dither_stored(stored, rng)
-    # E|U_j|^2 = E[step_j^2] / 12 for the dither U added to channel j
-    chan_dither_var = np.mean(np.square(_storage_step(stored).astype(np.float64)), axis=0) / 12
-    dither_var = float(chan_dither_var.mean())
     try:
-        up = rd_cluster_upper_bound(xs[: min(m, 8000)], mse, seed=seed)
+        pick = rng.permutation(m)[: min(m, 8000)]
+        up = rd_cluster_upper_bound(to_float64(stored[pick]), mse, seed=seed)
     except AnalysisInputError as exc:
         notes.append(f"clustered upper bound skipped: {exc}")
     else:
-        up = np.where(np.isfinite(up), up, np.inf)
         out["rd_cluster_upper_bound_bits_per_element"] = [
             float(v) if np.isfinite(v) else None for v in up
         ]
@@ -448,21 +438,17 @@ def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, 
     if h_gauss is None:
         return out
     try:
-        low = entropy_lower_estimate(xs, basis=vecs, k=knn_k, seed=seed, details=True)
+        low = rd_lower_curve(
+            stored, mse, eigenvalues=lam, num_vectors=valid_idx.size, basis=vecs, k=knn_k,
+            seed=seed, details=True,
+        )
     except AnalysisInputError as exc:
         notes.append(f"lower curve skipped: {exc}")
         return out
-    h_low = min(low["estimate"], h_gauss)
-    out["h_lower_estimate_bits_per_element"] = h_low
-    out["h_lower_model"] = low["model"] if low["estimate"] <= h_gauss else "gaussian"
+    out["h_lower_estimate_bits_per_element"] = low["h_lower"]
+    out["h_lower_model"] = low["model"]
     out["h_lower_members_bits_per_element"] = {k: float(v) for k, v in low["members"].items()}
-    lam_up = None
-    c = loewner_inflation(valid_idx.size, d)
-    if c is not None:
-        lam_up = c * (lam + float(chan_dither_var.max()))
-    low_curve = np.minimum(
-        rd_lower_bound(h_low, mse, eigenvalues=lam_up, dither_variance=dither_var), rd_full
-    )
+    low_curve = np.minimum(low["rate"], rd_full)
     out["rd_lower_bound_bits_per_element"] = low_curve
     upper = np.asarray(out["rd_upper_bound_bits_per_element"], dtype=float)
     if np.any(low_curve > upper + 1e-9):

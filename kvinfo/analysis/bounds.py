@@ -26,8 +26,8 @@ import numpy as np
 from scipy.special import digamma
 
 from ..errors import AnalysisInputError
-from ._entropy import LOG2E
-from ._rd import _check_mse, water_level
+from ._entropy import LOG2E, _storage_step, dither_stored
+from ._rd import _check_mse, rd_gaussian_eigenvalues, water_level
 
 __all__ = [
     "LOWER_MODELS",
@@ -35,6 +35,7 @@ __all__ = [
     "entropy_mixture_lower",
     "entropy_lower_estimate",
     "rd_lower_bound",
+    "rd_lower_curve",
     "loewner_inflation",
     "rd_cluster_upper_bound",
     "kmeans",
@@ -71,14 +72,14 @@ def _check_x(x, what="x", min_rows=8) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def entropy_marginals_lower(y, k: int = 4, z: float = 3.0, chunk: int = 8):
+def entropy_marginals_lower(y, k: int = 4, chunk: int = 16):
     """Sum of 1-D Kozachenko-Leonenko entropies of the columns, and its standard error.
 
-    Returns ``(h_bits_per_element, se_bits_per_element)``: ``h = (1/d) sum_j h_KL(y_j)``
-    and the standard error of that mean estimated from the per-vector sums of
-    ``log eps_ij`` (which accounts for correlation between columns). ``h - z * se`` is the
-    lower confidence estimate; it is a lower estimate of ``h(Y)`` when the columns of ``y``
-    are independent (then ``h(Y) = sum_j h(Y_j)``; otherwise the sum is an *upper* bound).
+    Returns ``(h_bits_per_element, se_bits_per_element)``: ``h = (1/d) sum_j h_KL(y_j)`` and
+    the standard error of that mean when the columns are independent (the model under which
+    ``h(Y) = sum_j h(Y_j)``; for dependent columns the sum is an *upper* bound on ``h(Y)``).
+    ``h - z * se`` is the member's lower confidence estimate. The per-column variance is
+    that of ``log eps_ij``, which includes the estimator's own ``psi'(k)`` noise.
 
     Examples
     --------
@@ -89,23 +90,21 @@ def entropy_marginals_lower(y, k: int = 4, z: float = 3.0, chunk: int = 8):
     """
     a = _check_x(y, "y", min_rows=2 * k + 2)
     n, d = a.shape
-    s = np.zeros(n)
+    tot, var = 0.0, 0.0
     for c0 in range(0, d, chunk):
-        cols = a[:, c0 : c0 + chunk]
-        order = np.argsort(cols, axis=0)
-        srt = np.take_along_axis(cols, order, axis=0)
+        srt = np.sort(a[:, c0 : c0 + chunk], axis=0)
         eps = _kth_gap_sorted(srt, k)
         if np.any(eps <= 0):
             raise AnalysisInputError(
-                f"columns {c0}..{c0 + cols.shape[1] - 1} have values repeated more than {k} "
+                f"columns {c0}..{c0 + srt.shape[1] - 1} have values repeated more than {k} "
                 "times (kNN distance 0); dither quantised values first"
             )
-        le = np.empty_like(eps)
-        np.put_along_axis(le, order, np.log(eps), axis=0)
-        s += le.sum(axis=1)
+        le = np.log(eps)
+        tot += float(le.mean(axis=0).sum())
+        var += float(le.var(axis=0, ddof=1).sum())
     const = digamma(n) - digamma(k) + math.log(2.0)
-    h = (const + float(s.mean()) / d) * LOG2E
-    se = float(s.std(ddof=1)) / math.sqrt(n) / d * LOG2E
+    h = (const + tot / d) * LOG2E
+    se = math.sqrt(var / n) / d * LOG2E
     return h, se
 
 
@@ -116,14 +115,16 @@ def _kth_gap_sorted(srt: np.ndarray, k: int) -> np.ndarray:
     consecutive points containing it, so ``eps_i = min_j max(x_i - x_{i-j}, x_{i+k-j} - x_i)``.
     """
     n = srt.shape[0]
-    pad = np.full((k,) + srt.shape[1:], np.inf)
-    ext = np.concatenate([-pad, srt, pad])  # ext[i + k] = srt[i]
-    mid = ext[k : k + n]
     out = np.full(srt.shape, np.inf)
     for j in range(k + 1):
-        left = mid - ext[k - j : k - j + n]
-        right = ext[2 * k - j : 2 * k - j + n] - mid
-        np.minimum(out, np.maximum(left, right), out=out)
+        # the window [i - j, i + k - j] exists for j <= i < n - k + j
+        lo, hi = j, n - k + j
+        if hi <= lo:
+            continue
+        mid = srt[lo:hi]
+        left = mid - srt[lo - j : hi - j]
+        right = srt[lo + k - j : hi + k - j] - mid
+        np.minimum(out[lo:hi], np.maximum(left, right), out=out[lo:hi])
     return out
 
 
@@ -263,7 +264,7 @@ def entropy_lower_estimate(
     *,
     basis=None,
     k: int = 4,
-    z: float = 3.0,
+    z: float = 4.0,
     clusters=(1, 2, 4, 8),
     seed: int = 0,
     details: bool = False,
@@ -396,6 +397,96 @@ def rd_lower_bound(h_lower, mse, *, eigenvalues=None, dither_variance: float = 0
     return float(r) if np.ndim(r) == 0 else r
 
 
+def rd_lower_curve(
+    stored,
+    mse,
+    *,
+    eigenvalues=None,
+    num_vectors=None,
+    basis=None,
+    k: int = 4,
+    seed: int = 0,
+    details: bool = False,
+):
+    """The lower curve ``kvinfo analyze`` reports, from a random subsample of stored vectors.
+
+    Dithers the stored values (:func:`dither_stored`), takes the lower confidence estimate
+    ``h_L`` of :func:`entropy_lower_estimate`, clips it to the Gaussian entropy, and returns
+    ``min(R_G(D), rd_lower_bound(h_L, D))`` with the dither variance added to ``D`` and the
+    covariance eigenvalues inflated by :func:`loewner_inflation` for the water-filling form.
+
+    Parameters
+    ----------
+    stored : array_like, shape (m, d)
+        A uniform random subsample of the stored vectors (float32, float16 or bfloat16).
+    mse : float or array_like
+        Distortions, mean squared error per element.
+    eigenvalues : array_like, optional
+        Eigenvalues of the source's sample covariance (ddof 1), from ``num_vectors`` vectors
+        (default: the subsample's own).
+    basis : array_like, optional
+        The matching eigenvectors (for the ``pca_product`` member).
+    k, seed : see :func:`entropy_lower_estimate`.
+    details : bool
+        Return a dict with ``rate``, ``h_lower``, ``model``, ``members``, ``h_gaussian``,
+        ``dither_variance``, ``clipped`` (``h_L`` was clipped to ``h_G``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((3000, 8)).astype(np.float32)
+    >>> r = rd_lower_curve(x, [0.1, 0.01])  # true R(D): 1.661, 3.322
+    >>> bool(np.all(r <= [1.661, 3.322]) and np.all(r > [1.55, 3.2]))
+    True
+    """
+    arr = np.asarray(stored)
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise AnalysisInputError(f"stored must be 2-D (m vectors, d dims); got shape {arr.shape}")
+    m = np.atleast_1d(_check_mse(mse)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    xs = dither_stored(arr, rng)
+    if not np.all(np.isfinite(xs)):
+        raise AnalysisInputError("stored contains NaN or Inf; remove those rows")
+    n, d = xs.shape
+    # E|U_j|^2 = E[step_j^2] / 12 for the dither U added to channel j
+    chan_dither = np.mean(np.square(_storage_step(arr).astype(np.float64)), axis=0) / 12.0
+    dither_var = float(chan_dither.mean())
+    if eigenvalues is None:
+        cov = np.atleast_2d(np.cov(arr.astype(np.float64), rowvar=False))
+        lam, basis_own = np.linalg.eigh(cov)
+        basis = basis_own if basis is None else basis
+        num_vectors = n
+    else:
+        lam = np.asarray(eigenvalues, dtype=np.float64)
+        num_vectors = n if num_vectors is None else int(num_vectors)
+    lam = np.sort(np.maximum(lam, 0.0))
+    if lam.size != d or lam[0] <= max(lam[-1], 0.0) * 1e-12:
+        raise AnalysisInputError(
+            "the covariance is singular (or its eigenvalues do not match the vectors); the "
+            "differential entropy is -inf and the lower curve is 0"
+        )
+    h_g = _HALF_LOG2_2PIE + 0.5 * float(np.mean(np.log2(lam)))
+    low = entropy_lower_estimate(xs, basis=basis, k=k, seed=seed, details=True)
+    h_low = min(low["estimate"], h_g)
+    c = loewner_inflation(num_vectors, d)
+    lam_up = None if c is None else c * (lam + float(chan_dither.max()))
+    rate = np.minimum(
+        rd_lower_bound(h_low, m, eigenvalues=lam_up, dither_variance=dither_var),
+        rd_gaussian_eigenvalues(lam, m),
+    )
+    if details:
+        return {
+            "rate": rate,
+            "h_lower": h_low,
+            "model": low["model"] if low["estimate"] <= h_g else "gaussian",
+            "members": low["members"],
+            "h_gaussian": h_g,
+            "dither_variance": dither_var,
+            "clipped": bool(low["estimate"] > h_g),
+        }
+    return rate
+
+
 def loewner_inflation(n: int, d: int, alpha: float = 1e-3):
     """Factor ``c`` with ``Sigma <= c S`` (Loewner order) with probability ``>= 1 - alpha``.
 
@@ -458,7 +549,7 @@ def rd_cluster_upper_bound(
     *,
     clusters=(2, 4, 8),
     fit_fraction: float = 0.5,
-    z: float = 3.0,
+    z: float = 4.0,
     seed: int = 0,
     details: bool = False,
 ):
@@ -540,7 +631,9 @@ class ReservoirSample:
     ``update(rows)`` feeds rows in any chunking (Vitter's algorithm R, vectorised);
     ``merge(other)`` combines two reservoirs of disjoint streams into a uniform sample of the
     union: the number of rows taken from each side is hypergeometric in the two stream
-    sizes. With :class:`~kvinfo.analysis.MomentStats` (exact moments) this is all the lower
+    sizes. Rows keep the stored ``dtype`` (pass ``ml_dtypes.bfloat16`` for bf16 dumps), which
+    :func:`rd_lower_curve` needs to dither them at their storage step.
+    With :class:`~kvinfo.analysis.MomentStats` (exact moments) this is all the lower
     curve needs, so per-dump statistics merge into one lower curve for many dumps.
 
     Examples
@@ -552,12 +645,12 @@ class ReservoirSample:
     (40, (4, 3))
     """
 
-    def __init__(self, dim: int, capacity: int, seed: int = 0):
+    def __init__(self, dim: int, capacity: int, seed: int = 0, dtype=np.float64):
         if capacity < 1 or dim < 1:
             raise AnalysisInputError(f"capacity and dim must be >= 1; got {capacity}, {dim}")
         self.dim, self.capacity = int(dim), int(capacity)
         self.rng = np.random.default_rng(seed)
-        self._rows = np.empty((0, self.dim))
+        self._rows = np.empty((0, self.dim), dtype=dtype)  # stored dtype: dithering needs it
         self.seen = 0
 
     @property
@@ -565,7 +658,7 @@ class ReservoirSample:
         return self._rows
 
     def update(self, rows) -> None:
-        x = np.asarray(rows, dtype=np.float64)
+        x = np.asarray(rows).astype(self._rows.dtype, copy=False)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise AnalysisInputError(f"rows must have shape (n, {self.dim}); got {x.shape}")
         room = self.capacity - self._rows.shape[0]
@@ -588,7 +681,9 @@ class ReservoirSample:
     def merge(self, other: ReservoirSample) -> ReservoirSample:
         if other.dim != self.dim:
             raise AnalysisInputError(f"cannot merge dims {self.dim} and {other.dim}")
-        out = ReservoirSample(self.dim, self.capacity, seed=int(self.rng.integers(2**31)))
+        out = ReservoirSample(
+            self.dim, self.capacity, seed=int(self.rng.integers(2**31)), dtype=self._rows.dtype
+        )
         total = self.seen + other.seen
         size = min(self.capacity, self._rows.shape[0] + other._rows.shape[0])
         if total == 0:

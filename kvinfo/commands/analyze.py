@@ -135,6 +135,9 @@ def aggregate_metrics(slabs: list[dict]) -> dict:
         if not present:
             out[key] = None
             continue
+        if all(isinstance(v, bool | np.bool_) for v in present):
+            out[key] = float(np.mean(present))  # a flag: the fraction of slabs where it holds
+            continue
         if all(_is_num(v) for v in present):
             out[key] = float(np.mean([float(v) for v in present]))
             continue
@@ -183,10 +186,24 @@ _COLUMNS = (
 )
 _GRID_COLUMNS = (
     ("R_G", "rd_gaussian_bits_per_element"),
+    ("R_up", "rd_upper_bound_bits_per_element"),
+    ("R_lo", "rd_lower_bound_bits_per_element"),
     ("R_ind", "rd_gaussian_independent_bits_per_element"),
     ("SLB~", "slb_estimate_bits_per_element"),
     ("R_inn", "rd_temporal_innovation_bits_per_element"),
 )
+#: column -> flag metric; the cell gets a trailing mark where the flag holds (in any slab)
+_MARKS = {
+    "h0_per_channel_bits_per_element": ("h0_per_channel_undersampled", "u"),
+    "slb_estimate_bits_per_element": ("h_knn_clipped_to_gaussian", "*"),
+}
+
+
+def _cell(m: dict, key: str, v) -> str:
+    flag = _MARKS.get(key)
+    if flag is None:
+        return _f(v)
+    return _f(v, 5) + (flag[1] if m.get(flag[0]) else " ")
 _PV_COLUMNS = (
     ("pv50", "pervector_p50_bits_per_element"),
     ("pvmax", "pervector_max_bits_per_element"),
@@ -201,7 +218,10 @@ def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_s
     head += " ".join(f"{c:>6}" for c, _ in _PV_COLUMNS)
     lines = [
         f"bits per element; R_*, SLB~ at SNR {snr:g} dB; per-vector (pv) at {pv_snr:g} dB; "
-        "~ marks estimates",
+        "~ marks estimates; R_lo: lower curve (holds when the data fit one of its models, "
+        "docs/analysis.md); R_up: achievable (upper bound)",
+        "u: per-channel H0 undersampled (plug-in caps near log2 n); *: kNN h exceeded h_G "
+        "and was clipped, so SLB~ = R_G (in at least one slab of the row)",
         head,
         "-" * len(head),
     ]
@@ -210,8 +230,9 @@ def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_s
         lay = "" if r["layer"] is None else str(r["layer"])
         hd = "" if r["head"] is None else str(r["head"])
         row = f"{r['scope']:<7} {lay:>5} {(r['kind'] or 'all'):<8} {hd:>4} "
-        row += " ".join(_f(m.get(k)) for _, k in _COLUMNS) + " | "
-        row += " ".join(_f(_grid_at(m, k, grid_index)) for _, k in _GRID_COLUMNS) + " | "
+        row += " ".join(_cell(m, k, m.get(k)) for _, k in _COLUMNS) + " | "
+        row += " ".join(_cell(m, k, _grid_at(m, k, grid_index)) for _, k in _GRID_COLUMNS)
+        row += " | "
         row += " ".join(_f(m.get(k)) for _, k in _PV_COLUMNS)
         lines.append(row)
     return "\n".join(lines)
