@@ -150,22 +150,24 @@ def _laplace_gaussian_channel_curve():
     curve is an upper bound on the Laplace R(D).
     """
     b = 1.0 / math.sqrt(2.0)
-    dx = 5e-4
+    dx = 1e-3
     x = np.arange(-30.0, 30.0 + dx / 2, dx)
     p = np.exp(-np.abs(x) / b) / (2 * b)
     p /= p.sum() * dx
     from scipy.signal import fftconvolve
 
     out = []
-    for s in np.geomspace(2e-3, 3.0, 90):
+    for s in np.geomspace(6e-3, 3.0, 45):
         g = np.exp(-0.5 * (np.arange(-12 * s, 12 * s + dx / 2, dx) / s) ** 2)
         g /= g.sum()
-        py = np.maximum(fftconvolve(p, g, mode="same"), 1e-300)
+        py = fftconvolve(p, g, mode="same")
         num = fftconvolve(p * x, g, mode="same")
-        mmse = float(np.sum(p * x * x) * dx - np.sum(num * num / py) * dx)
-        hy = float(-np.sum(py * np.log(py)) * dx)
+        ok = py > 1e-14  # FFT round-off is ~1e-17; the tails beyond carry no mass
+        mmse = float(np.sum(p * x * x) * dx - np.sum(num[ok] ** 2 / py[ok]) * dx)
+        hy = float(-np.sum(py[ok] * np.log(py[ok])) * dx)
         rate = max(hy - 0.5 * math.log(2 * math.pi * math.e * s * s), 0.0) * LOG2E
-        out.append((mmse, rate))
+        if 0.0 < mmse <= s * s:  # the MMSE never exceeds the noise variance
+            out.append((mmse, rate))
     a = np.array(sorted(out))
     return a[:, 0], a[:, 1]
 
@@ -254,12 +256,13 @@ def test_lower_curve_is_useful_at_n20000(name, d):
 def test_laplace_references_sandwich_blahut_arimoto():
     """R(D) of the 1-D Laplace (Blahut-Arimoto, discretised) lies between the references."""
     b = 1.0 / math.sqrt(2.0)
-    xs = np.linspace(-9.0, 9.0, 721)
+    xs = np.linspace(-8.0, 8.0, 121)
     p = np.exp(-np.abs(xs) / b)
     dm = (xs[:, None] - xs[None, ::2]) ** 2
-    r, dist = blahut_arimoto(p / p.sum(), dm, slope=-40.0, tol=1e-5)
+    r, dist = blahut_arimoto(p / p.sum(), dm, slope=-3.0, tol=1e-3, max_iter=2000)
     assert slb(H_LAPLACE, dist) - 0.01 <= r <= laplace_rd_upper(dist) + 0.01
-    assert laplace_rd_upper(dist) - slb(H_LAPLACE, dist) < 0.03
+    for mse in (1e-2, 1e-3, 1e-4):  # 20-40 dB: the two references are within 0.02 bit
+        assert 0 <= laplace_rd_upper(mse) - slb(H_LAPLACE, mse) < 0.02
 
 
 def test_mixture_reference_is_consistent():

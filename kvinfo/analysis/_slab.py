@@ -421,8 +421,8 @@ def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, 
     m = min(BOUND_SAMPLES, valid_idx.size)
     sub = np.sort(rng.choice(valid_idx, size=m, replace=False)) if m < valid_idx.size else valid_idx
     out["lower_bound_samples"] = int(m)
-    if m < 4 * d + 16:
-        notes.append(f"bounds skipped: {m} vectors for {d} dimensions (needs {4 * d + 16})")
+    if m < 2 * d + 16:
+        notes.append(f"bounds skipped: {m} vectors for {d} dimensions (needs {2 * d + 16})")
         return out
     stored = a[sub]
     try:

@@ -336,8 +336,12 @@ def entropy_lower_estimate(
     members["pca_product"] = h - z * se
     h, se = entropy_marginals_lower(xc, k=k)
     members["channel_product"] = h - z * se
-    mix = entropy_mixture_lower(a, clusters=clusters, seed=seed, details=True)
-    members["gaussian_mixture"] = mix["estimate"] - z * mix["se"]
+    try:
+        mix = entropy_mixture_lower(a, clusters=clusters, seed=seed, details=True)
+    except AnalysisInputError:  # too few vectors for a mixture: the member is left out
+        mix = {"clusters": None}
+    else:
+        members["gaussian_mixture"] = mix["estimate"] - z * mix["se"]
     model = min(members, key=members.get)
     est = members[model]
     if details:

@@ -1,11 +1,13 @@
 """Lossless and lossy information limits of a KV dump, per (layer, K/V, head).
 
 For every selected slab: order-0 entropies of the stored bit patterns (pooled, per channel,
-sign/exponent/mantissa), Gaussian R(D) with full and diagonal covariance, a kNN-based
+sign/exponent/mantissa), Gaussian R(D) with full and diagonal covariance, a lower curve on
+R(D) and a clustered achievable upper bound that hold on non-Gaussian sources, a kNN-based
 Shannon lower bound estimate, the temporal (lag-1) prediction gain, total correlation,
-per-vector Shannon code lengths, and per-channel statistics. Slab results are averaged per
-(layer, kind), per kind and overall. Writes the kvinfo results JSON (docs/results-schema.md)
-and prints a table. Rates are bits per element; distortion is MSE per element.
+per-vector ideal code lengths under the fitted Gaussian, and per-channel statistics. Slab
+results are averaged per (layer, kind), per kind and overall. Writes the kvinfo results JSON
+(docs/results-schema.md) and prints a table. Rates are bits per element; distortion is MSE
+per element.
 """
 
 from __future__ import annotations
