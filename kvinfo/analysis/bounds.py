@@ -128,8 +128,12 @@ def _kth_gap_sorted(srt: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def kmeans(x, k: int, *, seed: int = 0, iters: int = 25) -> np.ndarray:
+def kmeans(x, k: int, *, seed: int = 0, iters: int = 25, restarts: int = 4) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding; returns the ``(k, d)`` centroids.
+
+    The best (lowest within-cell sum of squares) of ``restarts`` runs is kept: one run can
+    stop in a local optimum that merges two clusters, which the mixture member of
+    :func:`entropy_lower_estimate` must not see.
 
     Examples
     --------
@@ -140,6 +144,17 @@ def kmeans(x, k: int, *, seed: int = 0, iters: int = 25) -> np.ndarray:
     """
     a = _check_x(x, "x", min_rows=k)
     rng = np.random.default_rng(seed)
+    best, best_sse = None, np.inf
+    for _ in range(max(1, int(restarts))):
+        c = _kmeans_once(a, k, rng, iters)
+        lab = _assign(a, c)
+        sse = float(np.sum((a - c[lab]) ** 2))
+        if sse < best_sse:
+            best, best_sse = c, sse
+    return best
+
+
+def _kmeans_once(a, k, rng, iters) -> np.ndarray:
     n = a.shape[0]
     cent = [a[rng.integers(n)]]
     d2 = np.sum((a - cent[0]) ** 2, axis=1)

@@ -48,8 +48,11 @@ FIGURES = {
     "rate_distortion": (
         "Rate against distortion, keys and values",
         "Bits per element (side information included) against SNR relative to each slab's "
-        "variance. The shaded band lies between the Shannon lower bound **estimate** and the "
-        "Gaussian R(D) (an upper **bound** on R(D)); the true R(D) of the data lies inside it. "
+        "variance. The shaded band runs from the lower curve (a lower **bound** on R(D) when "
+        "the data fit one of its models, docs/analysis.md section 3) to the best achievable "
+        "rate (an upper **bound**: the Gaussian R(D) or the clustered code). Results without "
+        "the lower curve show the kNN Shannon lower bound **estimate** instead, which can "
+        "exceed R(D). "
         "Each codec family is one curve; its distance above the band is what a better codec "
         "could still save.",
     ),
