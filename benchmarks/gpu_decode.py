@@ -15,7 +15,7 @@ shaped ``(slabs, 4096 tokens, 128 channels)``. For each size the script:
 2. compresses with nvCOMP ANS (``nvidia.nvcomp.Codec(algorithm="ANS")``) on the GPU,
    checks its decode and times it;
 3. encodes with kvinfo ``rans`` and ``huffman`` on the CPU, validates and uploads
-   (:func:`kvinfo.kernels.gpu.prepare`, timed), decodes into a poisoned buffer and
+   (``codec.prepare_cuda``, timed), decodes into a poisoned buffer and
    checks it against the source on the device, then times the decode kernel;
 4. wraps the same rANS stream in a ``uniform`` (4-bit, channel axis, groups of 64
    tokens, random float16 zero points and steps) stream and times the fused
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
             r[f"{cid}_encode_cpu_s"] = time.perf_counter() - t
             r[f"{cid}_bits"] = 8 * len(data) / n
             t = time.perf_counter()
-            prep = gpu.prepare(codec, data)
+            prep = codec.prepare_cuda(data)
             sync()
             r[f"{cid}_prepare_s"] = time.perf_counter() - t
             out = cuda.to_device(np.full(n, 0xEE, np.uint8))  # poisoned
@@ -289,7 +289,7 @@ def main(argv=None) -> int:
                             "coder": {"id": "rans"}})
         udata = _uniform_stream(data, shape, zero, step)
         t = time.perf_counter()
-        uprep = gpu.prepare(ucodec, udata)
+        uprep = ucodec.prepare_cuda(udata)
         sync()
         r["fused_prepare_s"] = time.perf_counter() - t
         uout = cuda.to_device(np.full(n, 0x7E01, np.uint16).view(np.float16))

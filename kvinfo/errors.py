@@ -15,6 +15,7 @@ __all__ = [
     "CodecConfigError",
     "CorruptStreamError",
     "AnalysisInputError",
+    "SelectionError",
     "ResultsSchemaError",
     "OutputPathError",
     "CudaUnavailableError",
@@ -51,6 +52,20 @@ class CorruptStreamError(KvinfoError):
 
 class AnalysisInputError(KvinfoError):
     """Data given to an analysis function cannot be analysed (NaN, too few vectors...)."""
+
+
+class SelectionError(AnalysisInputError):
+    """A selection of layers, kinds, heads or sequences does not fit the dump (out of range,
+    not present, empty, or not a list of integers and ranges).
+
+    ``parameter`` names the library parameter (``"layers"``, ``"kinds"``, ``"heads"``,
+    ``"sequences"``); the command line reports it as the matching ``--`` option.
+    """
+
+    def __init__(self, message: str, parameter: str | None = None):
+        super().__init__(message if parameter is None else f"{parameter}: {message}")
+        self.parameter = parameter
+        self.detail = message
 
 
 class ResultsSchemaError(KvinfoError):

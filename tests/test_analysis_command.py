@@ -8,9 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
+from kvinfo.analysis import aggregate_slab_metrics as aggregate_metrics
 from kvinfo.cli import main
-from kvinfo.commands.analyze import aggregate_metrics, parse_index_list, parse_snr_grid
-from kvinfo.dumps import write_synthetic_dump
+from kvinfo.commands.analyze import parse_snr_grid
+from kvinfo.dumps import parse_index_list, write_synthetic_dump
 from kvinfo.errors import AnalysisInputError
 from kvinfo.results import load_results
 
@@ -85,6 +86,8 @@ def test_analyze_is_deterministic_for_a_seed(synthetic_dump, tmp_path):
         (["--layers", "a-b"], "expected integers"),
         (["--kinds", "keys_pre_rope"], "not in this dump"),
         (["--kinds", ","], "empty selection"),
+        (["--sequences", "9"], "--sequences: 9 is out of range"),
+        (["--heads", "x"], "--heads: expected integers"),
         (["--snr-db", "40:0:2"], "START:STOP:STEP"),
         (["--snr-db", "x"], "START:STOP:STEP"),
         (["--knn-samples", "1"], "knn-samples"),
@@ -98,11 +101,79 @@ def test_analyze_bad_options(synthetic_dump, tmp_path, capsys, argv, message):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_analyze_too_few_tokens(tmp_path, capsys):
+def test_analyze_too_few_tokens_gives_partial_results(tmp_path, capsys):
+    """Issue 12 item 7: a dump with fewer vectors than dimensions still gets its entropies."""
     p = write_synthetic_dump(tmp_path / "short.h5", num_tokens=10, head_dim=16,
                              num_sequences=1, queries=False)
-    assert main(["analyze", str(p)]) == 2
-    assert "more vectors than dimensions" in capsys.readouterr().err
+    out = tmp_path / "short.json"
+    assert main(["analyze", str(p), "-o", str(out), "--snr-db", "10,20", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "more vectors than dimensions" in captured.err
+    assert captured.err.count("\n") == 1  # one line for the note shared by the 8 slabs
+    assert "n<=d" in captured.out
+    recs = load_results(out)["records"]
+    for r in recs:
+        m = r["metrics"]
+        assert m["h0_pooled_bits_per_element"] > 0  # entropies of the stored values
+        assert m["h0_per_channel_bits_per_element"] > 0
+        assert m["rd_gaussian_bits_per_element"] == [None, None]
+        assert m["slb_estimate_bits_per_element"] == [None, None]
+        assert m["h_knn_estimate_bits_per_element"] is None
+        assert "more vectors than dimensions" in m["null_reasons"]["rd_gaussian_bits_per_element"]
+        assert "more vectors than dimensions" in m["null_reasons"]["pervector_p50_bits_per_element"]
+        if r["scope"] == "slab":
+            assert m["variance_per_element"] > 0  # per-channel statistics are defined
+            assert len(m["channel_variance"]) == 16
+        else:
+            assert m["counts"]["rd_gaussian_bits_per_element"][0] == [0, 0]
+            assert m["counts"]["h0_pooled_bits_per_element"][0] == m["num_slabs"]
+
+
+def test_analyze_aggregates_over_the_slabs_that_define_a_value(tmp_path):
+    """One head too small for a covariance (NaN rows) never nulls its layer's bounds."""
+    p = write_synthetic_dump(tmp_path / "mixed.h5", num_layers=1, num_tokens=24, head_dim=16,
+                             num_sequences=1, queries=False)
+    with h5py.File(p, "r+") as f:
+        f["keys"][0, 1, :12, 0] = np.nan  # 12 finite vectors in 16 dims for head 1
+    out = tmp_path / "mixed.json"
+    assert main(["analyze", str(p), "-o", str(out), "--kinds", "keys", "--snr-db", "20",
+                 "--knn-samples", "20", "--no-progress"]) == 0
+    recs = load_results(out)["records"]
+    slabs = {r["head"]: r["metrics"] for r in recs if r["scope"] == "slab"}
+    assert slabs[1]["rd_gaussian_bits_per_element"] == [None]
+    assert slabs[0]["rd_gaussian_bits_per_element"][0] > 0
+    layer = next(r["metrics"] for r in recs if r["scope"] == "layer")
+    assert layer["rd_gaussian_bits_per_element"][0] == pytest.approx(
+        slabs[0]["rd_gaussian_bits_per_element"][0]
+    )
+    assert layer["counts"]["rd_gaussian_bits_per_element"] == [[1], 2]
+    assert layer["h0_pooled_bits_per_element"] == pytest.approx(
+        (slabs[0]["h0_pooled_bits_per_element"] + slabs[1]["h0_pooled_bits_per_element"]) / 2
+    )
+    assert layer["counts"]["h0_pooled_bits_per_element"] == [2, 2]
+
+
+def test_analyze_dump_api_and_sequence_selection(synthetic_dump):
+    from kvinfo.analysis import analyze_dump
+    from kvinfo.dumps import Selection, open_dump
+    from kvinfo.errors import SelectionError
+
+    with open_dump(synthetic_dump) as d:
+        n0 = int(d.sequence_offsets[1])
+        doc = analyze_dump(d, Selection(layers=[0], kinds="keys", heads="1", sequences=[0]),
+                           snr_db=[20.0], knn_samples=100, command=["x"])
+    assert doc["command"] == ["x"]
+    assert doc["settings"]["sequences"] == [0]
+    slab = next(r for r in doc["records"] if r["scope"] == "slab")
+    assert (slab["layer"], slab["kind"], slab["head"]) == (0, "keys", 1)
+    assert slab["metrics"]["num_vectors"] == n0
+    for sel, param in ((Selection(layers=[5]), "layers"), (Selection(kinds="nope"), "kinds"),
+                       (Selection(heads="9"), "heads"), (Selection(sequences=[99]), "sequences")):
+        with pytest.raises(SelectionError, match=f"^{param}: ") as info:
+            analyze_dump(synthetic_dump, sel, snr_db=[20.0])
+        assert info.value.parameter == param
+    with pytest.raises(AnalysisInputError, match="^knn_k must be"):
+        analyze_dump(synthetic_dump, knn_k=0)
 
 
 def test_analyze_counts_nan_and_warns(tmp_path, capsys):

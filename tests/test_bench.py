@@ -150,11 +150,12 @@ def test_bounds_are_the_analysis_functions_at_the_achieved_distortion(doc, synth
     m = r["metrics"]
     with open_dump(synthetic_dump) as d:
         x = d.slab("values", 1, 0).astype(np.float64)
-    cov = np.cov(x, rowvar=False, bias=True)
+    # the covariance of the analysis (ddof 1), computed once and shared with the bench
+    cov = np.cov(x, rowvar=False, ddof=1)
     assert m["rd_gaussian_bits_per_element"] == pytest.approx(
         rd_gaussian(cov, m["mse_per_element"]), rel=1e-9
     )
-    snr = 10 * math.log10(x.var(axis=0).mean() / m["mse_per_element"])
+    snr = 10 * math.log10(x.var(axis=0, ddof=1).mean() / m["mse_per_element"])
     assert m["snr_db"] == pytest.approx(snr)
     for rec in _codec_records(doc, "slab"):
         mm = rec["metrics"]
@@ -364,3 +365,136 @@ def test_command_eval_adds_quality_records(synthetic_dump, tiny_model_dir, tmp_p
         assert {"perplexity", "perplexity_increase_pct", "kl", "top1_agreement",
                 "bits_per_element"} <= set(m)
     assert doc["settings"]["eval"]["prefix"] == 40
+
+
+# -- one reference, small data, the rule for nulls ------------------------------------------
+
+
+def test_slb_never_exceeds_the_gaussian_rd(synthetic_dump, monkeypatch):
+    """The SLB's entropy is clipped at the Gaussian entropy of the same covariance (ddof 1)
+    that the R(D) uses: with a kNN estimate above it, SLB <= R_G must still hold. (It did not
+    when bench took ddof 0 for the R(D) and ddof 1 for the clip.)"""
+    import kvinfo.analysis._slab as slab_mod
+
+    real = slab_mod.entropy_knn_corrected
+
+    def too_high(*args, **kwargs):
+        est = real(*args, **kwargs)
+        return {**est, "estimate": est["estimate"] + 50.0}
+
+    monkeypatch.setattr(slab_mod, "entropy_knn_corrected", too_high)
+    u8 = {"id": "uniform", "bits": 8, "axis": "token", "coder": {"id": "rans"}}
+    doc = bench_dump(synthetic_dump, [u8, U4], layers=[0], knn_samples=100, use_gpu=False,
+                     attention=False)
+    checked = 0
+    for r in _codec_records(doc, "slab") + _codec_records(doc, "overall"):
+        m = r["metrics"]
+        assert m["slb_estimate_bits_per_element"] <= m["rd_gaussian_bits_per_element"] + 1e-12
+        checked += 1
+    assert checked == 2 * 4 + 2
+
+
+def test_bench_on_a_short_dump_gives_rates_and_null_bounds(tmp_path, capsys):
+    """Issue 12 item 7: 10 tokens of head_dim 16: rates, distortions, own-symbol entropies and
+    attention errors are measured; the bounds are null with the reason."""
+    from kvinfo.dumps import write_synthetic_dump
+
+    p = write_synthetic_dump(tmp_path / "short.h5", num_layers=1, num_tokens=10, head_dim=16,
+                             num_sequences=1)
+    out = tmp_path / "short.json"
+    rc = main(["bench", str(p), "--codec", json.dumps(U4), "--no-progress", "--no-gpu",
+               "--knn-samples", "50", "-o", str(out)])
+    assert rc == 0
+    assert "n<=d" in capsys.readouterr().out
+    doc = load_results(out)
+    for r in _codec_records(doc, "slab") + _codec_records(doc, "overall"):
+        m = r["metrics"]
+        assert m["bits_per_element"] > 0 and m["mse_per_element"] > 0
+        assert m["snr_db"] is not None
+        assert m["own_symbols_entropy_bits_per_element"] > 0
+        assert m["rd_gaussian_bits_per_element"] is None
+        assert m["gap_to_slb_estimate_bits_per_element"] is None
+        assert "more vectors than dimensions" in m["null_reasons"]["rd_gaussian_bits_per_element"]
+        if r["kind"] == "keys":
+            assert m["attention_kl_nats"] >= 0
+    overall = _codec_records(doc, "overall")[0]["metrics"]
+    assert overall["counts"]["rd_gaussian_bits_per_element"] == [0, 4]
+    assert overall["counts"]["bits_per_element"] == [4, 4]
+
+
+def test_aggregate_uses_the_slabs_where_a_value_is_defined():
+    """The rule for nulls: a bound null in one slab does not null the aggregate; counts say
+    how many of how many; the gap is the aggregated rate minus bound over the same slabs."""
+    a = {"num_elements": 10, "bits_per_element": 4.0, "rd_gaussian_bits_per_element": 3.0,
+         "gap_to_rd_gaussian_bits_per_element": 1.0, "encode_seconds": 1.0,
+         "input_bytes": 2e6}
+    b = {"num_elements": 30, "bits_per_element": 2.0, "rd_gaussian_bits_per_element": None,
+         "gap_to_rd_gaussian_bits_per_element": None, "encode_seconds": None,
+         "input_bytes": 6e6}
+    out = aggregate_codec_metrics([a, b])
+    assert out["bits_per_element"] == pytest.approx(100 / 40)
+    assert out["rd_gaussian_bits_per_element"] == 3.0
+    assert out["gap_to_rd_gaussian_bits_per_element"] == 1.0
+    assert out["gap_to_rd_gaussian_pct"] == pytest.approx(100 / 3)
+    assert out["counts"]["rd_gaussian_bits_per_element"] == [1, 2]
+    assert out["counts"]["bits_per_element"] == [2, 2]
+    assert out["encode_mbytes_per_s"] == pytest.approx(2.0)  # the timed slab only
+    none = aggregate_codec_metrics([b])
+    assert none["rd_gaussian_bits_per_element"] is None
+    assert none["counts"]["rd_gaussian_bits_per_element"] == [0, 1]
+
+
+def test_bench_selection_errors_name_the_parameter(synthetic_dump):
+    from kvinfo.dumps import Selection
+    from kvinfo.errors import SelectionError
+
+    for kwargs, param in (({"layers": [7]}, "layers"), ({"kinds": ["nope"]}, "kinds"),
+                          ({"heads": [5]}, "heads"), ({"sequences": [50]}, "sequences"),
+                          ({"selection": Selection(kinds="keys_pre_rope")}, "kinds")):
+        with pytest.raises(SelectionError, match=f"^{param}: ") as info:
+            bench_dump(synthetic_dump, [U4], use_gpu=False, **kwargs)
+        assert info.value.parameter == param
+
+
+def test_report_draws_labels_without_loading_bench():
+    import subprocess
+    import sys
+
+    code = "import sys, kvinfo.report; print('kvinfo.bench' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_reference_shares_the_analysis_covariance(synthetic_dump):
+    """One covariance and eigendecomposition per slab: the bench reference holds the very
+    arrays that slab_analysis computed (ddof 1), and its SNR reference is analyze's."""
+    from kvinfo.analysis import slab_analysis
+    from kvinfo.bench import SlabReference
+    from kvinfo.dumps import open_dump
+
+    with open_dump(synthetic_dump) as d:
+        res = slab_analysis(d.slab("keys", 0, 1), snr_db=[20.0], knn_samples=100)
+    ref = SlabReference(res)
+    assert ref.eigenvalues is res.gaussian.eigenvalues
+    assert ref.variance_per_element == res.metrics["variance_per_element"]
+    x = res.x64
+    np.testing.assert_allclose(res.gaussian.covariance, np.cov(x, rowvar=False, ddof=1))
+    assert ref.h_slb <= res.gaussian.h_gaussian_bits_per_element
+
+
+def test_command_sequences_select_the_tokens_of_some_prompts(synthetic_dump, tmp_path):
+    from kvinfo.dumps import open_dump
+
+    with open_dump(synthetic_dump) as d:
+        n1 = int(d.sequence_offsets[2] - d.sequence_offsets[1])
+        dim = d.head_dim
+    out = tmp_path / "seq.json"
+    assert main(["bench", str(synthetic_dump), "--codec", json.dumps(U4), "--layers", "0",
+                 "--kinds", "values", "--sequences", "1", "--knn-samples", "50",
+                 "--no-progress", "--no-gpu", "-o", str(out)]) == 0
+    doc = load_results(out)
+    assert doc["settings"]["sequences"] == [1] and doc["settings"]["num_tokens"] == n1
+    for r in _codec_records(doc, "slab"):
+        assert r["metrics"]["num_elements"] == n1 * dim
+        assert r["metrics"]["attention_output_relative_error"] >= 0

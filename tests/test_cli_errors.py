@@ -104,7 +104,7 @@ CASES = [
     ("analyze {good} --kinds foo --no-progress", "--kinds: ['foo'] not in this dump"),
     ("analyze {noq} --kinds queries --no-progress", "--kinds: ['queries'] not in this dump"),
     ("analyze {good} --snr-db 1:0:1 --no-progress", "--snr-db: expected START:STOP:STEP"),
-    ("analyze {good} --knn-k 0 --no-progress", "--knn-k must be at least 1"),
+    ("analyze {good} --knn-k 0 --no-progress", "--knn-k must be a positive integer"),
     ("analyze {good} --table-snr-db nan --no-progress", "--table-snr-db must be finite"),
     ("analyze {good} --outlier-rms-ratio=-1 --no-progress", "--outlier-rms-ratio must be a"),
     ("analyze {good} --outlier-rms-ratio nan --no-progress", "--outlier-rms-ratio must be a"),
@@ -121,9 +121,9 @@ CASES = [
     ("bench {good} --codec '{{\"id\": \"rans\"}}'", "not a KV codec"),
     ("bench {good} --codec " + U4 + " --layers 7", "--layers: 7 is out of range"),
     ("bench {good} --codec " + U4 + " --heads 3", "--heads: 3 is out of range [0, 2)"),
-    ("bench {good} --codec " + U4 + " --kinds foo", "kinds ['foo'] are not in this dump"),
+    ("bench {good} --codec " + U4 + " --kinds foo", "--kinds: ['foo'] not in this dump"),
     ("bench {noq} --codec " + U4 + " --attention", "attention errors need the queries"),
-    ("bench {good} --codec " + U4 + " --knn-k 0", "--knn-k must be at least 1"),
+    ("bench {good} --codec " + U4 + " --knn-k 0", "--knn-k must be a positive integer"),
     ("bench {good} --codec " + U4 + " --pervector-snr-db nan", "--pervector-snr-db must be"),
     ("bench {good} --codec " + U4 + " --repeat 0", "--repeat must be at least 1"),
     ("bench {good} --codec " + U4 + " -o {dir}", "is a folder; expected a file name"),
@@ -268,12 +268,12 @@ def _leftovers(folder) -> list[str]:
 
 
 def test_interrupted_analyze_writes_nothing(paths, tmp_path, monkeypatch, capsys):
-    import kvinfo.analysis
+    import kvinfo.analysis.engine
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(kvinfo.analysis, "analyze_slab", interrupt)
+    monkeypatch.setattr(kvinfo.analysis.engine, "slab_analysis", interrupt)
     out = tmp_path / "analyze.json"
     assert main(["analyze", str(paths["good"]), "-o", str(out), "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -293,8 +293,8 @@ def test_interrupted_bench_keeps_the_previous_results(paths, tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    real = kvinfo.bench.measure_codec
-    monkeypatch.setattr(kvinfo.bench, "measure_codec", interrupt_second)
+    real = kvinfo.bench._engine.measure_codec
+    monkeypatch.setattr(kvinfo.bench._engine, "measure_codec", interrupt_second)
     argv = ["bench", str(paths["good"]), "--codec", '{"id": "uniform", "bits": 4}', "-o",
             str(out), "--no-gpu", "--no-progress", "--knn-samples", "100"]
     assert main(argv) == 130

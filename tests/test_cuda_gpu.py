@@ -50,7 +50,7 @@ NAN_BITS = {"float16": 0x7E01, "bfloat16": 0x7FC1}
 
 
 def _decode_poisoned(codec, data):
-    prep = gpu.prepare(codec, data)
+    prep = codec.prepare_cuda(data)
     if prep.result_dtype in NAN_BITS:
         host = np.full(prep.num_elements, NAN_BITS[prep.result_dtype], np.uint16)
         host = host.view(prep.dtype)
@@ -149,7 +149,7 @@ def test_real_kv_fused_uniform_bit_exact(coder, out_dtype):
 
 def test_shared_memory_tables_are_used_for_the_default_codecs():
     x = np.random.default_rng().integers(0, 16, 100_000, dtype=np.uint8)
-    prep = gpu.prepare(get_codec({"id": "rans"}), get_codec({"id": "rans"}).encode(x))
+    prep = get_codec({"id": "rans"}).prepare_cuda(get_codec({"id": "rans"}).encode(x))
     assert prep._launch[0] is K.rans_kernel(True, False, K.MODE_SYMBOLS)
 
 
@@ -166,13 +166,13 @@ def test_tampered_payload_is_reported():
     data[offset + 1001] ^= 0x44
     struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]) & 0xFFFFFFFF)
     with pytest.raises(CorruptStreamError, match="GPU"):
-        gpu.decode(codec, bytes(data))
+        codec.decode(bytes(data), device="cuda")
 
 
 def test_torch_and_cupy_take_the_output_without_copy():
     x = np.random.default_rng().integers(0, 16, 50_000, dtype=np.uint8)
     codec = get_codec({"id": "rans"})
-    out = gpu.decode(codec, codec.encode(x))
+    out = codec.decode(codec.encode(x), device="cuda")
     ptr = out.__cuda_array_interface__["data"][0]
     torch = pytest.importorskip("torch")
     t = torch.as_tensor(out, device="cuda")

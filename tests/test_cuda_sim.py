@@ -82,6 +82,10 @@ def _cases(seed: int):
            (x[:, :9, :5] * 1e3).astype(np.float64))
 
 
+def rng_kv(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((16, 8)).astype(np.float32)
+
+
 def _bits(a):
     a = np.asarray(a)
     return a.view(np.uint16) if a.dtype.itemsize == 2 and a.dtype.kind != "u" else a
@@ -92,7 +96,7 @@ def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator su
     import zlib
 
     from kvinfo.codecs import get_codec
-    from kvinfo.errors import CorruptStreamError
+    from kvinfo.errors import CodecConfigError, CorruptStreamError
     from kvinfo.kernels import gpu
 
     kernels = gpu.require_cuda()
@@ -102,7 +106,7 @@ def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator su
         codec = get_codec(cfg)
         data = codec.encode(x)
         ref = codec.decode(data)
-        prep = gpu.prepare(codec, data)
+        prep = codec.prepare_cuda(data)
         out = _poisoned(prep, cuda)
         res = prep.decode(out=out)
         got = res.copy_to_host()
@@ -115,7 +119,7 @@ def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator su
     for cfg, x in list(_cases(seed))[5:7]:
         codec = get_codec(cfg)
         data = codec.encode(x)
-        prep = gpu.prepare(codec, data)
+        prep = codec.prepare_cuda(data)
         kern, grid, block, pre, post, status = prep._launch
         ring = kernels.rans_kernel(True, False, kernels.MODE_SYMBOLS, ring=True)
         out = _poisoned(prep, cuda)
@@ -141,19 +145,35 @@ def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator su
         struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]) & 0xFFFFFFFF)
         outcome = {}
         for where, fn in (("cpu", lambda c=codec, d=bytes(data): c.decode(d)),
-                          ("gpu", lambda c=codec, d=bytes(data): gpu.decode(c, d))):
+                          ("gpu", lambda c=codec, d=bytes(data): c.decode(d, device="cuda"))):
             try:
                 fn()
                 outcome[where] = "decoded"
             except CorruptStreamError as exc:
                 outcome[where] = "corrupt: " + str(exc)
         print(json.dumps({"case": "tampered-" + cfg["id"], **outcome}), flush=True)
+    # verify_crc runs the codec's symbol-CRC check on the copied-back symbols
+    codec = get_codec({"id": "huffman", "chunk_size": 512, "sub_block_size": 128})
+    got = codec.prepare_cuda(codec.encode(x)).decode(verify_crc=True).copy_to_host()
+    print(json.dumps({"case": "verify_crc", "ok": None, "crc_ok": bool(np.array_equal(got, x))}),
+          flush=True)
+    # the arrays-only warm-up (streams from the CPU encoders of kvinfo.kernels.cpu)
+    gpu.warmup()
+    print(json.dumps({"case": "warmup", "done": True}), flush=True)
+    # a uniform stream whose coder has no CUDA decoder is refused on the host
+    ucodec = get_codec({"id": "uniform", "bits": 4, "coder": {"id": "arith"}})
+    try:
+        ucodec.prepare_cuda(ucodec.encode(rng_kv(seed)))
+        msg = "prepared"
+    except CodecConfigError as exc:
+        msg = str(exc)
+    print(json.dumps({"case": "arith-coder", "msg": msg}), flush=True)
     # a damaged container fails on the host, before any kernel
     codec = get_codec({"id": "rans"})
     data = bytearray(codec.encode(x))
     data[-9] ^= 1
     try:
-        gpu.prepare(codec, bytes(data))
+        codec.prepare_cuda(bytes(data))
         msg = "prepared"
     except CorruptStreamError as exc:
         msg = str(exc)
@@ -188,7 +208,7 @@ def sim_results():
 
 
 def test_simulated_decode_matches_cpu(sim_results):
-    cases = [r for r in sim_results if "ok" in r]
+    cases = [r for r in sim_results if r.get("ok") is not None]
     assert len(cases) == 19
     bad = [r for r in cases if not r["ok"]]
     assert not bad, bad
@@ -207,6 +227,16 @@ def test_simulated_status_catches_tampered_payload(sim_results):
         assert rows[name]["cpu"].startswith("corrupt"), rows[name]
         assert rows[name]["gpu"].startswith("corrupt"), rows[name]
         assert "GPU" in rows[name]["gpu"]
+
+
+def test_simulated_verify_crc_and_warmup(sim_results):
+    rows = {r["case"]: r for r in sim_results}
+    assert rows["verify_crc"]["crc_ok"] and rows["warmup"]["done"]
+
+
+def test_uniform_with_a_coder_without_cuda_decoder_is_refused(sim_results):
+    rows = {r["case"]: r for r in sim_results}
+    assert "no CUDA decoder for coder 'arith'" in rows["arith-coder"]["msg"]
 
 
 def test_container_damage_is_caught_before_kernels(sim_results):
@@ -240,7 +270,7 @@ def test_without_gpu_cuda_decode_raises_clear_error():
         "else:\n"
         "    c = get_codec({'id': 'rans'})\n"
         "    try:\n"
-        "        gpu.decode(c, c.encode(np.arange(10, dtype=np.uint8)))\n"
+        "        c.decode(c.encode(np.arange(10, dtype=np.uint8)), device='cuda')\n"
         "    except CudaUnavailableError as exc:\n"
         "        print('error:', exc)\n",
         sim=False,

@@ -14,7 +14,12 @@ whether it is a bound or an estimate.
   :class:`ReservoirSample`: the lower curve and the clustered upper bound that hold on
   non-Gaussian sources (``docs/analysis.md``, "Bounds that hold").
 - :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
-- :func:`analyze_slab`: every metric of one (layer, kind, head) slab.
+- :func:`analyze_slab`: every metric of one (layer, kind, head) slab; :func:`slab_analysis`
+  also returns its :class:`SlabGaussian` (covariance and eigendecomposition, computed once)
+  for the bench reference bounds.
+- :func:`analyze_dump`: the analyze engine (a dump and a selection in, a results document
+  out); :func:`aggregate_metrics`: the one aggregator of analyze and bench, with its rule
+  for nulls; :class:`TokenCost`: per-token code lengths over a group of slabs.
 - :func:`mse_per_element`, :func:`snr_db`, :func:`cosine_similarity`,
   :func:`attention_score_errors`, :func:`attention_output_error`: distortion measures.
 """
@@ -39,8 +44,21 @@ from ._rd import (
     rd_shannon_lower_bound,
     water_level,
 )
-from ._slab import DEFAULT_SNR_DB, AnalysisWarning, analyze_slab, snr_grid_to_mse
+from ._slab import (
+    DEFAULT_SNR_DB,
+    SMALL_DATA_METRICS,
+    AnalysisWarning,
+    SlabAnalysis,
+    SlabGaussian,
+    TokenCost,
+    analyze_slab,
+    check_knn_options,
+    slab_analysis,
+    small_data_reason,
+    snr_grid_to_mse,
+)
 from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
+from .aggregate import aggregate_metrics, is_defined
 from .bounds import (
     LOWER_MODELS,
     ReservoirSample,
@@ -60,6 +78,7 @@ from .distortion import (
     mse_per_element,
     snr_db,
 )
+from .engine import aggregate_slab_metrics, analyze_dump, check_analysis_options
 
 __all__ = [
     "ENTROPY_ESTIMATORS",
@@ -97,7 +116,19 @@ __all__ = [
     "AnalysisWarning",
     "DEFAULT_SNR_DB",
     "analyze_slab",
+    "slab_analysis",
+    "SlabAnalysis",
+    "SlabGaussian",
+    "SMALL_DATA_METRICS",
+    "small_data_reason",
+    "TokenCost",
+    "check_knn_options",
     "snr_grid_to_mse",
+    "analyze_dump",
+    "aggregate_slab_metrics",
+    "check_analysis_options",
+    "aggregate_metrics",
+    "is_defined",
     "mse_per_element",
     "snr_db",
     "cosine_similarity",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,7 +27,19 @@ from ._rd import rd_gaussian_eigenvalues, rd_shannon_lower_bound, water_level
 from ._stats import FIELD_LAYOUT, SlabStats, to_float64
 from .bounds import rd_cluster_upper_bound, rd_lower_curve
 
-__all__ = ["AnalysisWarning", "analyze_slab", "snr_grid_to_mse", "DEFAULT_SNR_DB", "TokenCost"]
+__all__ = [
+    "AnalysisWarning",
+    "analyze_slab",
+    "slab_analysis",
+    "SlabAnalysis",
+    "SlabGaussian",
+    "snr_grid_to_mse",
+    "DEFAULT_SNR_DB",
+    "TokenCost",
+    "check_knn_options",
+    "SMALL_DATA_METRICS",
+    "small_data_reason",
+]
 
 #: at most this many vectors (a random subset) feed the lower curve and the clustered bound
 BOUND_SAMPLES = 20000
@@ -100,6 +113,165 @@ def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows, n=None
     return out
 
 
+@dataclass(frozen=True)
+class SlabGaussian:
+    """The slab's Gaussian model, computed once and shared by the analysis and the bench
+    reference bounds.
+
+    Every second-order quantity uses the unbiased sample covariance (``ddof=1``) of the
+    finite vectors: ``covariance``, its ``eigenvalues`` (ascending, round-off negatives set to
+    0) and ``eigenvectors`` (columns), ``channel_variance`` (its diagonal),
+    :attr:`variance_per_element` (``tr Σ / d``, the SNR reference of analyze's grid and of
+    bench) and ``h_gaussian_bits_per_element`` (None when the covariance is singular). So
+    the Shannon lower bound, whose entropy is clipped at ``h_gaussian``, never exceeds the
+    Gaussian R(D) of the same covariance.
+    """
+
+    num_vectors: int
+    mean: np.ndarray = field(repr=False)
+    covariance: np.ndarray = field(repr=False)
+    eigenvalues: np.ndarray = field(repr=False)
+    eigenvectors: np.ndarray = field(repr=False)
+    channel_variance: np.ndarray = field(repr=False)
+    h_gaussian_bits_per_element: float | None = None
+
+    @property
+    def variance_per_element(self) -> float:
+        return float(np.sum(self.channel_variance)) / self.channel_variance.size
+
+
+@dataclass(frozen=True)
+class SlabAnalysis:
+    """What :func:`slab_analysis` returns: the metrics of :func:`analyze_slab`, the per-vector
+    code lengths (bits per element, NaN where excluded or undefined), the Gaussian model
+    (None when the slab has no more finite vectors than dimensions) and the slab as float64
+    (non-finite values set to 0; None when the Gaussian model is None)."""
+
+    metrics: dict
+    token_bits: np.ndarray = field(repr=False)
+    gaussian: SlabGaussian | None = field(repr=False)
+    x64: np.ndarray | None = field(repr=False)
+
+
+#: the metrics that need more finite vectors than dimensions (a full-rank covariance, the
+#: Gaussian bounds, the kNN estimate, the per-vector code lengths): null on smaller slabs
+#: with ``allow_partial``, each with its reason in ``null_reasons``
+SMALL_DATA_METRICS = (
+    "pca_energy_fraction",
+    "pca_top1_energy_fraction",
+    "pca_components_90pct",
+    "pca_components_99pct",
+    "rd_gaussian_bits_per_element",
+    "rd_gaussian_independent_bits_per_element",
+    "transform_coding_gain_bits_per_element",
+    "h_gaussian_bits_per_element",
+    "total_correlation_gaussian_bits_per_element",
+    "h_knn_estimate_bits_per_element",
+    "h_knn_raw_bits_per_element",
+    "knn_bias_correction_bits_per_element",
+    "negentropy_estimate_bits_per_element",
+    "total_correlation_estimate_bits_per_element",
+    "slb_estimate_bits_per_element",
+    "rd_temporal_innovation_bits_per_element",
+    "temporal_prediction_gain_bits_per_element",
+    "temporal_prediction_gain_db",
+    "lag1_correlation_mean",
+    "pervector_rd_gaussian_bits_per_element",
+    "pervector_mean_bits_per_element",
+    "pervector_p50_bits_per_element",
+    "pervector_p90_bits_per_element",
+    "pervector_p99_bits_per_element",
+    "pervector_max_bits_per_element",
+    "pervector_first_token_bits_per_element",
+    "pervector_first_token_to_median_ratio",
+    "pervector_first_token_percentile",
+)
+_GRID_SMALL = frozenset(
+    {
+        "rd_gaussian_bits_per_element",
+        "rd_gaussian_independent_bits_per_element",
+        "transform_coding_gain_bits_per_element",
+        "slb_estimate_bits_per_element",
+        "rd_temporal_innovation_bits_per_element",
+        "temporal_prediction_gain_bits_per_element",
+    }
+)
+
+
+def small_data_reason(n: int, d: int) -> str:
+    """Why the covariance-based metrics of a slab of ``n`` finite vectors in ``d``
+    dimensions are null."""
+    return (
+        f"{n} finite vectors in {d} dimensions: the covariance, the Gaussian bounds, the kNN "
+        "estimate and the per-vector code lengths need more vectors than dimensions (capture "
+        "more tokens)"
+    )
+
+
+def _channel_stats(metrics: dict, st, mean, var, outlier_rms_ratio) -> np.ndarray:
+    """Per-channel statistics into ``metrics``; returns the zero-variance channels."""
+    d = var.size
+    metrics["variance_per_element"] = float(var.sum()) / d
+    metrics["mean_square_per_element"] = float(np.mean(var + mean * mean))
+    metrics["channel_mean"] = mean
+    metrics["channel_variance"] = var
+    metrics["channel_excess_kurtosis"] = st.moments.excess_kurtosis()
+    rms = np.sqrt(var + mean * mean)
+    med = float(np.median(rms))
+    ratio = rms / med if med > 0 else np.zeros(d)
+    outl = np.flatnonzero(ratio > outlier_rms_ratio)
+    metrics["outlier_channels"] = outl.tolist()
+    metrics["outlier_channel_rms_ratio"] = ratio[outl]
+    metrics["max_channel_rms_ratio"] = float(ratio.max())
+    kurt = metrics["channel_excess_kurtosis"]
+    metrics["max_channel_excess_kurtosis"] = (
+        float(np.nanmax(kurt)) if np.any(np.isfinite(kurt)) else None
+    )
+    zero_var = np.flatnonzero(var <= max(float(var.max()), 0.0) * 1e-14)
+    metrics["zero_variance_channels"] = zero_var.tolist()
+    return zero_var
+
+
+def _partial_analysis(
+    a, st, metrics, notes, snr, token_ids, knn_k, pervector_snr_db, outlier_rms_ratio
+) -> SlabAnalysis:
+    """The metrics of a slab with no more finite vectors than dimensions (``allow_partial``):
+    the stored-value entropies and per-channel statistics; the rest null with its reason."""
+    n_all, d = a.shape
+    n = st.moments.n
+    reason = small_data_reason(n, d)
+    notes.append(reason)
+    warnings.warn(reason, AnalysisWarning, stacklevel=3)
+    if n >= 2:
+        _channel_stats(metrics, st, st.moments.mean, st.moments.variance(), outlier_rms_ratio)
+        sigma2 = metrics["variance_per_element"]
+        metrics["snr_db"] = snr
+        metrics["mse_per_element"] = snr_grid_to_mse(sigma2, snr)
+        metrics["pervector_mse_per_element"] = float(snr_grid_to_mse(sigma2, pervector_snr_db))
+    else:
+        metrics["variance_per_element"] = None
+        metrics["snr_db"] = snr
+        metrics["mse_per_element"] = [None] * snr.size
+        metrics["pervector_mse_per_element"] = None
+    reasons = {}
+    for key in SMALL_DATA_METRICS:
+        metrics[key] = [None] * snr.size if key in _GRID_SMALL else None
+        reasons[key] = reason
+    metrics["knn_samples"] = 0
+    metrics["knn_k"] = int(knn_k)
+    metrics["temporal_pairs"] = int(st.pairs.n)
+    metrics["pervector_snr_db"] = float(pervector_snr_db)
+    metrics["pervector_top_tokens"] = []
+    tok = None if token_ids is None else np.asarray(token_ids)
+    if tok is not None and tok.shape[0] != n_all:
+        raise AnalysisInputError(f"token_ids has {tok.shape[0]} entries; the slab has {n_all}")
+    metrics["null_reasons"] = reasons
+    metrics["notes"] = notes
+    return SlabAnalysis(
+        metrics=metrics, token_bits=np.full(n_all, np.nan), gaussian=None, x64=None
+    )
+
+
 def check_knn_options(knn_samples, knn_k, pervector_snr_db) -> None:
     """Refuse kNN subsample sizes, neighbour orders and per-vector SNRs that cannot work
     (shared by :func:`analyze_slab` and the bench engine)."""
@@ -125,6 +297,7 @@ def analyze_slab(
     outlier_rms_ratio: float = 4.0,
     chunk_rows: int = 4096,
     return_token_bits: bool = False,
+    allow_partial: bool = False,
 ):
     """Analyse one slab of stored KV vectors; return a dict of metrics.
 
@@ -151,6 +324,12 @@ def analyze_slab(
         Rows per streaming chunk.
     return_token_bits : bool
         Also return the per-vector code lengths (bits per element, NaN where excluded).
+    allow_partial : bool
+        With no more finite vectors than dimensions, return the metrics that are still
+        defined (the entropies of the stored values, the per-channel statistics) and null
+        the ones that need a covariance (the Gaussian bounds and entropies, PCA, the kNN
+        estimate, the per-vector code lengths), each with its reason in ``null_reasons``
+        (see :data:`SMALL_DATA_METRICS`). Default False: raise.
 
     Returns
     -------
@@ -159,7 +338,8 @@ def analyze_slab(
     Raises
     ------
     AnalysisInputError
-        Empty slab, unsupported dtype, no finite vectors, or no more vectors than dimensions.
+        Empty slab, unsupported dtype, no finite vectors, or (unless ``allow_partial``) no
+        more vectors than dimensions.
 
     Examples
     --------
@@ -171,6 +351,34 @@ def analyze_slab(
     >>> bool(r_joint[1] < r_indep[1])
     True
     """
+    res = slab_analysis(
+        slab, snr_db=snr_db, sequences=sequences, token_ids=token_ids, knn_samples=knn_samples,
+        knn_k=knn_k, seed=seed, pervector_snr_db=pervector_snr_db, top_tokens=top_tokens,
+        outlier_rms_ratio=outlier_rms_ratio, chunk_rows=chunk_rows, allow_partial=allow_partial,
+    )
+    if return_token_bits:
+        return res.metrics, res.token_bits
+    return res.metrics
+
+
+def slab_analysis(
+    slab,
+    *,
+    snr_db=DEFAULT_SNR_DB,
+    sequences=None,
+    token_ids=None,
+    knn_samples: int = 2000,
+    knn_k: int = 4,
+    seed: int = 0,
+    pervector_snr_db: float = 20.0,
+    top_tokens: int = 5,
+    outlier_rms_ratio: float = 4.0,
+    chunk_rows: int = 4096,
+    allow_partial: bool = False,
+) -> SlabAnalysis:
+    """:func:`analyze_slab` with everything the engines share: the metrics, the per-vector
+    code lengths, the slab's Gaussian model (covariance and eigendecomposition, computed
+    once) and its float64 values. The parameters are those of :func:`analyze_slab`."""
     a = np.asarray(slab)
     if a.ndim != 2:
         raise AnalysisInputError(f"a slab must be 2-D (num_tokens, head_dim); got shape {a.shape}")
@@ -214,7 +422,7 @@ def analyze_slab(
         warnings.warn(msg, AnalysisWarning, stacklevel=2)
     if n == 0:
         raise AnalysisInputError(f"all {n_all} vectors contain NaN or Inf; nothing to analyse")
-    if n <= d:
+    if n <= d and not allow_partial:
         raise AnalysisInputError(
             f"{n} finite vectors in {d} dimensions: needs more vectors than dimensions for a "
             "covariance (capture more tokens)"
@@ -226,6 +434,10 @@ def analyze_slab(
     distinct_ch = np.bincount(ch_of, minlength=d) / max(n_all, 1)
     metrics["h0_per_channel_distinct_fraction"] = float(distinct_ch.mean())
     metrics["h0_per_channel_undersampled"] = bool(distinct_ch.mean() > UNDERSAMPLED_FRACTION)
+    if n <= d:
+        return _partial_analysis(
+            a, st, metrics, notes, snr, token_ids, knn_k, pervector_snr_db, outlier_rms_ratio
+        )
 
     # ---- second-order statistics ---------------------------------------------------
     mean = st.moments.mean
@@ -235,24 +447,7 @@ def analyze_slab(
     lam = np.maximum(lam, 0.0)
     total = float(lam.sum())
     sigma2 = float(var.sum()) / d
-    metrics["variance_per_element"] = sigma2
-    metrics["mean_square_per_element"] = float(np.mean(var + mean * mean))
-    metrics["channel_mean"] = mean
-    metrics["channel_variance"] = var
-    metrics["channel_excess_kurtosis"] = st.moments.excess_kurtosis()
-    rms = np.sqrt(var + mean * mean)
-    med = float(np.median(rms))
-    ratio = rms / med if med > 0 else np.zeros(d)
-    outl = np.flatnonzero(ratio > outlier_rms_ratio)
-    metrics["outlier_channels"] = outl.tolist()
-    metrics["outlier_channel_rms_ratio"] = ratio[outl]
-    metrics["max_channel_rms_ratio"] = float(ratio.max())
-    kurt = metrics["channel_excess_kurtosis"]
-    metrics["max_channel_excess_kurtosis"] = (
-        float(np.nanmax(kurt)) if np.any(np.isfinite(kurt)) else None
-    )
-    zero_var = np.flatnonzero(var <= max(float(var.max()), 0.0) * 1e-14)
-    metrics["zero_variance_channels"] = zero_var.tolist()
+    zero_var = _channel_stats(metrics, st, mean, var, outlier_rms_ratio)
     desc = lam[::-1]
     frac = np.cumsum(desc) / total if total > 0 else np.ones(d)
     metrics["pca_energy_fraction"] = frac
@@ -383,7 +578,6 @@ def analyze_slab(
     if st.excluded_vectors:
         x64 = np.where(np.isfinite(x64), x64, 0.0)
     bits = _pervector_bits(x64, valid, mean, vecs, lam, theta, d, chunk_rows, n=n)
-    del x64
     vb = bits[valid]
     metrics["pervector_snr_db"] = float(pervector_snr_db)
     metrics["pervector_mse_per_element"] = d_pv
@@ -399,9 +593,11 @@ def analyze_slab(
     metrics["pervector_top_tokens"] = top_token_list(bits, seq, pos, tok, top_tokens)
     metrics.update(first_token_summary(bits, pos))
     metrics["notes"] = notes
-    if return_token_bits:
-        return metrics, bits
-    return metrics
+    gauss = SlabGaussian(
+        num_vectors=int(n), mean=mean, covariance=cov, eigenvalues=lam, eigenvectors=vecs,
+        channel_variance=var, h_gaussian_bits_per_element=h_gauss,
+    )
+    return SlabAnalysis(metrics=metrics, token_bits=bits, gaussian=gauss, x64=x64)
 
 
 def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, notes) -> dict:

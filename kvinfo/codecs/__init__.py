@@ -12,6 +12,7 @@ from . import (
     rans,  # noqa: F401  (registers 'rans')
 )
 from .abc import Codec, RateBreakdown
+from .labels import codec_family, codec_label, coder_label
 from .registry import codec_registry, get_codec, list_codecs, register_codec
 
 __all__ = [
@@ -21,6 +22,9 @@ __all__ = [
     "list_codecs",
     "register_codec",
     "codec_registry",
+    "codec_label",
+    "codec_family",
+    "coder_label",
     "CorruptStreamError",
     "UnknownCodecError",
     "CodecConfigError",

@@ -78,6 +78,21 @@ class Codec(ABC):
         config.pop("id", None)
         return cls(**config)
 
+    def prepare_cuda(self, data, **fused):
+        """Validate ``data`` on the host and upload it for decoding on a CUDA GPU.
+
+        Returns a :class:`kvinfo.kernels.gpu.PreparedStream`, whose ``decode()`` gives a
+        device array; ``codec.decode(data, device="cuda")`` is ``prepare_cuda(data).decode()``.
+        Codecs with a CUDA decoder (``rans``, ``huffman``, ``uniform``) override this; the
+        default raises :class:`~kvinfo.errors.CodecConfigError`.
+        """
+        from ..errors import CodecConfigError
+
+        raise CodecConfigError(
+            f"no CUDA decoder for codec {self.codec_id!r}; expected one of 'huffman', 'rans', "
+            f"'uniform', or decode with device='cpu'"
+        )
+
     def rate(self, data: bytes) -> RateBreakdown:
         """Split the bits of an encoded stream into symbols and side information.
 

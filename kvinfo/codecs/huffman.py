@@ -47,6 +47,7 @@ import numpy as np
 from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
+from . import _device
 from .models import decode_uints, encode_uints
 from .registry import register_codec
 
@@ -257,11 +258,24 @@ class Huffman(C.ContainerCoder):
             raise CorruptStreamError("corrupt kvinfo stream: sub-block offset past its chunk")
         return c, lengths, index, sub, words
 
+    def prepare_cuda(self, data, *, dequant=None, shape=None, max_symbol=None):
+        """Validate ``data`` with :meth:`parse` and upload it for the CUDA kernels; returns a
+        :class:`kvinfo.kernels.gpu.PreparedStream` (``dequant``, ``shape``, ``max_symbol``:
+        as for the ``rans`` coder's ``prepare_cuda``)."""
+        gpu = _device.front_end()
+        c, lengths, index, sub, words = self.parse(data)
+        _device.check_coded(c, shape, max_symbol)
+        p = c.params
+        return gpu.prepare_huffman(
+            words, index["num_words"], sub, lengths, table_bits=p["table_bits"],
+            chunk_size=p["chunk_size"], sub_block_size=p["sub_block_size"],
+            min_symbol=p["min_symbol"], shape=c.shape, dtype=c.dtype, dequant=dequant,
+            verify=_device.crc_check(c) if dequant is None else None,
+        )
+
     def decode(self, data, device: str = "cpu") -> np.ndarray:
         if device == "cuda":  # device memory, via kvinfo.kernels.gpu (CudaUnavailableError without)
-            from ..kernels import gpu
-
-            return gpu.decode(self, data)
+            return self.prepare_cuda(data).decode()
         if device != "cpu":
             raise CodecConfigError(f"huffman: device must be 'cpu' or 'cuda', found {device!r}")
         c, lengths, index, sub, words = self.parse(data)

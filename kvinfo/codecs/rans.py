@@ -55,6 +55,7 @@ import numpy as np
 from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
+from . import _device
 from .models import PerChannelTables, min_precision_bits
 from .registry import register_codec
 
@@ -268,11 +269,26 @@ class Rans(C.ContainerCoder):
             raise CorruptStreamError("corrupt kvinfo stream: a final rans state is below 2**16")
         return c, tables, index, words
 
+    def prepare_cuda(self, data, *, dequant=None, shape=None, max_symbol=None):
+        """Validate ``data`` with :meth:`parse` and upload it for the CUDA kernels; returns a
+        :class:`kvinfo.kernels.gpu.PreparedStream`. ``dequant`` (a
+        :class:`kvinfo.kernels.gpu.Dequant`), ``shape`` and ``max_symbol`` are for a
+        quantizer whose symbols this stream codes (fused decode and dequantize)."""
+        gpu = _device.front_end()
+        c, tables, index, words = self.parse(data)
+        _device.check_coded(c, shape, max_symbol)
+        p = c.params
+        return gpu.prepare_rans(
+            words, index["num_words"], index["states"],
+            None if tables is None else tables.frequencies, precision_bits=p["precision_bits"],
+            chunk_size=p["chunk_size"], min_symbol=p["min_symbol"], period=p["period"],
+            shape=c.shape, dtype=c.dtype, dequant=dequant,
+            verify=_device.crc_check(c) if dequant is None else None,
+        )
+
     def decode(self, data, device: str = "cpu") -> np.ndarray:
         if device == "cuda":  # device memory, via kvinfo.kernels.gpu (CudaUnavailableError without)
-            from ..kernels import gpu
-
-            return gpu.decode(self, data)
+            return self.prepare_cuda(data).decode()
         if device != "cpu":
             raise CodecConfigError(f"rans: device must be 'cpu' or 'cuda', found {device!r}")
         c, tables, index, words = self.parse(data)

@@ -8,6 +8,8 @@ per-vector ideal code lengths under the fitted Gaussian, and per-channel statist
 results are averaged per (layer, kind), per kind and overall. Writes the kvinfo results JSON
 (docs/results-schema.md) and prints a table. Rates are bits per element; distortion is MSE
 per element.
+
+The engine is :func:`kvinfo.analysis.analyze_dump`; this command parses, calls it, prints.
 """
 
 from __future__ import annotations
@@ -18,43 +20,15 @@ import warnings
 
 import numpy as np
 
-from ..dumps import parse_index_list  # noqa: F401  (re-exported for callers)
 from ..errors import AnalysisInputError
-
-#: metrics that are per-channel or per-slab details, never averaged into aggregates
-_NOT_AGGREGATED = frozenset(
-    {
-        "dtype",
-        "channel_mean",
-        "channel_variance",
-        "channel_excess_kurtosis",
-        "outlier_channels",
-        "outlier_channel_rms_ratio",
-        "zero_variance_channels",
-        "pervector_top_tokens",
-        "notes",
-        "nonfinite_elements",
-        "excluded_vectors",
-        "pervector_p50_bits_per_element",
-        "pervector_p90_bits_per_element",
-        "pervector_p99_bits_per_element",
-        "pervector_max_bits_per_element",
-        "pervector_first_token_bits_per_element",
-        "pervector_first_token_to_median_ratio",
-        "pervector_first_token_percentile",
-    }
-)
+from ..tables import SMALL_DATA_MARK, format_number
+from ._common import add_knn_arguments, add_selection_arguments, flag_names, selection_of
 
 
 def add_arguments(p) -> None:
     p.add_argument("dump", help="a kvdump (.h5)")
     p.add_argument("-o", "--output", help="results JSON to write (default: print the table only)")
-    p.add_argument("--layers", help="layers to analyse, e.g. '0,3,10-12' (default: all)")
-    p.add_argument(
-        "--kinds", help="comma-separated kinds among keys,values,queries,keys_pre_rope "
-        "(default: keys,values)"
-    )
-    p.add_argument("--heads", help="heads to analyse, e.g. '0-1' (default: all)")
+    add_selection_arguments(p, "analyse")
     p.add_argument(
         "--snr-db",
         default="0:40:2",
@@ -62,19 +36,10 @@ def add_arguments(p) -> None:
         "(inclusive) or a comma list (default 0:40:2)",
     )
     p.add_argument(
-        "--pervector-snr-db", type=float, default=20.0,
-        help="SNR (dB) at which per-vector code lengths are computed (default 20)",
-    )
-    p.add_argument(
         "--table-snr-db", type=float, default=None,
         help="grid point shown in the printed table (default: the grid point nearest 20 dB)",
     )
-    p.add_argument(
-        "--knn-samples", type=int, default=2000,
-        help="vectors subsampled per slab for the kNN entropy estimate (default 2000)",
-    )
-    p.add_argument("--knn-k", type=int, default=4, help="kNN neighbour order (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the kNN subsample and dither")
+    add_knn_arguments(p)
     p.add_argument("--top-tokens", type=int, default=5, help="most expensive tokens to list")
     p.add_argument(
         "--outlier-rms-ratio", type=float, default=4.0,
@@ -115,59 +80,8 @@ def parse_snr_grid(spec: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------------------
-# aggregation
-# --------------------------------------------------------------------------------------
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-
-
-def aggregate_metrics(slabs: list[dict]) -> dict:
-    """Mean of the numeric scalar and grid metrics over slabs (ignoring nulls)."""
-    out: dict = {"num_slabs": len(slabs)}
-    keys: list[str] = []
-    for m in slabs:
-        keys.extend(k for k in m if k not in keys)
-    for key in keys:
-        if key in _NOT_AGGREGATED:
-            continue
-        vals = [m.get(key) for m in slabs]
-        present = [v for v in vals if v is not None]
-        if not present:
-            out[key] = None
-            continue
-        if all(isinstance(v, bool | np.bool_) for v in present):
-            out[key] = float(np.mean(present))  # a flag: the fraction of slabs where it holds
-            continue
-        if all(_is_num(v) for v in present):
-            out[key] = float(np.mean([float(v) for v in present]))
-            continue
-        arrs = [np.asarray(v, dtype=object) for v in present]
-        if all(a.ndim == 1 for a in arrs) and len({a.size for a in arrs}) == 1:
-            try:
-                mat = np.array(
-                    [[np.nan if e is None else float(e) for e in a] for a in arrs], dtype=float
-                )
-            except (TypeError, ValueError):
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                out[key] = np.nanmean(mat, axis=0)
-    out["nonfinite_elements"] = int(sum(m.get("nonfinite_elements", 0) for m in slabs))
-    out["excluded_vectors"] = int(sum(m.get("excluded_vectors", 0) for m in slabs))
-    return out
-
-
-# --------------------------------------------------------------------------------------
 # table
 # --------------------------------------------------------------------------------------
-
-
-def _f(v, width=6, prec=2) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return f"{'-':>{width}}"
-    return f"{v:>{width}.{prec}f}"
 
 
 def _grid_at(m: dict, key: str, i: int):
@@ -204,12 +118,17 @@ _MARKS = {
 def _cell(m: dict, key: str, v) -> str:
     flag = _MARKS.get(key)
     if flag is None:
-        return _f(v)
-    return _f(v, 5) + (flag[1] if m.get(flag[0]) else " ")
+        return format_number(v, mark=_mark(m, key))
+    return format_number(v, 5, mark=_mark(m, key)) + (flag[1] if m.get(flag[0]) else " ")
 _PV_COLUMNS = (
     ("pv50", "pervector_p50_bits_per_element"),
     ("pvmax", "pervector_max_bits_per_element"),
 )
+
+
+def _mark(m: dict, key: str) -> str | None:
+    """The table mark of a metric null for lack of data (named in ``null_reasons``)."""
+    return SMALL_DATA_MARK if key in (m.get("null_reasons") or {}) else None
 
 
 def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_snr: float) -> str:
@@ -227,6 +146,7 @@ def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_s
         head,
         "-" * len(head),
     ]
+    small = False
     for r in records:
         m = r["metrics"]
         lay = "" if r["layer"] is None else str(r["layer"])
@@ -235,8 +155,14 @@ def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_s
         row += " ".join(_cell(m, k, m.get(k)) for _, k in _COLUMNS) + " | "
         row += " ".join(_cell(m, k, _grid_at(m, k, grid_index)) for _, k in _GRID_COLUMNS)
         row += " | "
-        row += " ".join(_f(m.get(k)) for _, k in _PV_COLUMNS)
+        row += " ".join(_cell(m, k, m.get(k)) for _, k in _PV_COLUMNS)
+        small = small or SMALL_DATA_MARK in row
         lines.append(row)
+    if small:
+        lines.append(
+            f"{SMALL_DATA_MARK}: null, the slab has no more vectors than dimensions (the reason "
+            "is in the JSON's null_reasons); aggregates use the slabs where a value is defined"
+        )
     return "\n".join(lines)
 
 
@@ -264,164 +190,84 @@ def format_tokens(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def print_analysis(doc: dict, *, per_slab: bool = False, table_snr_db: float | None = None,
+                   output=None) -> None:
+    """Print an analyze document's table and token list (what ``kvinfo analyze`` prints)."""
+    snr = doc["settings"]["snr_db"]
+    ref = 20.0 if table_snr_db is None else table_snr_db
+    gi = int(np.argmin(np.abs(np.asarray(snr) - ref)))
+    recs = doc["records"]
+    slab_records = [r for r in recs if r["scope"] == "slab"]
+    kind_records = [r for r in recs if r["scope"] == "kind"]
+    shown = (slab_records if per_slab else []) + [r for r in recs if r["scope"] != "slab"]
+    print(format_table(shown, snr, gi, doc["settings"]["pervector_snr_db"]))
+    print()
+    print(format_tokens(kind_records))
+    if output:
+        print(f"\nwrote {output} ({len(recs)} records)")
+
+
+def run_analysis(dump, selection, *, progress: bool, command=None, **options) -> dict:
+    """:func:`kvinfo.analysis.analyze_dump` with its notes printed as one-line warnings and
+    its errors naming the options (shared by ``analyze`` and ``demo``)."""
+    from ..analysis import AnalysisWarning, analyze_dump
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AnalysisWarning)
+        with flag_names():
+            doc = analyze_dump(dump, selection, progress=progress, command=command, **options)
+    print_notes(caught, "analyze")
+    return doc
+
+
+def print_notes(caught, tool: str) -> None:
+    """Print recorded slab warnings as one-line warnings, one line per distinct note (a note
+    shared by many slabs names the first and counts the rest)."""
+    from ..analysis import AnalysisWarning
+
+    groups: dict = {}
+    for w in caught:
+        if not issubclass(w.category, AnalysisWarning):
+            continue
+        msg = w.message
+        note = getattr(msg, "note", None) or str(msg)
+        groups.setdefault(note, []).append(getattr(msg, "slab", None))
+    for note, slabs in groups.items():
+        labels = [s for s in slabs if s]
+        if not labels:
+            where = ""
+        elif len(labels) == 1:
+            where = f"{labels[0]}: "
+        else:
+            where = f"{labels[0]} and {len(labels) - 1} more slabs: "
+        print(f"kvinfo {tool}: warning: {where}{note}", file=sys.stderr)
+
+
 # --------------------------------------------------------------------------------------
 # run
 # --------------------------------------------------------------------------------------
 
 
-def check_knn_args(args) -> None:
-    """One-line errors for --knn-samples, --knn-k and --pervector-snr-db (analyze, bench)."""
-    if args.knn_samples < 2:
-        raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
-    if args.knn_k < 1:
-        raise AnalysisInputError(f"--knn-k must be at least 1; got {args.knn_k}")
-    if not math.isfinite(args.pervector_snr_db):
-        raise AnalysisInputError("--pervector-snr-db must be finite")
-
-
 def run(args) -> int:
-    from tqdm import tqdm
-
     from .. import results
     from .._paths import check_output_file
-    from ..analysis import AnalysisWarning, analyze_slab
-    from ..analysis._slab import TokenCost
-    from ..analysis._stats import warmup
-    from ..dumps import open_dump
 
     snr = parse_snr_grid(args.snr_db)
-    check_knn_args(args)
-    if args.top_tokens < 0:
-        raise AnalysisInputError(f"--top-tokens must be >= 0; got {args.top_tokens}")
     if args.table_snr_db is not None and not math.isfinite(args.table_snr_db):
         raise AnalysisInputError("--table-snr-db must be finite")
-    if not (math.isfinite(args.outlier_rms_ratio) and args.outlier_rms_ratio > 0):
-        raise AnalysisInputError(
-            f"--outlier-rms-ratio must be a finite number > 0; got {args.outlier_rms_ratio}"
-        )
     if args.output:
         check_output_file(args.output, "-o")
-    warmup()
-
-    with open_dump(args.dump) as d:
-        available = tuple(d.kinds)
-        if args.kinds is None:
-            kinds = [k for k in ("keys", "values") if k in available]
-        else:
-            kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-            bad = [k for k in kinds if k not in available]
-            if bad:
-                raise AnalysisInputError(
-                    f"--kinds: {bad} not in this dump; it has {list(available)}"
-                )
-        if not kinds:
-            raise AnalysisInputError("empty selection: no kinds selected")
-        layers = parse_index_list(args.layers, d.num_layers, "layers")
-        heads_of = {
-            k: (d.num_heads if k == "queries" else d.num_kv_heads) for k in kinds
-        }
-        heads_sel = {
-            k: parse_index_list(args.heads, heads_of[k], "heads") for k in kinds
-        }
-        jobs = [(lay, k, h) for lay in layers for k in kinds for h in heads_sel[k]]
-        if not jobs:
-            raise AnalysisInputError("empty selection: no slabs selected")
-        sequences = d.sequences()
-        token_ids = np.asarray(d.token_ids)
-        seq = d.sequence_index()
-        pos = d.positions()
-        n_tok = d.num_tokens
-        source = d.describe()
-        source["dump"] = str(d.path)
-
-        settings = {
-            "layers": layers,
-            "kinds": kinds,
-            "heads": {k: v for k, v in heads_sel.items()},
-            "snr_db": snr,
-            "pervector_snr_db": args.pervector_snr_db,
-            "knn_samples": args.knn_samples,
-            "knn_k": args.knn_k,
-            "seed": args.seed,
-            "top_tokens": args.top_tokens,
-            "outlier_rms_ratio": args.outlier_rms_ratio,
-            "grid_reference": "variance_per_element",
-        }
-        slab_records = []
-        slab_metrics: dict = {}
-        cost_layer: dict = {}
-        cost_kind: dict = {}
-        cost_all = TokenCost(n_tok)
-        bar = tqdm(
-            jobs, desc="analyze", unit="slab", file=sys.stderr, disable=args.no_progress,
-            dynamic_ncols=True,
-        )
-        for lay, kind, head in bar:
-            bar.set_postfix_str(f"layer {lay} {kind} head {head}")
-            slab = d.slab(kind, lay, head)
-            label = f"layer {lay} {kind} head {head}"
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", AnalysisWarning)
-                try:
-                    m, bits = analyze_slab(
-                        slab,
-                        snr_db=snr,
-                        sequences=sequences,
-                        token_ids=token_ids,
-                        knn_samples=args.knn_samples,
-                        knn_k=args.knn_k,
-                        seed=args.seed,
-                        pervector_snr_db=args.pervector_snr_db,
-                        top_tokens=args.top_tokens,
-                        outlier_rms_ratio=args.outlier_rms_ratio,
-                        return_token_bits=True,
-                    )
-                except AnalysisInputError as exc:
-                    raise AnalysisInputError(f"{label}: {exc}") from None
-            for note in m.get("notes", []):
-                tqdm.write(f"kvinfo analyze: warning: {label}: {note}", file=sys.stderr)
-            del caught
-            slab_metrics[(lay, kind, head)] = m
-            slab_records.append(results.make_record("slab", m, layer=lay, kind=kind, head=head))
-            cost_layer.setdefault((lay, kind), TokenCost(n_tok)).add(bits)
-            cost_kind.setdefault(kind, TokenCost(n_tok)).add(bits)
-            cost_all.add(bits)
-        bar.close()
-
-    top = args.top_tokens
-    layer_records = []
-    for lay in layers:
-        for kind in kinds:
-            ms = [slab_metrics[(lay, kind, h)] for h in heads_sel[kind]]
-            agg = aggregate_metrics(ms)
-            agg.update(cost_layer[(lay, kind)].metrics(seq, pos, token_ids, top))
-            layer_records.append(results.make_record("layer", agg, layer=lay, kind=kind))
-    kind_records = []
-    for kind in kinds:
-        ms = [m for (lay, k, h), m in slab_metrics.items() if k == kind]
-        agg = aggregate_metrics(ms)
-        agg.update(cost_kind[kind].metrics(seq, pos, token_ids, top))
-        kind_records.append(results.make_record("kind", agg, kind=kind))
-    agg = aggregate_metrics(list(slab_metrics.values()))
-    agg.update(cost_all.metrics(seq, pos, token_ids, top))
-    overall = results.make_record("overall", agg)
-
-    records = slab_records + layer_records + kind_records + [overall]
-    doc = results.new_results(
-        "analyze", source, settings, command=["kvinfo", "analyze", *_argv_of(args)]
+    doc = run_analysis(
+        args.dump, selection_of(args), progress=not args.no_progress,
+        command=["kvinfo", "analyze", *_argv_of(args)], snr_db=snr,
+        pervector_snr_db=args.pervector_snr_db, knn_samples=args.knn_samples,
+        knn_k=args.knn_k, seed=args.seed, top_tokens=args.top_tokens,
+        outlier_rms_ratio=args.outlier_rms_ratio,
     )
-    doc["records"] = records
     if args.output:
         results.write_results(doc, args.output)
-
-    ref = 20.0 if args.table_snr_db is None else args.table_snr_db
-    gi = int(np.argmin(np.abs(np.asarray(snr) - ref)))
-    shown = (slab_records if args.per_slab else []) + layer_records + kind_records + [overall]
-    print(format_table(shown, snr, gi, args.pervector_snr_db))
-    print()
-    print(format_tokens(kind_records))
-    if args.output:
-        print(f"\nwrote {args.output} ({len(records)} records)")
+    print_analysis(doc, per_slab=args.per_slab, table_snr_db=args.table_snr_db,
+                   output=args.output)
     return 0
 
 

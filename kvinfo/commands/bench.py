@@ -7,6 +7,8 @@ symbols), the gaps to them in bits and percent, and encode/decode throughput (CP
 when one is present). Aggregated per layer, per kind and overall; writes the kvinfo results
 JSON (docs/results-schema.md). With --eval, also runs the model with each codec on its KV
 cache (kvinfo eval) and adds perplexity, KL and top-1 agreement.
+
+The engine is :func:`kvinfo.bench.bench_dump`; this command parses, calls it, prints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 
 def add_arguments(p) -> None:
     from ..bench import PRESETS
+    from ._common import add_knn_arguments, add_selection_arguments
 
     p.add_argument("dump", help="a kvdump (.h5)")
     p.add_argument(
@@ -29,9 +32,7 @@ def add_arguments(p) -> None:
         + " (default 'standard' when no --codec is given); repeatable",
     )
     p.add_argument("-o", "--output", metavar="RESULTS.json", help="results JSON to write")
-    p.add_argument("--layers", help="layers to bench, e.g. '0,3,10-12' (default: all)")
-    p.add_argument("--kinds", help="comma-separated kinds (default: keys,values)")
-    p.add_argument("--heads", help="heads to bench, e.g. '0-1' (default: all)")
+    add_selection_arguments(p, "bench")
     att = p.add_mutually_exclusive_group()
     att.add_argument(
         "--attention", dest="attention", action="store_true", default=None,
@@ -46,16 +47,7 @@ def add_arguments(p) -> None:
         help="evenly spaced query positions per slab for the attention errors (default 64; "
         "0 for all)",
     )
-    p.add_argument(
-        "--knn-samples", type=int, default=2000,
-        help="vectors per slab for the kNN entropy estimate of the SLB (default 2000, as analyze)",
-    )
-    p.add_argument("--knn-k", type=int, default=4, help="kNN neighbour order (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the kNN subsample and dither")
-    p.add_argument(
-        "--pervector-snr-db", type=float, default=20.0,
-        help="SNR (dB) of the per-vector code-length histograms (default 20)",
-    )
+    add_knn_arguments(p, knn_help=" of the SLB (as analyze)")
     p.add_argument("--repeat", type=int, default=1, help="timings are the best of N runs")
     p.add_argument("--no-gpu", action="store_true", help="do not time GPU decoding")
     p.add_argument(
@@ -72,14 +64,22 @@ def add_arguments(p) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
-def run(args) -> int:
+def print_bench(doc: dict, output=None) -> None:
+    """Print a bench document's table (what ``kvinfo bench`` prints)."""
+    from ..bench import format_table
 
+    print(format_table(doc))
+    if output:
+        print(f"\nwrote {output} ({len(doc['records'])} records)")
+    sys.stdout.flush()
+
+
+def run(args) -> int:
     from .. import results
     from .._paths import check_output_file
-    from ..bench import CodecSpec, add_quality, bench_dump, format_table, preset_codecs
-    from ..dumps import open_dump, parse_index_list
+    from ..bench import CodecSpec, add_quality, bench_dump, preset_codecs
     from ..errors import AnalysisInputError
-    from .analyze import check_knn_args
+    from ._common import check_knn_args, flag_names, selection_of
     from .eval import check_eval_options, parse_codec_args, read_text_file
 
     specs = parse_codec_args(args.codec)
@@ -97,7 +97,6 @@ def run(args) -> int:
         raise AnalysisInputError(f"--repeat must be at least 1; got {args.repeat}")
     text = None
     if args.eval:
-        from ..dumps.capture import load_model
         from ..evaluate import CacheCodec
 
         for s in specs:
@@ -106,26 +105,20 @@ def run(args) -> int:
                            names=("--eval-prefix", "--eval-max-tokens"))
         if args.eval_text:
             text = read_text_file(args.eval_text)
-
-    with open_dump(args.dump) as d:
-        layers = parse_index_list(args.layers, d.num_layers, "layers")
-        heads = None
-        if args.heads is not None:
-            heads = parse_index_list(args.heads, max(d.num_heads, d.num_kv_heads), "heads")
-    kinds = None
-    if args.kinds:
-        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    model = tok = name = None
     if args.eval:  # load the model before the bench, so that a bad --model fails in seconds
+        from ..dumps.capture import load_model
+
         model, tok, name = load_model(args.model, dtype="float32")
 
-    command = ["kvinfo", "bench", *_argv_of(args)]
-    doc = bench_dump(
-        args.dump, specs, layers=layers, kinds=kinds, heads=heads, attention=args.attention,
-        max_queries=args.max_queries or None, knn_samples=args.knn_samples, knn_k=args.knn_k,
-        seed=args.seed, pervector_snr_db=args.pervector_snr_db, repeat=args.repeat,
-        use_gpu=not args.no_gpu, progress=not args.no_progress, command=command,
-        preset=",".join(presets) or None,
-    )
+    with flag_names():
+        doc = bench_dump(
+            args.dump, specs, selection=selection_of(args), attention=args.attention,
+            max_queries=args.max_queries or None, knn_samples=args.knn_samples,
+            knn_k=args.knn_k, seed=args.seed, pervector_snr_db=args.pervector_snr_db,
+            repeat=args.repeat, use_gpu=not args.no_gpu, progress=not args.no_progress,
+            command=["kvinfo", "bench", *_argv_of(args)], preset=",".join(presets) or None,
+        )
     if args.eval:
         from ..evaluate import evaluate
 
@@ -135,10 +128,7 @@ def run(args) -> int:
         add_quality(doc, q, specs)
     if args.output:
         results.write_results(doc, args.output)
-    print(format_table(doc))
-    if args.output:
-        print(f"\nwrote {args.output} ({len(doc['records'])} records)")
-    sys.stdout.flush()
+    print_bench(doc, args.output)
     return 0
 
 

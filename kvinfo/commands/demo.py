@@ -2,7 +2,9 @@
 
 Captures the default model (SmolLM2-135M-Instruct) on the default prompts with queries,
 runs analyze and bench (standard preset) on a few evenly spaced layers, evaluates the
-model with each codec on its KV cache (perplexity, KL, top-1), and writes the report.
+model with each codec on its KV cache (perplexity, KL, top-1), and writes the report. Each
+step calls the library (``capture``, ``analyze_dump``, ``bench_dump``, ``evaluate``,
+``build_report``) and prints what the step's command prints.
 Everything goes into one folder: dump.h5, analyze.json, bench.json, report/. On a 2-core
 CPU it takes a few minutes with the default sizes.
 """
@@ -46,14 +48,6 @@ def default_layers(num_layers: int, count: int = 4) -> list[int]:
     return sorted({round(i * (num_layers - 1) / (count - 1)) for i in range(count)})
 
 
-def _run(argv: list[str]) -> None:
-    """Run one kvinfo subcommand in-process; its errors propagate as exceptions."""
-    from ..cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    args._module.run(args)
-
-
 def _step(title: str) -> float:
     print(f"\n== {title}", flush=True)
     return time.perf_counter()
@@ -63,9 +57,11 @@ def run(args) -> int:
     import importlib.util
 
     from .._paths import check_output_dir, make_dirs
-    from ..dumps import open_dump
-    from ..dumps._select import check_index_list
+    from ..dumps import Selection, check_index_list, open_dump
     from ..errors import AnalysisInputError, CaptureInputError
+    from ._common import flag_names
+    from .analyze import print_analysis, run_analysis
+    from .bench import print_bench
     from .eval import check_eval_options
 
     if args.max_tokens < 8:
@@ -73,12 +69,14 @@ def run(args) -> int:
     if args.knn_samples < 2:
         raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
     if args.layers is not None:  # the syntax now; the range once the model is known
-        check_index_list(args.layers, "layers")
+        with flag_names():
+            check_index_list(args.layers, "layers")
     if not args.no_eval:
         check_eval_options(args.eval_prefix, args.eval_max_tokens,
                            names=("--eval-prefix", "--eval-max-tokens"))
     out = make_dirs(check_output_dir(args.output, "-o"), "-o")
     dump = out / "dump.h5"
+    progress = not args.no_progress
     quiet = ["--no-progress"] if args.no_progress else []
     t_all = time.perf_counter()
 
@@ -86,36 +84,71 @@ def run(args) -> int:
     from ..dumps.capture import capture
 
     capture(dump, None, model=args.model, dtype="float32", max_tokens=args.max_tokens,
-            queries=True, progress=not args.no_progress)
+            queries=True, progress=progress)
     with open_dump(dump) as d:
         num_layers = d.num_layers
         print(f"wrote {dump}: {d.num_sequences} sequences, {d.num_tokens} tokens, "
               f"{d.num_layers} layers x {d.num_kv_heads} KV heads x {d.head_dim}, {d.dtype} "
               f"({time.perf_counter() - t0:.0f} s)")
     layers = args.layers or ",".join(str(v) for v in default_layers(num_layers))
+    selection = Selection(layers=layers)
     knn = ["--knn-samples", str(args.knn_samples)]
 
     t0 = _step(f"2/4 analyze: information limits of layers {layers}")
-    _run(["analyze", str(dump), "-o", str(out / "analyze.json"), "--layers", layers,
-          *knn, *quiet])
+    from .. import results
+
+    analyze_json = out / "analyze.json"
+    doc = run_analysis(
+        dump, selection, progress=progress, knn_samples=args.knn_samples,
+        command=["kvinfo", "analyze", str(dump), "-o", str(analyze_json), "--layers", layers,
+                 *knn, *quiet],
+    )
+    results.write_results(doc, analyze_json)
+    print_analysis(doc, output=analyze_json)
     print(f"({time.perf_counter() - t0:.0f} s)")
 
     do_eval = not args.no_eval and importlib.util.find_spec("kvinfo.evaluate") is not None
     t0 = _step("3/4 bench: the standard codec sweep against the bounds"
                + (", and model quality with each codec (eval)" if do_eval else ""))
-    bench = ["bench", str(dump), "--preset", "standard", "-o", str(out / "bench.json"),
-             "--layers", layers, *knn, *quiet]
+    from ..bench import add_quality, bench_dump, preset_codecs
+
+    bench_json = out / "bench.json"
+    command = ["kvinfo", "bench", str(dump), "--preset", "standard", "-o", str(bench_json),
+               "--layers", layers, *knn, *quiet]
     if do_eval:
-        bench += ["--eval", "--eval-prefix", str(args.eval_prefix),
-                  "--eval-max-tokens", str(args.eval_max_tokens)]
+        command += ["--eval", "--eval-prefix", str(args.eval_prefix),
+                    "--eval-max-tokens", str(args.eval_max_tokens)]
         if args.model:
-            bench += ["--model", str(args.model)]
-    _run(bench)
+            command += ["--model", str(args.model)]
+        from ..dumps.capture import load_model
+
+        model, tok, name = load_model(args.model, dtype="float32")
+    specs = preset_codecs("standard")
+    with flag_names():
+        bench = bench_dump(dump, specs, selection=selection, knn_samples=args.knn_samples,
+                           progress=progress, command=command, preset="standard")
+    if do_eval:
+        from ..evaluate import evaluate
+
+        q = evaluate(model, tok, specs, None, prefix=args.eval_prefix,
+                     max_tokens=args.eval_max_tokens, progress=progress)
+        q["model"] = name
+        add_quality(bench, q, specs)
+    results.write_results(bench, bench_json)
+    print_bench(bench, bench_json)
     print(f"({time.perf_counter() - t0:.0f} s)")
 
     t0 = _step("4/4 report")
+    from ..report import build_report
+
     report_dir = out / "report"
-    _run(["report", str(out / "analyze.json"), str(out / "bench.json"), "-o", str(report_dir)])
+    rep = build_report([analyze_json, bench_json], report_dir)
+    for f in rep["figures"]:
+        if "missing" in f:
+            print(f"  not drawn: {f['title']} ({f['missing']})")
+        else:
+            print(f"  {f['title']}: {report_dir}/{f['png']}")
+    print(f"wrote {rep['html']} and {rep['markdown']} ({len(rep['files'])} files)")
     print(f"({time.perf_counter() - t0:.0f} s)")
     print(f"\ndone in {time.perf_counter() - t_all:.0f} s. Open {report_dir / 'report.html'} "
           f"(or read {report_dir / 'report.md'}).")

@@ -7,7 +7,7 @@ Public API: :func:`open_dump`, :class:`Dump`, :class:`DumpWriter`,
 
 from ._format import FORMAT, FORMAT_VERSION, KINDS
 from ._reader import Dump, open_dump
-from ._select import parse_index_list
+from ._select import ResolvedSelection, Selection, check_index_list, parse_index_list
 from ._synthetic import write_synthetic_dump
 from ._writer import DumpWriter
 
@@ -20,4 +20,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KINDS",
     "parse_index_list",
+    "check_index_list",
+    "Selection",
+    "ResolvedSelection",
 ]

@@ -221,17 +221,26 @@ class Dump:
         kinds: Sequence[str] | None = None,
         layers: Sequence[int] | None = None,
         heads: Sequence[int] | None = None,
+        *,
+        selection=None,
     ) -> Iterator[tuple[int, str, int, np.ndarray]]:
-        """Yield ``(layer, kind, head, slab)`` one slab at a time (bounded memory)."""
-        kinds = (
-            list(kinds) if kinds is not None else [k for k in ("keys", "values") if k in self.kinds]
-        )
-        layers = list(layers) if layers is not None else list(range(self.num_layers))
-        for layer in layers:
-            for kind in kinds:
-                nh = getattr(self, TENSOR_DATASETS.get(kind, "num_kv_heads"))
-                for head in list(heads) if heads is not None else range(nh):
-                    yield layer, kind, head, self.slab(kind, layer, head)
+        """Yield ``(layer, kind, head, slab)`` one slab at a time (bounded memory).
+
+        ``selection`` (a :class:`~kvinfo.dumps.Selection`, resolved or not) replaces
+        ``kinds``, ``layers`` and ``heads``; its slabs hold only the selected sequences'
+        tokens. Without it, ``kinds``, ``layers`` and ``heads`` are checked as a
+        :class:`~kvinfo.dumps.Selection` is (:class:`~kvinfo.errors.SelectionError`).
+        """
+        from ._select import ResolvedSelection, Selection
+
+        if selection is None:
+            selection = Selection(layers=layers, kinds=kinds, heads=heads)
+        elif kinds is not None or layers is not None or heads is not None:
+            raise TypeError("give either selection or kinds/layers/heads, not both")
+        if not isinstance(selection, ResolvedSelection):
+            selection = selection.resolve(self)
+        for layer, kind, head in selection.slabs():
+            yield layer, kind, head, selection.take(self.slab(kind, layer, head))
 
     def describe(self) -> dict:
         """A JSON-able summary (what ``kvinfo info --json`` prints)."""

@@ -1,33 +1,39 @@
-"""GPU decoding front-end: validate on the host, decode on the device.
+"""GPU decoding front-end: plain arrays in, device arrays out.
+
+This module is a leaf: it imports no other kvinfo subpackage and knows no stream format.
+A GPU-capable codec parses and validates its own stream (with the parser its CPU decoder
+uses) and hands these functions the arrays the kernels need: words, per-chunk word
+counts, lane states, frequency tables or code lengths, shapes, and for the fused path a
+:class:`Dequant` of zero points and steps. Codecs expose it as
+``codec.decode(data, device="cuda")`` and, to keep compressed KV on the GPU and decode it
+later, ``codec.prepare_cuda(data)``, which returns a :class:`PreparedStream`.
 
 This module never imports ``numba.cuda`` at import time; :func:`cuda_available` and the
-decode functions do, on first use. Without a usable GPU (and without Numba's CUDA
+prepare functions do, on first use. Without a usable GPU (and without Numba's CUDA
 simulator, ``NUMBA_ENABLE_CUDASIM=1``) they raise
 :class:`~kvinfo.errors.CudaUnavailableError`; the CPU decoders are unaffected.
 
-Decoding is two steps, so that a serving engine can keep compressed KV on the GPU:
+Decoding is two steps:
 
-* :func:`prepare` parses and validates a stream completely on the host (container CRC,
-  parameters, chunk index, tables, every offset a kernel will follow) and uploads what
-  the kernels need; nothing reaches a kernel before these checks pass;
+* :func:`prepare_rans` / :func:`prepare_huffman` take host arrays that the caller has
+  validated completely (every offset a kernel will follow), build the device tables and
+  upload what the kernels need; nothing reaches a kernel before these checks pass;
 * :meth:`PreparedStream.decode` launches the kernels and returns a device array
   (``__cuda_array_interface__``; torch and CuPy take it without a copy), checking each
   chunk's end-of-chunk status.
 
-:func:`decode` does both. Supported codecs: ``rans`` and ``huffman`` (symbols, in the
-stream's dtype and shape) and ``uniform`` with a ``rans`` or ``huffman`` coder, decoded
-and dequantized in one pass (float16 and float32 KV as such, bfloat16 as its uint16 bit
+Symbols come back in their dtype and shape; with a :class:`Dequant` they are decoded and
+dequantized in one pass (float16 and float32 as such, bfloat16 as its uint16 bit
 patterns: ``torch.as_tensor(out, device="cuda").view(torch.bfloat16)``).
 
 Examples
 --------
 >>> import numpy as np
 >>> from kvinfo.codecs import get_codec
->>> from kvinfo.kernels import gpu
 >>> codec = get_codec({"id": "rans"})
 >>> data = codec.encode(np.arange(1000, dtype=np.uint8) % 7)
->>> if gpu.cuda_available():  # doctest: +SKIP
-...     out = gpu.decode(codec, data)  # a device array
+>>> if cuda_available():  # doctest: +SKIP
+...     out = codec.prepare_cuda(data).decode()  # a device array
 ...     bool((out.copy_to_host() == codec.decode(data)).all())
 True
 
@@ -37,10 +43,12 @@ The symbols CRC-32 that the CPU decoder checks after decoding would cost a pass 
 the output on the host; on the device the per-chunk status (every chunk consumed exactly
 its words and every lane ended in the encoder's initial state; every Huffman sub-block
 ended where the next begins) plays that role. ``decode(..., verify_crc=True)`` copies
-the symbols back and checks the CRC as well.
+the symbols back and runs the ``verify`` callable the codec passed (its CRC check).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -49,8 +57,9 @@ from ..errors import CodecConfigError, CorruptStreamError, CudaUnavailableError
 __all__ = [
     "cuda_available",
     "require_cuda",
-    "prepare",
-    "decode",
+    "Dequant",
+    "prepare_rans",
+    "prepare_huffman",
     "PreparedStream",
     "rans_device_tables",
     "warmup",
@@ -128,7 +137,7 @@ class PreparedStream:
     ``kind`` ("rans", "huffman" or "fill").
     """
 
-    def __init__(self, kernels, kind, shape, out_dtype, result_dtype, launch, crc=None):
+    def __init__(self, kernels, kind, shape, out_dtype, result_dtype, launch, verify=None):
         self._k = kernels
         self.kind = kind
         self.shape = tuple(shape)
@@ -138,7 +147,7 @@ class PreparedStream:
         self.dtype = np.dtype(np.float16) if result_dtype == "float16" else self._kernel_dtype
         self.num_elements = int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
         self._launch = launch  # (kernel, grid, block, args-before-out, args-after-out, status)
-        self._crc = crc
+        self._verify = verify  # verify(host_symbols): the codec's CRC check
         self.compressed_bytes = 0
 
     def empty(self):
@@ -186,8 +195,8 @@ class PreparedStream:
                         f"end check on the GPU (code {int(st[bad[0]])})"
                     )
         result = flat.reshape(self.shape) if self.shape != (self.num_elements,) else flat
-        if verify_crc and self._crc is not None:
-            self._crc(flat.copy_to_host())
+        if verify_crc and self._verify is not None:
+            self._verify(flat.copy_to_host().reshape(self.shape))
         return result
 
 
@@ -195,213 +204,229 @@ def _grid(n_items: int, per_block: int) -> int:
     return max(1, -(-n_items // per_block))
 
 
-def _dq_inputs(cuda, dq):
+@dataclass(frozen=True)
+class Dequant:
+    """The fused path's dequantization ``zero + q * step``, as plain arrays and sizes.
+
+    The output has shape ``(slabs, tokens, head_dim)`` (C order); its groups run along
+    the tokens (``per_token=False``: a zero point and step per channel and group of
+    ``group_size`` tokens) or along the channels (``per_token=True``: per token and group
+    of ``group_size`` channels).
+
+    Parameters
+    ----------
+    zero, step : 1-D float arrays
+        Zero points and steps, ``(slabs, num_groups, other axis)`` flattened in C order
+        (float16 or float32 values; converted to float32 exactly).
+    tokens, head_dim : int
+        The last two dimensions of the output.
+    group_size : int
+        Elements per group along the reduced axis (the whole axis for one group).
+    num_groups : int
+        Groups along the reduced axis.
+    per_token : bool
+        Groups along the channels (True) or along the tokens (False).
+    out_dtype : {"float16", "bfloat16", "float32", "float64"}
+        The reconstruction's dtype (computed in float64, rounded once).
+    """
+
+    zero: np.ndarray
+    step: np.ndarray
+    tokens: int
+    head_dim: int
+    group_size: int
+    num_groups: int
+    per_token: bool
+    out_dtype: str
+
+    def mode(self) -> int:
+        if self.out_dtype not in _DTYPE_MODES:
+            raise CodecConfigError(
+                f"dequant out_dtype must be one of {sorted(_DTYPE_MODES)}, found "
+                f"{self.out_dtype!r}"
+            )
+        return _DTYPE_MODES[self.out_dtype]
+
+    def kernel_dtype(self) -> np.dtype:
+        """float16 and bfloat16 are written as uint16 bit patterns."""
+        return np.dtype(np.uint16) if self.mode() in (1, 2) else np.dtype(self.out_dtype)
+
+    def host_arrays(self):
+        """``(zero f32, step f32, colterm i64[head_dim], params i64[5])`` for the kernels."""
+        t, d = max(self.tokens, 1), max(self.head_dim, 1)
+        g = max(self.group_size, 1)
+        zero = np.ascontiguousarray(self.zero, np.float32).reshape(-1)
+        step = np.ascontiguousarray(self.step, np.float32).reshape(-1)
+        if zero.size == 0:
+            zero = np.zeros(1, np.float32)
+            step = np.zeros(1, np.float32)
+        di = np.arange(d, dtype=np.int64)
+        colterm = (di // g) * self.tokens if self.per_token else di
+        params = np.array([d, t, g, self.num_groups, int(self.per_token)], np.int64)
+        return zero, step, colterm, params
+
+
+def _dq_inputs(cuda, dq: Dequant | None):
     """Device side-information arrays for the fused path (or 1-element dummies)."""
     if dq is None:
         return (cuda.to_device(np.zeros(1, np.float32)), cuda.to_device(np.zeros(1, np.float32)),
                 cuda.to_device(np.zeros(1, np.int64)), cuda.to_device(np.ones(5, np.int64)))
-    zero, step, colterm, params = dq
-    return (cuda.to_device(zero), cuda.to_device(step), cuda.to_device(colterm),
-            cuda.to_device(params))
+    return tuple(cuda.to_device(a) for a in dq.host_arrays())
 
 
-def _stream_common(c, shape, out_dtype, mode, max_symbol):
-    """Checks and settings shared by every coder's preparation: the output shape and dtype,
-    the symbol-CRC check (plain decode only), and the symbol range a fused path can use."""
-    p = c.params
-    shape = _check_shape(c, shape)
-    out_dtype = np.dtype(c.dtype) if out_dtype is None else out_dtype
-    crc = (lambda host: _check_crc(c, host.reshape(c.shape))) if mode == 0 else None
-    if max_symbol is not None and c.num_symbols:
-        lo, hi = p["min_symbol"], p["min_symbol"] + p["alphabet_size"] - 1
-        if lo < 0 or hi > max_symbol:
-            raise CorruptStreamError(
-                f"corrupt kvinfo stream: coded symbols span [{lo}, {hi}], expected within "
-                f"[0, {max_symbol}]"
-            )
-    return shape, out_dtype, crc
+def _output(shape, dtype, dequant):
+    """``(mode, kernel dtype, result dtype name)`` of a decode."""
+    if dequant is None:
+        dt = np.dtype(dtype)
+        return 0, dt, dt.name
+    return dequant.mode(), dequant.kernel_dtype(), dequant.out_dtype
 
 
-def _prepare_rans(K, codec, data, dq=None, mode=0, out_dtype=None, result_dtype=None,
-                  shape=None, max_symbol=None):
-    cuda = K.cuda
-    c, tables, index, words = codec.parse(data)
-    p = c.params
-    n = c.num_symbols
-    shape, out_dtype, crc = _stream_common(c, shape, out_dtype, mode, max_symbol)
-    prep = PreparedStream(K, "rans", shape, out_dtype, result_dtype or out_dtype.name, None, crc)
-    if n == 0:
-        return prep
-    prec = p["precision_bits"]
-    num_tables = p["num_tables"]
-    shared = num_tables == 1 and (1 << prec) <= K.CONFIG.shared_table_slots
-    wide = p["alphabet_size"] > 256 or not shared
-    tab, sym = rans_device_tables(tables.frequencies, prec, shared)
-    nchunks = index.shape[0]
-    nw = index["num_words"].astype(np.int64)
-    off = np.zeros(nchunks, np.int64)
+def _chunk_offsets(num_words):
+    nw = np.asarray(num_words).astype(np.int64)
+    off = np.zeros(nw.shape[0], np.int64)
     np.cumsum(nw[:-1], out=off[1:])
+    return nw, off
+
+
+def prepare_rans(words, num_words, states, frequencies, *, precision_bits: int,
+                 chunk_size: int, min_symbol: int, period: int, shape, dtype,
+                 dequant: Dequant | None = None, verify=None) -> PreparedStream:
+    """Upload a validated interleaved-rANS stream for the rANS kernels.
+
+    Parameters
+    ----------
+    words : uint16 array
+        The concatenated word streams of all chunks.
+    num_words : array (num_chunks,)
+        Words per chunk (their sum is ``len(words)``).
+    states : uint32 array (num_chunks, 32)
+        The final encoder states of each chunk's lanes (each >= 2**16).
+    frequencies : int array (num_tables, alphabet_size) or None
+        Quantized frequencies (rows sum to ``2**precision_bits``); None for an empty array.
+    precision_bits, chunk_size, min_symbol, period : int
+        As in the stream (``num_tables`` is 1 or ``period``).
+    shape : tuple of int
+        The decoded array's shape.
+    dtype : numpy dtype
+        The symbols' dtype (plain decode).
+    dequant : Dequant, optional
+        Decode and dequantize in one pass.
+    verify : callable, optional
+        ``verify(host_symbols)`` for ``decode(verify_crc=True)`` (the codec's CRC check).
+
+    The caller has checked every array against the others (counts, offsets, states,
+    table sums); the kernels stay memory safe regardless and report a bad chunk.
+    """
+    K = require_cuda()
+    cuda = K.cuda
+    mode, out_dtype, result_dtype = _output(shape, dtype, dequant)
+    prep = PreparedStream(K, "rans", shape, out_dtype, result_dtype, None, verify)
+    if prep.num_elements == 0:
+        return prep
+    freq = np.asarray(frequencies)
+    num_tables, alphabet = freq.shape
+    shared = num_tables == 1 and (1 << precision_bits) <= K.CONFIG.shared_table_slots
+    wide = alphabet > 256 or not shared
+    tab, sym = rans_device_tables(freq, precision_bits, shared)
+    nw, off = _chunk_offsets(num_words)
+    nchunks = nw.shape[0]
+    words = np.asarray(words)
     padded = np.zeros(words.shape[0] + 1, np.uint16)
     padded[: words.shape[0]] = words
     status = cuda.device_array(nchunks, np.int32)
-    zero, step, colterm, dqp = _dq_inputs(cuda, dq)
+    zero, step, colterm, dqp = _dq_inputs(cuda, dequant)
     kernel = K.rans_kernel(shared, wide, mode)
     W = K.CONFIG.rans_warps_per_block
     pre = (cuda.to_device(padded), cuda.to_device(off), cuda.to_device(nw),
-           cuda.to_device(np.ascontiguousarray(index["states"], np.uint32)), cuda.to_device(tab),
-           cuda.to_device(sym if wide else sym[:, :1].copy()), np.int64(prec),
-           np.int64(p["chunk_size"]), np.int64(n), np.int64(p["min_symbol"]),
-           np.int64(p["period"]), np.int64(num_tables), status)
+           cuda.to_device(np.ascontiguousarray(states, np.uint32)), cuda.to_device(tab),
+           cuda.to_device(sym if wide else sym[:, :1].copy()), np.int64(precision_bits),
+           np.int64(chunk_size), np.int64(prep.num_elements), np.int64(min_symbol),
+           np.int64(period), np.int64(num_tables), status)
     prep._launch = (kernel, _grid(nchunks, W), 32 * W, pre, (zero, step, colterm, dqp), status)
     prep.compressed_bytes = 2 * int(words.shape[0])
     return prep
 
 
-def _prepare_huffman(K, codec, data, dq=None, mode=0, out_dtype=None, result_dtype=None,
-                     shape=None, max_symbol=None):
+def prepare_huffman(words, num_words, sub_offsets, lengths, *, table_bits: int,
+                    chunk_size: int, sub_block_size: int, min_symbol: int, shape, dtype,
+                    dequant: Dequant | None = None, verify=None) -> PreparedStream:
+    """Upload a validated chunked canonical-Huffman stream for the Huffman kernels.
+
+    Parameters
+    ----------
+    words : uint32 array
+        The concatenated payload words of all chunks.
+    num_words : array (num_chunks,)
+        Words per chunk.
+    sub_offsets : uint32 array (num_sub_blocks,)
+        Each sub-block's starting bit offset within its chunk.
+    lengths : int array (alphabet_size,) or None
+        Code lengths (0 = unused; they satisfy Kraft); None for an empty array.
+    table_bits : int
+        The longest code length (0: a single symbol and no payload).
+    chunk_size, sub_block_size, min_symbol : int
+        As in the stream.
+    shape, dtype, dequant, verify
+        As for :func:`prepare_rans`.
+    """
     from . import cpu
 
+    K = require_cuda()
     cuda = K.cuda
-    c, lengths, index, sub, words = codec.parse(data)
-    p = c.params
-    n = c.num_symbols
-    shape, out_dtype, crc = _stream_common(c, shape, out_dtype, mode, max_symbol)
-    result_dtype = result_dtype or out_dtype.name
-    zero, step, colterm, dqp = _dq_inputs(cuda, dq)
+    mode, out_dtype, result_dtype = _output(shape, dtype, dequant)
+    n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
     if n == 0:
-        return PreparedStream(K, "huffman", shape, out_dtype, result_dtype, None, crc)
-    if p["table_bits"] == 0:  # a single symbol: no payload
+        return PreparedStream(K, "huffman", shape, out_dtype, result_dtype, None, verify)
+    zero, step, colterm, dqp = _dq_inputs(cuda, dequant)
+    if table_bits == 0:  # a single symbol: no payload
         tpb = K.CONFIG.fill_threads_per_block
-        launch = (K.fill_kernel(mode), _grid(n, tpb), tpb, (np.int64(p["min_symbol"]),
+        launch = (K.fill_kernel(mode), _grid(n, tpb), tpb, (np.int64(min_symbol),
                   np.int64(n)), (zero, step, colterm, dqp), None)
-        return PreparedStream(K, "fill", shape, out_dtype, result_dtype, launch, crc)
-    tb = p["table_bits"]
-    table = cpu.huffman_decode_table(lengths, tb)
+        return PreparedStream(K, "fill", shape, out_dtype, result_dtype, launch, verify)
+    tb = int(table_bits)
+    table = cpu.huffman_decode_table(np.asarray(lengths, np.int64), tb)
     shared = (1 << tb) <= K.CONFIG.shared_table_slots
-    nchunks = index.shape[0]
-    nw = index["num_words"].astype(np.int64)
-    off = np.zeros(nchunks, np.int64)
-    np.cumsum(nw[:-1], out=off[1:])
+    nw, off = _chunk_offsets(num_words)
+    words = np.asarray(words)
     padded = np.zeros(words.shape[0] + 2, np.uint32)
     padded[: words.shape[0]] = words
+    sub = np.ascontiguousarray(sub_offsets, np.uint32)
     nsub = sub.shape[0]
     status = cuda.device_array(nsub, np.int32)
     tpb = K.CONFIG.huffman_threads_per_block
     pre = (cuda.to_device(padded), cuda.to_device(off), cuda.to_device(nw),
-           cuda.to_device(np.ascontiguousarray(sub, np.uint32)), cuda.to_device(table),
-           np.int64(tb), np.int64(p["chunk_size"]), np.int64(p["sub_block_size"]),
-           np.int64(n), np.int64(p["min_symbol"]), status)
+           cuda.to_device(sub), cuda.to_device(table),
+           np.int64(tb), np.int64(chunk_size), np.int64(sub_block_size),
+           np.int64(n), np.int64(min_symbol), status)
     launch = (K.huffman_kernel(shared, mode), _grid(nsub, tpb), tpb, pre,
               (zero, step, colterm, dqp), status)
-    prep = PreparedStream(K, "huffman", shape, out_dtype, result_dtype, launch, crc)
+    prep = PreparedStream(K, "huffman", shape, out_dtype, result_dtype, launch, verify)
     prep.compressed_bytes = 4 * int(words.shape[0])
     return prep
 
 
-def _check_shape(container, shape):
-    if shape is None:
-        return tuple(container.shape)
-    if tuple(container.shape) != tuple(shape):
-        raise CorruptStreamError(
-            f"decoded symbols have shape {tuple(container.shape)}; the stream header says "
-            f"{tuple(shape)}"
-        )
-    return tuple(shape)
-
-
-def _check_crc(container, host_symbols):
-    from ..codecs import _container as C
-
-    C.check_symbols(container, host_symbols)
-
-
-def _prepare_uniform(K, codec, data):
-    """Parse a ``uniform`` stream the way :meth:`UniformCodec.decode` does, then prepare
-    its coded section for the fused decode-and-dequantize kernels."""
-    import struct
-
-    from ..codecs.quant import _base as QB
-
-    p = codec._parse(data)
-    try:
-        bits, axis_code, sd_code, group_size = struct.unpack("<BBBI", p.params)
-    except struct.error:
-        raise CorruptStreamError("bad uniform parameter block") from None
-    if not 1 <= bits <= 8 or axis_code > 1 or sd_code not in (1, 3):
-        raise CorruptStreamError("bad uniform parameter block")
-    if len(p.shape) < 2 or len(p.sections) != 3 or p.sections[2].kind != QB.CODED:
-        raise CorruptStreamError("bad uniform stream layout")
-    dtype_name = QB.dtype_name(p.dtype)
-    mode = _DTYPE_MODES[dtype_name]
-    sd = QB.SIDE_DTYPES["float16" if sd_code == 1 else "float32"]
-    t, d = p.shape[-2:]
-    b = int(np.prod(p.shape[:-2], dtype=np.int64))
-    length, other = (t, d) if axis_code == 0 else (d, t)
-    g = length if not group_size else min(group_size, length)
-    ng = -(-length // g) if length else 0
-    zero = QB.side_array(p.sections[0], sd, b * ng * other).astype(np.float32)
-    step = QB.side_array(p.sections[1], sd, b * ng * other).astype(np.float32)
-    if zero.size == 0:
-        zero = np.zeros(1, np.float32)
-        step = np.zeros(1, np.float32)
-    di = np.arange(max(d, 1), dtype=np.int64)
-    colterm = di if axis_code == 0 else (di // max(g, 1)) * t
-    dq = (zero, step, colterm, np.array([max(d, 1), max(t, 1), max(g, 1), ng, axis_code],
-                                         np.int64))
-    coder = codec.coder
-    out_dtype = np.dtype(np.uint16) if mode in (1, 2) else np.dtype(p.dtype)
-    prep_fn = {"rans": _prepare_rans, "huffman": _prepare_huffman}.get(coder.codec_id)
-    if prep_fn is None:
-        raise CodecConfigError(
-            f"uniform: no CUDA decoder for coder {coder.codec_id!r}; expected 'rans' or "
-            f"'huffman', or decode with device='cpu'"
-        )
-    return prep_fn(K, coder, p.sections[2].data, dq=dq, mode=mode, out_dtype=out_dtype,
-                   result_dtype=dtype_name, shape=p.shape, max_symbol=(1 << bits) - 1)
-
-
-_PREPARERS = {"rans": _prepare_rans, "huffman": _prepare_huffman, "uniform": _prepare_uniform}
-
-
-def prepare(codec, data) -> PreparedStream:
-    """Validate ``data`` (a stream of ``codec``) on the host and upload it to the device.
-
-    Raises
-    ------
-    CudaUnavailableError
-        No GPU and no simulator.
-    CodecConfigError
-        The codec has no CUDA decoder.
-    CorruptStreamError
-        The stream is damaged (checked before any kernel runs).
-    """
-    K = require_cuda()
-    cid = getattr(codec, "codec_id", None)
-    fn = _PREPARERS.get(cid)
-    if fn is None:
-        raise CodecConfigError(
-            f"no CUDA decoder for codec {cid!r}; expected one of {sorted(_PREPARERS)}, or "
-            f"decode with device='cpu'"
-        )
-    return fn(K, codec, data)
-
-
-def decode(codec, data, out=None, verify_crc: bool = False):
-    """Decode ``data`` on the GPU; returns a device array (see the module docstring)."""
-    return prepare(codec, data).decode(out=out, verify_crc=verify_crc)
-
-
 def warmup() -> None:
-    """Compile the common kernel variants on tiny inputs (so no timing includes a compile)."""
-    from ..codecs import get_codec
+    """Compile the common kernel variants on tiny inputs (so no timing includes a compile):
+    rANS and Huffman symbols (uint8, shared-memory tables) and the fused rANS-to-float16
+    path. The streams are made with the CPU encoders of :mod:`kvinfo.kernels.cpu`."""
+    from . import cpu
 
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 16, size=(64, 40), dtype=np.uint8)
-    for cfg in ({"id": "rans", "chunk_size": 1024}, {"id": "huffman", "chunk_size": 1024,
-                                                      "sub_block_size": 256}):
-        codec = get_codec(cfg)
-        decode(codec, codec.encode(x))
-    f = rng.standard_normal((2, 64, 32)).astype(np.float16)
-    codec = get_codec({"id": "uniform", "bits": 4, "group_size": 32,
-                       "coder": {"id": "rans", "chunk_size": 1024}})
-    decode(codec, codec.encode(f))
+    x = rng.integers(0, 16, size=64 * 64, dtype=np.uint8)
+    freq = np.full((1, 16), 256, np.int64)  # 16 equiprobable symbols, 12-bit precision
+    words, num_words, states = cpu.rans_encode(x, 0, freq, 12, 1024)
+    shape = (2, 64, 32)
+    args = dict(precision_bits=12, chunk_size=1024, min_symbol=0, period=1)
+    prepare_rans(words, num_words, states, freq, shape=shape, dtype=x.dtype, **args).decode()
+    zero = rng.standard_normal(2 * 2 * 32).astype(np.float16)
+    step = rng.uniform(0.01, 0.1, 2 * 2 * 32).astype(np.float16)
+    dq = Dequant(zero, step, tokens=64, head_dim=32, group_size=32, num_groups=2,
+                 per_token=False, out_dtype="float16")
+    prepare_rans(words, num_words, states, freq, shape=shape, dtype=x.dtype, dequant=dq,
+                 **args).decode()
+    lengths = np.full(16, 4, np.int64)
+    words, num_words, sub = cpu.huffman_encode(x.astype(np.int32), cpu.canonical_codes(lengths),
+                                               lengths, 1024, 256)
+    prepare_huffman(words, num_words, sub, lengths, table_bits=4, chunk_size=1024,
+                    sub_block_size=256, min_symbol=0, shape=shape, dtype=x.dtype).decode()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ..bench import codec_family, codec_label
+from ..codecs.labels import codec_family, codec_label
 from ..errors import ResultsSchemaError
 
 __all__ = ["ReportData", "gather"]

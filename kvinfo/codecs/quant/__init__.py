@@ -6,6 +6,7 @@ container of :mod:`kvinfo.codecs.quant._base`; ``Codec.rate`` splits its bits in
 payload and side information. See ``docs/codecs.md``.
 """
 
+from ._base import CODED, parse_stream
 from .ecsq import EcsqCodec
 from .lloyd_max import Codebook, lloyd_max_gaussian, lloyd_max_sphere
 from .lossless import LosslessCodec
@@ -22,4 +23,6 @@ __all__ = [
     "lloyd_max_gaussian",
     "lloyd_max_sphere",
     "rotation_matrix",
+    "parse_stream",
+    "CODED",
 ]

@@ -34,6 +34,7 @@ import struct
 import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
+from .._device import front_end, has_cuda_decoder
 from ..registry import register_codec
 from ._base import (
     CODED,
@@ -44,6 +45,7 @@ from ._base import (
     as_slabs,
     build_stream,
     check_float_array,
+    dtype_name,
     finite_side,
     round_side,
     side_array,
@@ -234,12 +236,10 @@ class UniformCodec(QuantCodec):
         ]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
-        if device == "cuda":  # fused decode + dequantize on the GPU, output in device memory
-            from ...kernels import gpu
-
-            return gpu.decode(self, data)
-        self._check_device(device)
+    def _read(self, data):
+        """Parse and validate a stream: the one parser of the ``uniform`` format, shared by
+        the CPU decode and :meth:`prepare_cuda`. Returns ``(parsed, bits, axis, group_size,
+        zero, step)``, ``zero`` and ``step`` as float64 ``(slabs, groups, other axis)``."""
         p = self._parse(data)
         bits, axis_code, sd_code, group_size = unpack_params(_PARAMS, p.params)
         if not 1 <= bits <= 8 or axis_code > 1 or sd_code not in (1, 3):
@@ -254,8 +254,42 @@ class UniformCodec(QuantCodec):
         ng = _num_groups(length, group_size)
         zero = side_array(p.sections[0], sd, b * ng * other).reshape(b, ng, other)
         step = side_array(p.sections[1], sd, b * ng * other).reshape(b, ng, other)
-        finite_side(zero, "zero points")
-        finite_side(step, "steps", nonnegative=True)
+        zero = finite_side(zero, "zero points")
+        step = finite_side(step, "steps", nonnegative=True)
+        return p, bits, axis, group_size, zero, step
+
+    def prepare_cuda(self, data):
+        """Validate ``data`` on the host (as :meth:`decode` does) and upload it for the fused
+        decode-and-dequantize kernels; returns a :class:`kvinfo.kernels.gpu.PreparedStream`.
+
+        The coder must be ``rans`` or ``huffman``
+        (else :class:`~kvinfo.errors.CodecConfigError`).
+        """
+        gpu = front_end()
+        coder = self.coder
+        if not has_cuda_decoder(coder):
+            raise CodecConfigError(
+                f"uniform: no CUDA decoder for coder {coder.codec_id!r}; expected 'rans' or "
+                f"'huffman', or decode with device='cpu'"
+            )
+        p, bits, axis, group_size, zero, step = self._read(data)
+        t, d = p.shape[-2:]
+        length = t if axis == "channel" else d
+        dq = gpu.Dequant(
+            zero.reshape(-1), step.reshape(-1), tokens=t, head_dim=d,
+            group_size=length if not group_size else min(group_size, length),
+            num_groups=zero.shape[1], per_token=axis == "token", out_dtype=dtype_name(p.dtype),
+        )
+        return coder.prepare_cuda(p.sections[2].data, dequant=dq, shape=p.shape,
+                                  max_symbol=(1 << bits) - 1)
+
+    def decode(self, data, device: str = "cpu") -> np.ndarray:
+        if device == "cuda":  # fused decode + dequantize on the GPU, output in device memory
+            return self.prepare_cuda(data).decode()
+        self._check_device(device)
+        p, bits, axis, group_size, zero, step = self._read(data)
+        t, d = p.shape[-2:]
+        b = int(np.prod(p.shape[:-2], dtype=np.int64))
         q = self._decode_symbols(p.sections[2], p.shape, (1 << bits) - 1)
         x = uniform_dequantize(q.reshape(b, t, d), zero, step, axis, group_size or None)
         return to_output(x.reshape(p.shape), p.dtype)

@@ -1,0 +1,248 @@
+"""Per-slab measurement: one codec on one slab, every bench metric.
+
+:func:`measure_codec` encodes and decodes the slab, and measures the rate (split into
+symbols and side information), the distortion, the order-0 entropy of the codec's own
+symbols, the bounds at the achieved distortion (:class:`~kvinfo.bench._reference.SlabReference`)
+and the gaps to them, CPU (and GPU) throughput and, when given queries, the attention
+errors. Metric names: ``docs/results-schema.md`` (section "bench").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._reference import BOUND_METRICS, SlabReference
+from ._timing import GpuTimer, best_time
+
+__all__ = ["symbol_entropy", "measure_codec", "gaps", "throughputs", "pct"]
+
+
+def symbol_entropy(symbols: np.ndarray) -> tuple[float, float]:
+    """Order-0 entropies of a symbol array, bits per symbol: ``(pooled, per_channel)``.
+
+    *Pooled* is the plug-in entropy of all symbols together; *per channel* is the mean over
+    channels (the last axis) of each channel's own plug-in entropy, i.e. the empirical
+    conditional entropy given the channel. No order-0 code of these symbols (static or
+    adaptive, with one table or one per channel, respectively) is shorter.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> symbol_entropy(np.array([[0, 1], [0, 1], [0, 1], [0, 1]]))
+    (1.0, 0.0)
+    """
+    from ..analysis import entropy_from_counts
+
+    s = np.asarray(symbols)
+    if s.size == 0:
+        return 0.0, 0.0
+    flat = s.reshape(-1).astype(np.int64)
+    lo = int(flat.min())
+    flat = flat - lo
+    span = int(flat.max()) + 1
+    pooled = float(entropy_from_counts(np.bincount(flat, minlength=span)))
+    if s.ndim < 2 or s.shape[-1] <= 1:
+        return pooled, pooled
+    c = s.shape[-1]
+    chan = np.tile(np.arange(c, dtype=np.int64), flat.size // c)
+    counts = np.bincount(chan * span + flat, minlength=c * span).reshape(c, span)
+    per = float(np.mean(entropy_from_counts(counts, axis=1)))
+    return pooled, per
+
+
+def _entropy_model(coder_config: dict) -> tuple[str, bool]:
+    """Which order-0 entropy matches the coder's model, and whether it bounds the coder."""
+    cid = coder_config.get("id")
+    if cid == "arith":
+        ctx = coder_config.get("context", "channel+prev")
+        # adaptive with a floor on the adaptation rate: can track drift, so no strict bound
+        return ("pooled" if ctx == "none" else "per_channel"), False
+    if coder_config.get("per_channel"):
+        return "per_channel", True
+    return "pooled", True
+
+
+def pct(gap, bound):
+    if gap is None or bound is None or not math.isfinite(bound) or bound <= 0:
+        return None
+    return 100.0 * gap / bound
+
+
+def _sub(a, b):
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return None
+    return a - b
+
+
+def measure_codec(
+    codec,
+    slab: np.ndarray,
+    reference: SlabReference,
+    *,
+    x64: np.ndarray | None = None,
+    attention: dict | None = None,
+    repeat: int = 1,
+    gpu: GpuTimer | None = None,
+) -> dict:
+    """Every bench metric of one codec on one slab (see the module docstring).
+
+    ``attention``, when given, holds ``kind`` ("keys" or "values"), ``queries`` (the query
+    heads that read this KV head), ``keys`` (the original keys of this head), ``sequences``
+    and ``max_queries``.
+    """
+    from ..analysis import attention_output_error, attention_score_errors
+    from ..codecs.abc import Codec
+    from ..codecs.quant import CODED, parse_stream
+
+    if x64 is None:
+        x64 = slab.astype(np.float64)
+    data, t_enc = best_time(lambda: codec.encode(slab), repeat)
+    y, t_dec = best_time(lambda: codec.decode(data), repeat)
+    rate = codec.rate(data)
+    n = int(slab.size)
+    y64 = np.asarray(y).astype(np.float64)
+    mse = float(np.mean(np.square(x64 - y64)))
+    var = reference.variance_per_element
+    m: dict = {
+        "num_elements": n,
+        "total_bits": int(rate["total_bits"]),
+        "bits_per_element": float(rate["bits_per_element"]),
+        "symbol_bits_per_element": float(rate["symbol_bits_per_element"]),
+        "side_bits_per_element": float(rate["side_bits_per_element"]),
+        "variance_per_element": var,
+        "mse_per_element": mse,
+        "snr_db": (10.0 * math.log10(var / mse)) if var and mse > 0 and var > 0 else None,
+        "max_abs_error": float(np.max(np.abs(x64 - y64))),
+    }
+    if mse == 0.0:
+        m["notes"] = ["exact reconstruction: the lossy bounds are infinite at zero distortion"]
+    # ---- the codec's own symbols: entropy and coder-only speed -----------------------
+    coder = codec.coder
+    coder_cfg = coder.get_config()
+    model, is_bound = _entropy_model(coder_cfg)
+    parsed = parse_stream(data)
+    coder_rate = type(coder).rate is not Codec.rate
+    n_sym = 0
+    h_bits = 0.0
+    h_pooled_bits = 0.0
+    h_chan_bits = 0.0
+    coded_payload_bits = 0
+    coded_blob_bits = 0
+    t_cdec = 0.0
+    t_cenc = 0.0
+    gpu_coder_t = 0.0
+    gpu_coder_ok = gpu is not None and gpu.available
+    for sec in parsed.sections:
+        if sec.kind != CODED:
+            continue
+        sym, t = best_time(lambda s=sec: coder.decode(s.data), repeat)
+        t_cdec += t
+        t_cenc += best_time(lambda s=sym: coder.encode(s), repeat)[1]
+        hp, hc = symbol_entropy(sym)
+        n_sym += sym.size
+        h_pooled_bits += hp * sym.size
+        h_chan_bits += hc * sym.size
+        h_bits += (hc if model == "per_channel" else hp) * sym.size
+        coded_payload_bits += (
+            int(coder.rate(sec.data)["symbol_bits"]) if coder_rate else 8 * len(sec.data)
+        )
+        coded_blob_bits += 8 * len(sec.data)
+        if gpu_coder_ok:
+            tg = gpu.time_decode(coder, sec.data, repeat)
+            if tg is None:
+                gpu_coder_ok = False
+            else:
+                gpu_coder_t += tg
+    # literal payload bits (the mantissas of ``lossless``): symbol bits outside coded blobs
+    raw_bits = int(rate["symbol_bits"]) - coded_payload_bits
+    own = (h_bits + raw_bits) / n
+    m.update(
+        {
+            "num_symbols": n_sym,
+            "own_symbols_entropy_model": model,
+            "own_symbols_entropy_is_bound": is_bound,
+            "own_symbols_entropy_bits_per_element": own,
+            "own_symbols_h0_pooled_bits_per_symbol": h_pooled_bits / n_sym if n_sym else None,
+            "own_symbols_h0_per_channel_bits_per_symbol": h_chan_bits / n_sym if n_sym else None,
+            "coded_blob_bits_per_element": coded_blob_bits / n,
+            "coder_overhead_bits_per_element": (coded_blob_bits - h_bits) / n,
+            "coder_overhead_pct": pct((coded_blob_bits - h_bits) / n, h_bits / n),
+        }
+    )
+    # ---- bounds at the achieved distortion and the gaps -------------------------------
+    b = reference.bounds(mse) if mse > 0 else dict.fromkeys(BOUND_METRICS)
+    m.update(b)
+    gaps(m)
+    if mse > 0 and reference.reason is not None:
+        reasons = {k: reference.reason for k in BOUND_METRICS}
+        for name in ("rd_gaussian", "slb_estimate"):
+            for unit in ("bits_per_element", "pct"):
+                reasons[f"gap_to_{name}_{unit}"] = reference.reason
+        m["null_reasons"] = reasons
+        m.setdefault("notes", []).append(f"bounds null: {reference.reason}")
+    # ---- throughput ------------------------------------------------------------------
+    nbytes = int(slab.nbytes)
+    m.update(
+        {
+            "input_bytes": nbytes,
+            "encode_seconds": t_enc,
+            "decode_seconds": t_dec,
+            "coder_encode_seconds": t_cenc,
+            "coder_decode_seconds": t_cdec,
+        }
+    )
+    if gpu is not None and gpu.available:
+        m["gpu_decode_seconds"] = gpu.time_decode(codec, data, repeat)
+        m["gpu_coder_decode_seconds"] = gpu_coder_t if gpu_coder_ok and n_sym else None
+    throughputs(m)
+    # ---- attention -------------------------------------------------------------------
+    if attention is not None:
+        q = attention["queries"]
+        seqs = attention["sequences"]
+        mq = attention["max_queries"]
+        if attention["kind"] == "keys":
+            r = attention_score_errors(q, x64, y64, sequences=seqs, max_queries=mq)
+            m["attention_logit_mse"] = r["logit_mse"]
+            m["attention_kl_nats"] = r["kl_nats"]
+            m["attention_top1_agreement"] = r["top1_agreement"]
+            m["attention_num_queries"] = r["num_queries"]
+        else:
+            r = attention_output_error(
+                q, attention["keys"], x64, y64, sequences=seqs, max_queries=mq
+            )
+            m["attention_output_relative_error"] = r["relative_error"]
+            m["attention_num_queries"] = r["num_queries"]
+    return m
+
+
+def gaps(m: dict) -> None:
+    """Fill the gap metrics from the rates and bounds of ``m`` (in place)."""
+    bpe = m["bits_per_element"]
+    for bound, name in (
+        ("rd_gaussian_bits_per_element", "rd_gaussian"),
+        ("slb_estimate_bits_per_element", "slb_estimate"),
+        ("own_symbols_entropy_bits_per_element", "own_symbols_entropy"),
+    ):
+        g = _sub(bpe, m.get(bound))
+        m[f"gap_to_{name}_bits_per_element"] = g
+        m[f"gap_to_{name}_pct"] = pct(g, m.get(bound))
+
+
+def _rate(num: float, seconds) -> float | None:
+    if not num or seconds is None or not seconds or seconds <= 0:
+        return None
+    return num / seconds
+
+
+def throughputs(m: dict) -> None:
+    nb = m.get("input_bytes") or 0
+    ns = m.get("num_symbols") or 0
+    m["encode_mbytes_per_s"] = _rate(nb / 1e6, m.get("encode_seconds"))
+    m["decode_mbytes_per_s"] = _rate(nb / 1e6, m.get("decode_seconds"))
+    m["coder_encode_msymbols_per_s"] = _rate(ns / 1e6, m.get("coder_encode_seconds"))
+    m["coder_decode_msymbols_per_s"] = _rate(ns / 1e6, m.get("coder_decode_seconds"))
+    if "gpu_decode_seconds" in m:
+        m["gpu_decode_mbytes_per_s"] = _rate(nb / 1e6, m.get("gpu_decode_seconds"))
+        m["gpu_coder_decode_msymbols_per_s"] = _rate(ns / 1e6, m.get("gpu_coder_decode_seconds"))

@@ -1,0 +1,98 @@
+"""What the analyze, bench and demo commands share: the selection and kNN options.
+
+One place adds the options to a parser (:func:`add_selection_arguments`,
+:func:`add_knn_arguments`), one place turns them into library arguments
+(:func:`selection_of`), and one context manager (:func:`flag_names`) rewrites a library
+error that names a parameter (``layers: 7 is out of range``, ``knn_k must be ...``) into
+one that names the command-line option (``--layers: ...``, ``--knn-k must be ...``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from ..errors import AnalysisInputError, SelectionError
+
+__all__ = [
+    "add_selection_arguments",
+    "add_knn_arguments",
+    "selection_of",
+    "check_knn_args",
+    "flag_names",
+]
+
+#: library parameters that the commands expose as options of the same name
+_PARAMETERS = (
+    "layers", "kinds", "heads", "sequences", "knn_samples", "knn_k", "pervector_snr_db",
+    "top_tokens", "outlier_rms_ratio", "snr_db", "max_queries", "repeat", "histogram_bins",
+)
+_LEADING = re.compile(r"^({})\b".format("|".join(_PARAMETERS)))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@contextlib.contextmanager
+def flag_names():
+    """Re-raise library errors that start with a parameter name with the option's name."""
+    try:
+        yield
+    except SelectionError as exc:
+        if exc.parameter is None:
+            raise
+        raise SelectionError(f"{_flag(exc.parameter)}: {exc.detail}") from None
+    except AnalysisInputError as exc:
+        msg = str(exc)
+        m = _LEADING.match(msg)
+        if m is None:
+            raise
+        raise type(exc)(_flag(m.group(1)) + msg[m.end():]) from None
+
+
+def add_selection_arguments(p, verb: str) -> None:
+    """``--layers``, ``--kinds``, ``--heads`` and ``--sequences``."""
+    p.add_argument("--layers", help=f"layers to {verb}, e.g. '0,3,10-12' (default: all)")
+    p.add_argument(
+        "--kinds", help="comma-separated kinds among keys,values,queries,keys_pre_rope "
+        "(default: keys,values)"
+    )
+    p.add_argument(
+        "--heads", help=f"heads to {verb}, e.g. '0-1' (query heads for queries; default: all)"
+    )
+    p.add_argument(
+        "--sequences", help=f"sequences (prompts) to {verb}, e.g. '0,2' (default: all)"
+    )
+
+
+def selection_of(args):
+    """The :class:`~kvinfo.dumps.Selection` of the parsed selection options (checked against
+    the dump by the engine, once)."""
+    from ..dumps import Selection
+
+    return Selection(layers=args.layers, kinds=args.kinds, heads=args.heads,
+                     sequences=args.sequences)
+
+
+def add_knn_arguments(p, knn_samples: int = 2000, knn_help: str = "") -> None:
+    """``--knn-samples``, ``--knn-k``, ``--seed`` and ``--pervector-snr-db``."""
+    p.add_argument(
+        "--knn-samples", type=int, default=knn_samples,
+        help=f"vectors subsampled per slab for the kNN entropy estimate{knn_help} "
+        f"(default {knn_samples})",
+    )
+    p.add_argument("--knn-k", type=int, default=4, help="kNN neighbour order (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the kNN subsample and dither")
+    p.add_argument(
+        "--pervector-snr-db", type=float, default=20.0,
+        help="SNR (dB) at which per-vector code lengths are computed (default 20)",
+    )
+
+
+def check_knn_args(args) -> None:
+    """The library's check of the kNN options, its errors naming the options."""
+    from ..analysis import check_knn_options
+
+    with flag_names():
+        check_knn_options(args.knn_samples, args.knn_k, args.pervector_snr_db)
