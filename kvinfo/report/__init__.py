@@ -3,8 +3,9 @@
 :func:`build_report` reads any number of results documents and writes, into one folder:
 
 * ``rate_distortion.{png,svg}`` -- bits per element against SNR, one panel for keys and one
-  for values; the band between the Shannon lower bound estimate and the Gaussian R(D) is
-  shaded, each codec family is a curve;
+  for values; the band between the lower curve and the best achievable rate (from analyze
+  results; else the SLB estimate and the Gaussian R(D)) is shaded, each codec family is a
+  curve;
 * ``heatmaps_analysis.{png,svg}`` -- per (layer, head): lossless entropy, transform gain and
   prediction gain;
 * ``heatmaps_gap.{png,svg}`` -- per (layer, head): each codec's gap to the SLB estimate;
