@@ -612,6 +612,7 @@ def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, 
         "rd_lower_bound_bits_per_element": [None] * n_grid,
         "rd_cluster_upper_bound_bits_per_element": [None] * n_grid,
         "rd_upper_bound_bits_per_element": rd_full,
+        "rd_lower_bound_exceeds_upper": None,
     }
     rng = np.random.default_rng(seed + 1)
     m = min(BOUND_SAMPLES, valid_idx.size)
@@ -647,7 +648,8 @@ def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, 
     low_curve = np.minimum(low["rate"], rd_full)
     out["rd_lower_bound_bits_per_element"] = low_curve
     upper = np.asarray(out["rd_upper_bound_bits_per_element"], dtype=float)
-    if np.any(low_curve > upper + 1e-9):
+    out["rd_lower_bound_exceeds_upper"] = bool(np.any(low_curve > upper + 1e-9))
+    if out["rd_lower_bound_exceeds_upper"]:
         notes.append(
             "the lower curve exceeds the clustered upper bound at some distortions: the source "
             "fits none of the lower curve's models (see docs/analysis.md, 'Bounds that hold')"

@@ -112,6 +112,7 @@ _GRID_COLUMNS = (
 _MARKS = {
     "h0_per_channel_bits_per_element": ("h0_per_channel_undersampled", "u"),
     "slb_estimate_bits_per_element": ("h_knn_clipped_to_gaussian", "*"),
+    "rd_lower_bound_bits_per_element": ("rd_lower_bound_exceeds_upper", "!"),
 }
 
 
@@ -142,7 +143,8 @@ def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_s
         "~ marks estimates; R_lo: lower curve (holds when the data fit one of its models, "
         "docs/analysis.md); R_up: achievable (upper bound)",
         "u: per-channel H0 undersampled (plug-in caps near log2 n); *: kNN h exceeded h_G "
-        "and was clipped, so SLB~ = R_G (in at least one slab of the row)",
+        "and was clipped, so SLB~ = R_G; !: R_lo exceeds R_up at some SNR, the data fit none "
+        "of its models (in at least one slab of the row)",
         head,
         "-" * len(head),
     ]
