@@ -339,6 +339,24 @@ def test_analyze_slab_band_and_flags_on_mixture():
     assert isinstance(m["h_knn_clipped_to_gaussian"], bool)
     assert m["h0_per_channel_undersampled"] is True  # float32: every value is distinct
     assert m["lower_bound_samples"] == 3000
+    assert m["rd_lower_bound_exceeds_upper"] is False  # the mixture fits a model
+
+
+def test_table_marks_the_flags():
+    from kvinfo.commands.analyze import format_table
+
+    m = {
+        "h0_per_channel_bits_per_element": 7.5, "h0_per_channel_undersampled": True,
+        "slb_estimate_bits_per_element": [2.0], "h_knn_clipped_to_gaussian": 0.5,
+        "rd_lower_bound_bits_per_element": [1.9], "rd_lower_bound_exceeds_upper": True,
+    }
+    rec = {"scope": "slab", "layer": 0, "kind": "keys", "head": 0, "metrics": m}
+    row = format_table([rec], [20.0], 0, 20.0).splitlines()[-1]
+    assert " 7.50u" in row and " 2.00*" in row and " 1.90!" in row
+    m.update(h0_per_channel_undersampled=False, h_knn_clipped_to_gaussian=0.0,
+             rd_lower_bound_exceeds_upper=False)
+    row = format_table([rec], [20.0], 0, 20.0).splitlines()[-1]
+    assert "u" not in row.split()[4] and "*" not in row and "!" not in row
 
 
 # --------------------------------------------------------------------------------------
