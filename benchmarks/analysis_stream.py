@@ -32,8 +32,8 @@ from pathlib import Path  # noqa: E402
 import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kvinfo.analysis import MomentStats, PatternCounts, SlabStats, analyze_slab, bit_view  # noqa: E402
-from kvinfo.analysis._stats import _count_u16_numpy, to_float64, warmup  # noqa: E402
+from kvinfo.analysis import MomentStats, PatternCounts, SlabStats, analyze_slab  # noqa: E402
+from kvinfo.analysis._stats import _count_u16_numpy, bit_view, to_float64, warmup  # noqa: E402
 
 
 def _data(dump: Path | None, mb: float, d_default: int = 64):

@@ -70,12 +70,12 @@ def main(argv=None) -> int:
     dt = time.perf_counter() - t0
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-    b = res["baseline"]
+            json.dump(res.as_dict(), f, indent=1)
+    b = res.baseline
     print(
         f"model: {name}; machine: {platform.processor() or platform.machine()}, "
-        f"{platform.python_version()}; {res['num_scored_tokens']} tokens scored after a "
-        f"prefix of {res['prefix']} (block {args.block}); {dt:.0f} s"
+        f"{platform.python_version()}; {res.num_scored_tokens} tokens scored after a "
+        f"prefix of {res.prefix} (block {args.block}); {dt:.0f} s"
     )
     print()
     print(
@@ -83,12 +83,13 @@ def main(argv=None) -> int:
         "| KL (nats/token) | top-1 agreement |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| baseline (uncompressed float32) | 32 | | | {b['perplexity']:.3f} | 0 | 0 | 1 |")
-    for (label, _), r in zip(runs, res["results"], strict=True):
+    print(f"| baseline (uncompressed float32) | 32 | | | {b.perplexity:.3f} | 0 | 0 | 1 |")
+    for (label, _), r in zip(runs, res.results, strict=True):
         print(
-            f"| {label} | {r['bits_per_element']:.3f} | {r['bits_per_element_keys']:.3f} | "
-            f"{r['bits_per_element_values']:.3f} | {r['perplexity']:.3f} | "
-            f"{r['perplexity_increase_pct']:.2f} | {r['kl']:.5f} | {r['top1_agreement']:.3f} |"
+            f"| {label} | {r.bits_per_element:.3f} | {r.bits_per_element_keys:.3f} | "
+            f"{r.bits_per_element_values:.3f} | {r.perplexity:.3f} | "
+            f"{r.extra['perplexity_increase_pct']:.2f} | {r.kl_nats_per_token:.5f} | "
+            f"{r.top1_agreement:.3f} |"
         )
     return 0
 

@@ -11,6 +11,7 @@ __all__ = [
     "DumpFormatError",
     "ModelNotFoundError",
     "CaptureInputError",
+    "EvalInputError",
     "UnknownCodecError",
     "CodecConfigError",
     "CorruptStreamError",
@@ -36,6 +37,37 @@ class ModelNotFoundError(KvinfoError):
 
 class CaptureInputError(KvinfoError):
     """Prompts or capture options that cannot be used (empty prompt, bad prompts file...)."""
+
+
+class EvalInputError(CaptureInputError):
+    """The text or options given to :func:`kvinfo.evaluate.evaluate` cannot be used.
+
+    A message made by :meth:`about` names ``evaluate``'s parameters (``prefix``,
+    ``max_tokens``, ``block``); :meth:`renamed` gives the same error with other names for
+    them, which is how the command line reports its flags (``--prefix``, or
+    ``--eval-prefix`` for ``kvinfo bench``).
+    """
+
+    #: the parameters of ``evaluate`` that a message may name
+    PARAMETERS = ("codecs", "text", "prefix", "max_tokens", "block")
+
+    def __init__(self, message: str, *, template: str | None = None, values=None):
+        super().__init__(message)
+        self.template = template
+        self.values = dict(values or {})
+
+    @classmethod
+    def about(cls, template: str, **values) -> "EvalInputError":
+        """An error whose ``template`` names parameters as ``{prefix}``, ``{max_tokens}``..."""
+        return cls(template.format(**{p: p for p in cls.PARAMETERS}, **values),
+                   template=template, values=values)
+
+    def renamed(self, names) -> "EvalInputError":
+        """This error with each parameter ``p`` called ``names.get(p, p)``."""
+        if self.template is None:
+            return self
+        fields = {p: names.get(p, p) for p in self.PARAMETERS}
+        return type(self)(self.template.format(**fields, **self.values))
 
 
 class UnknownCodecError(KvinfoError):

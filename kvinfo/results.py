@@ -3,7 +3,7 @@
 The schema is documented in ``docs/results-schema.md``. In short, a results document is::
 
     {
-      "schema": "kvinfo.results", "schema_version": 1,
+      "schema": "kvinfo.results", "schema_version": 2,
       "tool": "analyze" | "bench" | "eval",
       "kvinfo_version": "...", "created": "ISO-8601 UTC", "command": ["kvinfo", ...],
       "source": {...},        # what was measured: dump path and its metadata, or model and text
@@ -16,8 +16,12 @@ The schema is documented in ``docs/results-schema.md``. In short, a results docu
       ]
     }
 
-Metric names carry their units (``bits_per_element``, ``mse_per_element``, ``snr_db``).
-Non-finite floats are written as ``null`` so that the file is strict JSON.
+Metric names carry their units (``bits_per_element``, ``mse_per_element``, ``snr_db``,
+``kl_nats_per_token``). Non-finite floats are written as ``null`` so that the file is strict
+JSON. Every record is built by :func:`make_record`, which normalises the codec config (every
+default filled in, one spelling per codec), so that the same codec measured by two tools is
+the same key. :func:`load_results` reads the previous schema version too and returns the
+document upgraded to the current one (:func:`upgrade_results`).
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ import datetime as _dt
 import json
 import math
 import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from ._paths import check_output_file, make_dirs, output_error
+from ._paths import (
+    check_output_file,
+    commit_partial,
+    create_partial,
+    discard_partial,
+    make_dirs,
+    output_error,
+    remove_stale_partials,
+)
 from ._version import __version__
 from .errors import ResultsSchemaError
 
@@ -42,6 +52,9 @@ __all__ = [
     "SCOPES",
     "new_results",
     "make_record",
+    "normalize_codec",
+    "upgrade_results",
+    "RENAMED_METRICS",
     "validate_results",
     "write_results",
     "load_results",
@@ -49,7 +62,9 @@ __all__ = [
 ]
 
 SCHEMA = "kvinfo.results"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: version-1 metric name -> its name since version 2 (names carry their units)
+RENAMED_METRICS = {"kl": "kl_nats_per_token"}
 TOOLS = ("analyze", "bench", "eval")
 SCOPES = ("slab", "layer", "kind", "overall", "run")
 
@@ -79,7 +94,12 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def new_results(tool: str, source: dict, settings: dict, command: list[str] | None = None) -> dict:
-    """A fresh results document with no records."""
+    """A fresh results document with no records.
+
+    ``command`` is the command line that reproduces the document (the commands pass
+    :func:`kvinfo.cli.recorded_command`); a document made through the Python API without
+    one records ``[]``, not the argv of whatever process made it.
+    """
     if tool not in TOOLS:
         raise ResultsSchemaError(f"tool must be one of {TOOLS}; got {tool!r}")
     return {
@@ -88,11 +108,42 @@ def new_results(tool: str, source: dict, settings: dict, command: list[str] | No
         "tool": tool,
         "kvinfo_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "command": list(command) if command is not None else ["kvinfo", *sys.argv[1:]],
+        "command": [str(c) for c in command] if command is not None else [],
         "source": to_jsonable(source),
         "settings": to_jsonable(settings),
         "records": [],
     }
+
+
+def normalize_codec(codec: dict) -> dict:
+    """The one spelling of a KV codec spec that results files record.
+
+    The codec's full config with every default filled in (``get_config()``), or
+    ``{"id": "per-kind", "keys": config, "values": config}`` when keys and values use
+    different codecs (see :class:`kvinfo.codecs.spec.KVCodecSpec`). Equivalent specs give
+    equal dicts, so records of one codec from ``bench`` and ``eval`` join in ``report``.
+    Raises :class:`~kvinfo.errors.CodecConfigError` for a spec that is not a KV codec.
+
+    Examples
+    --------
+    >>> normalize_codec({"id": "uniform", "bits": 4}) == normalize_codec(
+    ...     {"keys": {"id": "uniform", "bits": 4, "axis": "channel"},
+    ...      "values": {"id": "uniform", "bits": 4, "coder": {"id": "rans"}}})
+    True
+    """
+    key = json.dumps(codec, sort_keys=True, default=repr)
+    cached = _NORMALIZED.get(key)
+    if cached is None:
+        from .codecs.spec import KVCodecSpec
+
+        cached = _NORMALIZED[key] = to_jsonable(KVCodecSpec(codec).config)
+        if len(_NORMALIZED) > 4096:  # bounded: specs come from user input
+            _NORMALIZED.clear()
+            _NORMALIZED[key] = cached
+    return json.loads(json.dumps(cached))  # a fresh copy: callers may modify it
+
+
+_NORMALIZED: dict[str, dict] = {}
 
 
 def make_record(
@@ -103,7 +154,11 @@ def make_record(
     head: int | None = None,
     codec: dict | None = None,
 ) -> dict:
-    """One record of the ``records`` list (values converted with :func:`to_jsonable`)."""
+    """One record of the ``records`` list: the one record builder of analyze, bench and eval.
+
+    Values are converted with :func:`to_jsonable`; ``codec`` (any spelling of a KV codec
+    spec) is recorded as :func:`normalize_codec` writes it.
+    """
     if scope not in SCOPES:
         raise ResultsSchemaError(f"scope must be one of {SCOPES}; got {scope!r}")
     return {
@@ -111,9 +166,41 @@ def make_record(
         "layer": None if layer is None else int(layer),
         "kind": kind,
         "head": None if head is None else int(head),
-        "codec": to_jsonable(codec) if codec is not None else None,
+        "codec": normalize_codec(codec) if codec is not None else None,
         "metrics": to_jsonable(metrics),
     }
+
+
+def upgrade_results(doc: dict) -> dict:
+    """``doc`` (a validated results document of any readable version) at the current version.
+
+    Version 1 named the KL divergence of ``eval`` records ``kl``; it is renamed to
+    ``kl_nats_per_token`` (:data:`RENAMED_METRICS`). Codec configs are normalised
+    (:func:`normalize_codec`) where kvinfo knows the codec, so that version-1 ``eval``
+    records, which kept the spec as the user wrote it, join the ``bench`` records of the same
+    codec. The input is not modified.
+    """
+    out = dict(doc)
+    out["records"] = []
+    for rec in doc["records"]:
+        rec = dict(rec)
+        metrics = dict(rec["metrics"])
+        for old, new in RENAMED_METRICS.items():
+            if old in metrics and new not in metrics:
+                metrics[new] = metrics.pop(old)
+        rec["metrics"] = metrics
+        if rec.get("codec") is not None:
+            rec["codec"] = _normalize_known(rec["codec"])
+        out["records"].append(rec)
+    out["schema_version"] = SCHEMA_VERSION
+    return out
+
+
+def _normalize_known(codec: dict) -> dict:
+    try:
+        return normalize_codec(codec)
+    except (ValueError, TypeError):  # a codec this kvinfo does not know: keep it as written
+        return codec
 
 
 def _fail(msg: str, where: str) -> None:
@@ -170,27 +257,29 @@ def validate_results(doc: Any, where: str = "results") -> dict:
 def write_results(doc: dict, path: str | os.PathLike) -> Path:
     """Validate and write ``doc`` atomically (temporary file, then rename)."""
     validate_results(doc)
-    path = check_output_file(path)
+    path = check_output_file(path, kind="results")
     make_dirs(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise output_error(path, exc) from None
+    remove_stale_partials(path)
+    fd, tmp = create_partial(path)  # <name>.kvinfo-partial-<pid>, mode 0o666 minus the umask
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(to_jsonable(doc), f, indent=1, allow_nan=False)
             f.write("\n")
-        os.replace(tmp, path)
+        commit_partial(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        discard_partial(tmp)
         if isinstance(exc, OSError):
             raise output_error(path, exc) from None
         raise
     return path
 
 
-def load_results(path: str | os.PathLike) -> dict:
-    """Read and validate a results JSON file."""
+def load_results(path: str | os.PathLike, *, upgrade: bool = True) -> dict:
+    """Read and validate a results JSON file.
+
+    With ``upgrade`` (the default), a document of an older schema version is returned as
+    :func:`upgrade_results` converts it, so readers see the current metric names.
+    """
     path = Path(path)
     if path.is_dir():
         raise ResultsSchemaError(f"{path}: is a folder, not a results JSON file")
@@ -206,4 +295,5 @@ def load_results(path: str | os.PathLike) -> dict:
         raise ResultsSchemaError(
             f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})"
         ) from None
-    return validate_results(doc, where=str(path))
+    doc = validate_results(doc, where=str(path))
+    return upgrade_results(doc) if upgrade else doc

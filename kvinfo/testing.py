@@ -1,28 +1,43 @@
-"""Reusable contract checks for lossless kvinfo codecs (zarr-style ``testing`` module).
+"""Reusable contract checks for kvinfo codecs (zarr-style ``testing`` module).
 
 Every check takes a codec instance (anything following :mod:`kvinfo.codecs.abc`) and
 raises ``AssertionError`` with a message naming the failing case. Run them from your
-own test suite to hold your codec to the same contract as kvinfo's coders::
+own test suite to hold your codec to the same contract as kvinfo's codecs::
 
-    from kvinfo.testing import check_lossless_codec
-    check_lossless_codec(MyCodec())
+    from kvinfo.testing import check_lossless_codec, check_lossy_codec
+    check_lossless_codec(MyCoder())
+    check_lossy_codec(MyQuantizer(), max_relative_mse=0.01)
 
-The checks: round trips over the symbol dtypes and shapes (:func:`check_dtypes_and_shapes`),
-alphabets from 1 to 65536 symbols (:func:`check_alphabets`), degenerate inputs
-(:func:`check_degenerate_inputs`), the config through JSON (:func:`check_config_json`),
-the rate split (:func:`check_rate`), and damage: every single-byte change and every
-truncation of a small stream raises :class:`~kvinfo.errors.CorruptStreamError` within a
-time limit (:func:`check_corruption`), also when the stream-level CRC is recomputed so
-that only the codec's own checks stand guard (:func:`check_damage_past_crc`).
+**Lossless coders.** Round trips over the symbol dtypes and shapes
+(:func:`check_dtypes_and_shapes`), alphabets from 1 to 65536 symbols
+(:func:`check_alphabets`), degenerate inputs (:func:`check_degenerate_inputs`), the config
+through JSON (:func:`check_config_json`), the rate split (:func:`check_rate`), and damage:
+every single-byte change and every truncation of a small stream raises
+:class:`~kvinfo.errors.CorruptStreamError` within a time limit (:func:`check_corruption`),
+also when the stream-level CRC is recomputed so that only the codec's own checks stand
+guard (:func:`check_damage_past_crc`).
+
+**Lossy codecs** (``codec.lossy`` is True). The round trip keeps shape and dtype, gives
+finite values and stays within a stated distortion (:func:`check_lossy_roundtrip`): the
+codec's own bound when it states one (a method ``max_abs_error(array)`` returning a
+per-element bound on ``|x - decode(encode(x))|``, as ``uniform`` and ``ecsq`` do), else
+the tolerance the test gives (``max_abs_error`` and/or ``max_relative_mse``, the MSE over
+the mean square of the input); the config through JSON rebuilds an equal codec that decodes the
+stream to the same bits (:func:`check_lossy_config_json`); the rate accounting equals the
+stream length (:func:`check_rate`: ``total_bits == 8 * len(stream)``, ``symbol_bits +
+side_bits == total_bits``). :func:`check_lossy_codec` runs them on KV-like data
+(:func:`kv_like`) over float16, bfloat16, float32 and several shapes.
 
 Examples
 --------
 >>> from kvinfo.codecs import get_codec
->>> from kvinfo.testing import check_roundtrip
+>>> from kvinfo.testing import check_lossy_codec, check_roundtrip
 >>> import numpy as np
 >>> stream = check_roundtrip(get_codec({"id": "rans"}), np.arange(10, dtype=np.uint8))
 >>> stream[:4]
 b'KVIC'
+>>> check_lossy_codec(get_codec({"id": "ecsq", "step": 0.05}))  # its own stated bound
+>>> check_lossy_codec(get_codec({"id": "turbo", "bits": 4}), max_relative_mse=0.02)
 """
 
 from __future__ import annotations
@@ -32,6 +47,7 @@ import struct
 import time
 import zlib
 
+import ml_dtypes
 import numpy as np
 
 from .codecs.registry import get_codec
@@ -51,11 +67,19 @@ __all__ = [
     "check_damage_past_crc",
     "check_decodes_like",
     "check_lossless_codec",
+    "LOSSY_DTYPES",
+    "LOSSY_SHAPES",
+    "kv_like",
+    "check_lossy_roundtrip",
+    "check_lossy_config_json",
+    "check_lossy_codec",
 ]
 
 SYMBOL_DTYPES = (np.uint8, np.uint16, np.int32)
 SHAPES = ((), (0,), (1,), (33,), (3, 5), (2, 3, 4), (0, 5), (5, 0), (200, 16), (1, 1, 70))
 ALPHABET_SIZES = (1, 2, 3, 16, 255, 256, 257, 4096, 4097, 65536)
+LOSSY_DTYPES = (np.float16, ml_dtypes.bfloat16, np.float32)
+LOSSY_SHAPES = ((40, 16), (2, 33, 8), (2, 1, 64, 32))
 
 
 def _expect(cond: bool, msg: str) -> None:
@@ -226,3 +250,90 @@ def check_lossless_codec(codec, corruption: bool = True) -> None:
     check_rate(codec, (np.arange(1000) % 13).astype(np.uint8))
     if corruption:
         check_corruption(codec)
+
+
+# ---------------------------------------------------------------------------------------
+# the lossy contract
+# ---------------------------------------------------------------------------------------
+def kv_like(shape=(2, 40, 16), dtype=np.float32, seed: int = 0) -> np.ndarray:
+    """Gaussian data shaped ``(..., tokens, head_dim)`` with per-channel scales from 0.2 to
+    3 and one channel offset by 4 (as keys have)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * rng.uniform(0.2, 3.0, size=shape[-1])
+    x[..., 1 % shape[-1]] += 4.0
+    return x.astype(dtype)
+
+
+def check_lossy_roundtrip(codec, array: np.ndarray, *, max_abs_error=None,
+                          max_relative_mse: float | None = None):
+    """Encode then decode ``array``; the reconstruction has its shape and dtype, is finite,
+    and is within the stated distortion. Returns ``(stream, reconstruction)``.
+
+    ``max_abs_error`` (a number, or an array broadcastable to ``array``) and
+    ``max_relative_mse`` (MSE / mean square of ``array``) are the test's tolerance; when
+    neither is given, the codec must state its bound (``codec.max_abs_error(array)``).
+    """
+    if max_abs_error is None and max_relative_mse is None:
+        bound = getattr(codec, "max_abs_error", None)
+        _expect(callable(bound), f"{codec!r}: states no distortion bound (max_abs_error) and "
+                                 f"the test gave no tolerance")
+        max_abs_error = bound(array)
+    data = codec.encode(array)
+    _expect(isinstance(data, bytes), f"{codec!r}: encode must return bytes, got {type(data)}")
+    out = codec.decode(data)
+    what = f"{codec!r} on {np.dtype(array.dtype)} {array.shape}"
+    _expect(isinstance(out, np.ndarray), f"{what}: decode must return an ndarray")
+    _expect(out.dtype == array.dtype, f"{what}: came back as dtype {out.dtype}")
+    _expect(out.shape == array.shape, f"{what}: came back as shape {out.shape}")
+    x = array.astype(np.float64)
+    y = out.astype(np.float64)
+    _expect(bool(np.all(np.isfinite(y))), f"{what}: the reconstruction is not finite")
+    err = np.abs(x - y)
+    if max_abs_error is not None:
+        limit = np.broadcast_to(np.asarray(max_abs_error, np.float64), err.shape)
+        over = err > limit
+        if over.any():
+            worst = int(np.argmax(np.where(over, err - limit, -np.inf)))
+            raise AssertionError(
+                f"{what}: {int(over.sum())} elements exceed the stated max_abs_error (worst "
+                f"{float(err.flat[worst]):.4g} > {float(limit.flat[worst]):.4g})"
+            )
+    if max_relative_mse is not None:
+        power = float(np.mean(x * x))
+        rel = float(np.mean(err * err)) / power if power > 0 else float(np.mean(err * err))
+        _expect(rel <= max_relative_mse,
+                f"{what}: relative MSE {rel:.4g} > the tolerance {max_relative_mse:.4g}")
+    return data, out
+
+
+def check_lossy_config_json(codec, array: np.ndarray | None = None) -> None:
+    """``get_config`` survives JSON; the rebuilt codec is equal (hash, repr too) and decodes
+    the original codec's stream to the same bits."""
+    if array is None:
+        array = kv_like()
+    cfg = codec.get_config()
+    _expect(isinstance(cfg, dict) and "id" in cfg, f"{codec!r}: config lacks 'id'")
+    again = get_codec(json.loads(json.dumps(cfg)))
+    _expect(again == codec and hash(again) == hash(codec), f"{codec!r}: JSON round trip differs")
+    _expect(again.get_config() == cfg, f"{codec!r}: the rebuilt codec's config differs")
+    _expect(type(again).__name__ in repr(again), f"{codec!r}: repr does not name the class")
+    data = codec.encode(array)
+    a, b = codec.decode(data), again.decode(data)
+    _expect(a.dtype == b.dtype and bool(np.array_equal(a.view(np.uint8), b.view(np.uint8))),
+            f"{codec!r}: a codec rebuilt from its config decodes its stream differently")
+    _expect(again.encode(array) == data, f"{codec!r}: the rebuilt codec encodes differently")
+
+
+def check_lossy_codec(codec, *, max_abs_error=None, max_relative_mse: float | None = None,
+                      dtypes=LOSSY_DTYPES, shapes=LOSSY_SHAPES, seed: int = 0) -> None:
+    """The lossy contract on KV-like data of every dtype and shape: round trip within the
+    stated distortion (the codec's own bound, or the tolerance given here), config through
+    JSON, and rate accounting equal to the stream length."""
+    _expect(getattr(codec, "lossy", True), f"{codec!r}: not a lossy codec (codec.lossy)")
+    for i, dt in enumerate(dtypes):
+        for j, shape in enumerate(shapes):
+            x = kv_like(shape, dt, seed + 100 * i + j)
+            check_lossy_roundtrip(codec, x, max_abs_error=max_abs_error,
+                                  max_relative_mse=max_relative_mse)
+            check_rate(codec, x)
+    check_lossy_config_json(codec, kv_like(shapes[0], dtypes[0], seed))

@@ -19,10 +19,9 @@ from kvinfo.analysis import (
     SlabStats,
     _stats,
     analyze_slab,
-    bit_view,
     entropy_discrete,
-    to_float64,
 )
+from kvinfo.analysis._stats import bit_view, to_float64
 from kvinfo.errors import AnalysisInputError
 
 

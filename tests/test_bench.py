@@ -362,7 +362,7 @@ def test_command_eval_adds_quality_records(synthetic_dump, tiny_model_dir, tmp_p
     for r in q:
         m = r["metrics"]
         assert m["baseline_perplexity"] == pytest.approx(base["perplexity"])
-        assert {"perplexity", "perplexity_increase_pct", "kl", "top1_agreement",
+        assert {"perplexity", "perplexity_increase_pct", "kl_nats_per_token", "top1_agreement",
                 "bits_per_element"} <= set(m)
     assert doc["settings"]["eval"]["prefix"] == 40
 

@@ -250,8 +250,8 @@ def test_api_errors(paths):
     assert parse_index_list("2,0-1,1", 3, "layers") == [2, 0, 1]
     with pytest.raises(CodecConfigError, match="not a KV codec"):
         CacheCodec({"id": "huffman"})
-    for kwargs, msg in (({"max_tokens": 4}, "--max-tokens must be larger"),
-                        ({"block": -2}, "--block must be 0")):
+    for kwargs, msg in (({"max_tokens": 4}, "^max_tokens must be larger than prefix"),
+                        ({"block": -2}, "^block must be 0")):
         with pytest.raises(EvalInputError, match=msg):
             evaluate(None, None, [{"id": "uniform", "bits": 4}], "text", prefix=4, **kwargs)
     with pytest.raises(OutputPathError, match="is a folder"):
@@ -264,7 +264,8 @@ def test_api_errors(paths):
 
 
 def _leftovers(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name.endswith(".tmp") or ".kvinfo-partial-" in p.name)
 
 
 def test_interrupted_analyze_writes_nothing(paths, tmp_path, monkeypatch, capsys):
@@ -284,7 +285,7 @@ def test_interrupted_bench_keeps_the_previous_results(paths, tmp_path, monkeypat
     import kvinfo.bench
 
     out = tmp_path / "bench.json"
-    out.write_text("previous, complete results\n")
+    out.write_text('{"previous": "complete results"}\n')
     calls = []
 
     def interrupt_second(*args, **kwargs):
@@ -299,7 +300,7 @@ def test_interrupted_bench_keeps_the_previous_results(paths, tmp_path, monkeypat
             str(out), "--no-gpu", "--no-progress", "--knn-samples", "100"]
     assert main(argv) == 130
     capsys.readouterr()
-    assert out.read_text() == "previous, complete results\n"
+    assert out.read_text() == '{"previous": "complete results"}\n'
     assert _leftovers(tmp_path) == []
 
 
@@ -307,7 +308,7 @@ def test_write_results_interrupted_mid_write_leaves_old_file(tmp_path, monkeypat
     import kvinfo.results as R
 
     out = tmp_path / "r.json"
-    out.write_text("old\n")
+    out.write_text('{"old": 1}\n')
 
     def half_then_fail(obj, f, **kwargs):
         f.write('{"schema": "kvinfo.res')
@@ -316,7 +317,7 @@ def test_write_results_interrupted_mid_write_leaves_old_file(tmp_path, monkeypat
     monkeypatch.setattr(R.json, "dump", half_then_fail)
     with pytest.raises(KeyboardInterrupt):
         R.write_results(R.new_results("bench", {}, {}), out)
-    assert out.read_text() == "old\n" and _leftovers(tmp_path) == []
+    assert out.read_text() == '{"old": 1}\n' and _leftovers(tmp_path) == []
 
 
 def test_interrupted_report_leaves_no_page(paths, tmp_path, monkeypatch, capsys):

@@ -56,8 +56,8 @@ def test_default_model_quality(default_model):
     model, tok, _ = default_model
     codecs = [{"id": "lossless"}, {**U, "bits": 8}, {**U, "bits": 2}]
     res = evaluate(model, tok, codecs, prefix=160, max_tokens=320)
-    base = res["baseline"]["perplexity"]
-    lossless, u8, u2 = res["results"]
-    assert lossless["perplexity"] == base and lossless["kl"] == 0.0
-    assert abs(u8["perplexity"] / base - 1) < 0.02
-    assert u2["perplexity"] > 1.2 * u8["perplexity"]
+    base = res.baseline.perplexity
+    lossless, u8, u2 = res.results
+    assert lossless.perplexity == base and lossless.kl_nats_per_token == 0.0
+    assert abs(u8.perplexity / base - 1) < 0.02
+    assert u2.perplexity > 1.2 * u8.perplexity

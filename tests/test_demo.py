@@ -59,3 +59,11 @@ def test_demo_without_eval(tiny_model_dir, tmp_path, capsys, flag):
     assert not [r for r in bench["records"] if r["scope"] == "run"]
     md = (out / "report" / "report.md").read_text()
     assert "Not drawn: no eval results" in md
+    # each step records a command that reproduces it, with the demo's options
+    from kvinfo.cli import build_parser
+
+    for name in ("analyze", "bench"):
+        cmd = load_results(out / f"{name}.json")["command"]
+        args = build_parser().parse_args(cmd[1:])
+        assert cmd[:2] == ["kvinfo", name] and args.dump == str(out / "dump.h5")
+        assert (args.layers, args.knn_samples, args.output) == ("1", 100, str(out / f"{name}.json"))

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from kvinfo.cli import main  # noqa: E402
+from kvinfo.codecs.spec import KVCodecSpec  # noqa: E402
 from kvinfo.dumps.capture import load_model  # noqa: E402
 from kvinfo.errors import CodecConfigError, UnknownCodecError  # noqa: E402
-from kvinfo.evaluate import CacheCodec, EvalInputError, _score, evaluate  # noqa: E402
-from kvinfo.results import load_results  # noqa: E402
+from kvinfo.evaluate import (  # noqa: E402
+    CacheCodec,
+    EvalInputError,
+    EvalResult,
+    QualityResult,
+    _score,
+    evaluate,
+)
+from kvinfo.results import load_results, normalize_codec  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 4
 
@@ -44,13 +53,13 @@ def test_evaluate_orders_results_and_degrades_with_fewer_bits(tiny):
     model, tok, _ = tiny
     codecs = [{**U, "bits": 8}, {"id": "lossless"}, {**U, "bits": 1}]
     res = evaluate(model, tok, codecs, TEXT, prefix=60, max_tokens=180)
-    assert [r["codec"] for r in res["results"]] == codecs
-    r8, rl, r1 = res["results"]
-    assert rl["kl"] == 0.0 and rl["top1_agreement"] == 1.0
-    assert rl["perplexity"] == res["baseline"]["perplexity"]
-    assert r1["kl"] > r8["kl"] >= 0
-    assert r8["bits_per_element"] < rl["bits_per_element"]
-    assert res["num_scored_tokens"] == 180 - 60
+    assert [r.codec for r in res.results] == codecs
+    r8, rl, r1 = res.results
+    assert rl.kl_nats_per_token == 0.0 and rl.top1_agreement == 1.0
+    assert rl.perplexity == res.baseline.perplexity
+    assert r1.kl_nats_per_token > r8.kl_nats_per_token >= 0
+    assert r8.bits_per_element < rl.bits_per_element
+    assert res.num_scored_tokens == 180 - 60
 
 
 def test_per_kind_codecs(tiny):
@@ -60,8 +69,8 @@ def test_per_kind_codecs(tiny):
         "values": {**U, "bits": 2, "axis": "token"},
     }
     res = evaluate(model, tok, [spec], TEXT, prefix=60, max_tokens=120)
-    r = res["results"][0]
-    assert r["bits_per_element_keys"] > r["bits_per_element_values"]
+    r = res.results[0]
+    assert r.bits_per_element_keys > r.bits_per_element_values
 
 
 def test_bad_codec_specs():
@@ -100,29 +109,109 @@ def test_eval_cli_json_and_results(tiny_model_dir, tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
     out = tmp_path / "eval.json"
-    rc = main(
-        [
-            "eval",
-            "--model",
-            str(tiny_model_dir),
-            "--codec",
-            '{"id":"lossless"}',
-            "--codec",
-            json.dumps({**U, "bits": 2}),
-            "--text",
-            str(text),
-            "--prefix",
-            "50",
-            "--json",
-            "-o",
-            str(out),
-        ]
-    )
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--codec",
+        '{"id":"lossless"}',
+        "--codec",
+        json.dumps({**U, "bits": 2}),
+        "--text",
+        str(text),
+        "--prefix",
+        "50",
+        "--max-tokens",
+        "170",
+        "--block",
+        "32",
+        "--json",
+        "-o",
+        str(out),
+    ]
+    rc = main(argv)
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res["baseline"]) >= {"perplexity"}
     assert [r["codec"]["id"] for r in res["results"]] == ["lossless", "uniform"]
     for r in res["results"]:
-        assert {"bits_per_element", "perplexity", "kl", "top1_agreement"} <= set(r)
-    doc = load_results(out)
+        assert {"bits_per_element", "perplexity", "kl_nats_per_token", "top1_agreement"} <= set(r)
+        assert "kl" not in r
+    doc = load_results(out, upgrade=False)  # as written
     assert doc["tool"] == "eval" and len(doc["records"]) == 3
+    assert doc["schema_version"] == 2
+    base, lossless, u2 = doc["records"]
+    assert base["codec"] is None and base["metrics"]["quality_baseline"] is True
+    assert lossless["codec"] == normalize_codec({"id": "lossless"})  # defaults filled in
+    assert u2["metrics"]["baseline_perplexity"] == base["metrics"]["perplexity"]
+    assert doc["settings"]["codecs"] == [lossless["codec"], u2["codec"]]
+    # the recorded command reproduces every option of the run
+    from kvinfo.cli import build_parser
+
+    def opts(ns):
+        return {k: v for k, v in vars(ns).items() if not k.startswith("_")}
+
+    assert doc["command"][:2] == ["kvinfo", "eval"]
+    assert opts(build_parser().parse_args(doc["command"][1:])) == opts(
+        build_parser().parse_args(argv)
+    )
+
+
+def test_evaluate_takes_validated_specs_and_builds_the_results_document(tiny):
+    model, tok, _ = tiny
+    spec = KVCodecSpec({**U, "bits": 4}, require=("keys", "values"))
+    res = evaluate(model, tok, [spec], TEXT, prefix=60, max_tokens=100)
+    assert isinstance(res, EvalResult) and res.results[0].codec == {**U, "bits": 4}
+    res.model = "tiny"
+    doc = res.to_results(command=["kvinfo", "eval"])
+    assert doc["source"]["model"] == "tiny" and doc["settings"]["max_tokens"] == 100
+    assert [r["codec"] for r in doc["records"]] == [None, spec.config]
+    bench_doc = {"records": [], "settings": {}}
+    res.add_to(bench_doc)
+    assert bench_doc["records"] == doc["records"]
+    assert bench_doc["settings"]["eval"] == {"num_tokens": 100, "prefix": 60,
+                                             "num_scored_tokens": 40, "block": 0,
+                                             "model": "tiny"}
+
+
+def test_evaluate_errors_name_its_parameters():
+    for kwargs, msg in (({"prefix": 0}, "prefix must be at least 1, got 0"),
+                        ({"max_tokens": 4}, "max_tokens must be larger than prefix (512)"),
+                        ({"block": -1}, "block must be 0 (off)"),
+                        ({"prefix": 2.5}, "prefix must be an integer, got 2.5")):
+        with pytest.raises(EvalInputError, match=re.escape(msg)):
+            evaluate(None, None, [{"id": "lossless"}], "text", **kwargs)
+    with pytest.raises(CodecConfigError, match="no codec for values"):
+        evaluate(None, None, [{"keys": {"id": "lossless"}}], "text")
+    with pytest.raises(CodecConfigError, match="sequence of codec specs"):
+        evaluate(None, None, {"id": "lossless"}, "text")
+    err = EvalInputError.about("{prefix} must be at least 1, got {got}", got=0)
+    renamed = err.renamed({"prefix": "--eval-prefix"})
+    assert str(renamed) == "--eval-prefix must be at least 1, got 0"
+
+
+def test_kl_stays_readable_as_a_deprecated_alias():
+    q = QualityResult(codec={"id": "lossless"}, perplexity=2.0, nll_nats_per_token=0.69,
+                      kl_nats_per_token=0.125, bits_per_element=3.0)
+    with pytest.warns(DeprecationWarning, match="kl_nats_per_token"):
+        assert q.kl == 0.125
+    d = q.as_dict()
+    assert "kl" not in d and json.loads(json.dumps(d))["kl_nats_per_token"] == 0.125
+    with pytest.warns(DeprecationWarning, match="kl_nats_per_token"):
+        assert d["kl"] == 0.125
+    with pytest.warns(DeprecationWarning, match="kl_nats_per_token"):
+        assert d.get("kl") == 0.125
+    with pytest.raises(KeyError):
+        d["no-such-metric"]
+    base = QualityResult(codec=None, perplexity=2.0, nll_nats_per_token=0.69)
+    res = EvalResult(baseline=base, results=[q], num_tokens=10, prefix=4, max_tokens=10,
+                     num_scored_tokens=6)
+    with pytest.warns(DeprecationWarning, match="EvalResult"):
+        old = res["results"]  # the dict evaluate() returned before
+    with pytest.warns(DeprecationWarning, match="kl_nats_per_token"):
+        assert old[0]["kl"] == 0.125
+    with pytest.warns(DeprecationWarning, match="EvalResult"):
+        assert res.get("prefix") == 4 and res.get("nope", 7) == 7
+    with pytest.warns(DeprecationWarning):
+        res["model"] = "m"
+    assert res.model == "m" and res.as_dict()["model"] == "m"

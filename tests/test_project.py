@@ -69,6 +69,8 @@ HIGHER = ("kvinfo.bench", "kvinfo.report", "kvinfo.evaluate", "kvinfo.commands",
     [
         ("kvinfo.dumps", HIGHER + ("kvinfo.analysis", "kvinfo.codecs", "torch")),
         ("kvinfo.codecs", HIGHER + ("torch",)),
+        ("kvinfo.kernels.gpu", HIGHER + ("kvinfo.analysis", "kvinfo.codecs", "numba.cuda",
+                                         "torch")),
         ("kvinfo.analysis", HIGHER + ("torch",)),
         ("kvinfo.bench", ("kvinfo.report", "kvinfo.commands", "kvinfo.cli")),
         ("kvinfo.evaluate", ("kvinfo.report", "kvinfo.commands", "kvinfo.cli")),
@@ -76,7 +78,9 @@ HIGHER = ("kvinfo.bench", "kvinfo.report", "kvinfo.evaluate", "kvinfo.commands",
     ],
 )
 def test_lower_layers_do_not_import_higher_ones(module, forbidden):
-    """dumps -> analysis/codecs -> bench/eval -> report: importing a layer loads no higher one."""
+    """dumps -> analysis/codecs/kernels -> bench/eval -> report: importing a layer loads no
+    higher one (and the kernels no other subpackage); tests/test_layering.py checks the
+    same statically for every module."""
     code = f"import sys, {module}; print(sorted(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     found = [m for m in eval(out.stdout) if m.startswith(forbidden)]

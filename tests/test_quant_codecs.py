@@ -30,7 +30,9 @@ LOSSY = [
     {"id": "turbo", "bits": 2, "num_outliers": 4, "sink_tokens": 2, "rotation": "orthogonal"},
 ]
 DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32]
-HEADER_FIXED = 3 + 1 + 1 + 1 + 1 + 2 + 1 + 4  # magic, version, tag, dtype, ndim, P, S, CRC
+# magic, version, tag, dtype, ndim, P, S, header CRC, outer CRC (container version 2)
+HEADER_FIXED = 3 + 1 + 1 + 1 + 1 + 2 + 1 + 4 + 4
+SECTION_HEADER = 1 + 4 + 4  # kind, length, section CRC
 
 
 def _data(shape=(2, 40, 16), seed=0, dtype=np.float32):
@@ -105,7 +107,7 @@ def test_uniform_side_information_counted_exactly(coder, axis, group):
     data = codec.encode(x)
     q, zero, step = uniform_quantize(_f64(x), 3, axis, group, "float16")
     blob = codec.coder.encode(q)
-    header = HEADER_FIXED + 8 * x.ndim + struct.calcsize("<BBBI") + 3 * 5
+    header = HEADER_FIXED + 8 * x.ndim + struct.calcsize("<BBBI") + 3 * SECTION_HEADER
     scales = zero.nbytes + step.nbytes
     assert zero.size == 3 * 16 * math.ceil(40 / group) if axis == "channel" else True
     assert len(data) == header + scales + len(blob)
@@ -128,7 +130,7 @@ def test_turbo_side_information_counted_exactly():
     assert sizes[1] == 2 * b * sinks * d  # verbatim bf16 rows
     assert sizes[2] == 2 * b * k  # outlier channel indices
     assert sizes[3] == sizes[5] == 2 * rows  # float16 norms
-    header = HEADER_FIXED + 8 * 3 + struct.calcsize("<BBHBBQ") + 7 * 5
+    header = HEADER_FIXED + 8 * 3 + struct.calcsize("<BBHBBQ") + 7 * SECTION_HEADER
     assert len(data) == header + sum(sizes)
     coded = [p.sections[4].data, p.sections[6].data]
     sym = sum(codec.coder.rate(c)["symbol_bits"] for c in coded)
@@ -435,8 +437,9 @@ def test_shared_contract_checks(cfg):
 @pytest.mark.parametrize("cfg", LOSSY + [{"id": "lossless"}], ids=lambda c: json.dumps(c))
 def test_damage_past_crc_never_escapes(cfg):
     """With the CRC recomputed, damage must give CorruptStreamError or an array of the
-    stream's shape and dtype (side information has no second checksum), never another
-    exception, a crash or a huge allocation."""
+    stream's shape and dtype, never another exception, a crash or a huge allocation.
+    (Since container version 2 every section has a second checksum, so it is always
+    CorruptStreamError: tests/test_quant_integrity.py checks that stronger property.)"""
     import zlib
 
     codec = get_codec(cfg)

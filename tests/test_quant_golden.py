@@ -4,7 +4,9 @@ A deliberate change of the quantizer container (``kvinfo/codecs/quant/_base.py``
 codec's stream layout must bump ``CONTAINER_VERSION`` (and ``docs/codecs.md``) and
 regenerate the files with ``KVINFO_REGEN_GOLDEN=1 python -m pytest
 tests/test_quant_golden.py``; without that switch the files are never written. The coder
-streams are embedded, so a coder format change shows up here too.
+streams are embedded, so a coder format change shows up here too. The golden files of older
+versions are kept: every version in ``READ_VERSIONS`` must still decode to its recorded
+output.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from kvinfo.codecs import get_codec
-from kvinfo.codecs.quant._base import CONTAINER_VERSION
+from kvinfo.codecs.quant._base import CONTAINER_VERSION, READ_VERSIONS
 
 GOLDEN = pathlib.Path(__file__).with_name("golden")
 REGEN = os.environ.get("KVINFO_REGEN_GOLDEN") == "1"
@@ -61,3 +63,24 @@ def test_golden_quant_stream(name):
     out = codec.decode(golden)
     assert out.dtype == x.dtype and out.shape == x.shape
     assert np.array_equal(out.astype(np.float32), np.load(stem.with_suffix(".out.npy")))
+
+
+OLD_VERSIONS = [v for v in READ_VERSIONS if v != CONTAINER_VERSION]
+
+
+@pytest.mark.parametrize("version", OLD_VERSIONS)
+@pytest.mark.parametrize("name", list(CASES))
+def test_older_golden_streams_still_decode(name, version):
+    config, dtype = CASES[name]
+    stem = GOLDEN / f"quant_v{version}_{name}"
+    old = stem.with_suffix(".kvq").read_bytes()
+    assert old[3] == version
+    out = get_codec(config).decode(old)
+    assert out.dtype == np.dtype(DTYPES[dtype]) and out.shape == _input(dtype).shape
+    assert np.array_equal(out.astype(np.float32), np.load(stem.with_suffix(".out.npy")))
+
+
+def test_version_is_bumped_with_old_goldens_kept():
+    assert CONTAINER_VERSION == max(READ_VERSIONS) and len(OLD_VERSIONS) >= 1
+    for v in READ_VERSIONS:
+        assert sorted(GOLDEN.glob(f"quant_v{v}_*.kvq")), v

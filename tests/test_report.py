@@ -162,3 +162,60 @@ def test_bad_results_file_is_a_clear_error(tmp_path, content, message, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("kvinfo report: error:") and message in err
+
+
+def test_bench_then_eval_of_the_same_codec_is_one_row(synthetic_dump, tiny_model_dir, tmp_path,
+                                                      capsys):
+    """bench spells the codec out in full, eval as the user typed it: one joined row."""
+    from kvinfo.bench import bench_dump
+    from kvinfo.report._data import gather
+    from kvinfo.report._page import summary_rows
+    from kvinfo.results import load_results, normalize_codec, write_results
+
+    full = normalize_codec({"id": "uniform", "bits": 4})
+    doc = bench_dump(synthetic_dump, [full], layers=[0], knn_samples=100, max_queries=8,
+                     use_gpu=False)
+    bench_json = write_results(doc, tmp_path / "bench.json")
+    eval_json = tmp_path / "eval.json"
+    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"bits": 4, "id": "uniform"}',
+               "--prefix", "40", "--max-tokens", "80", "-o", str(eval_json)])
+    assert rc == 0
+    out = tmp_path / "rep"
+    capsys.readouterr()
+    rc = main(["report", str(bench_json), str(eval_json), "-o", str(out), "--no-svg"])
+    assert rc == 0
+    assert "not drawn: Bits against model quality" not in capsys.readouterr().out
+    data = gather([(str(p), load_results(p)) for p in (bench_json, eval_json)])
+    assert list(data.codecs.values()) == [full]
+    head, rows = summary_rows(data)
+    assert len(rows) == 1
+    row = dict(zip(head, rows[0], strict=True))
+    assert row["bits/elt"] != "–" and row["KL nats/token"] != "–" and row["ppl +%"] != "–"
+    md = (out / "report.md").read_text()
+    assert md.count(f"| {data.label(full)} |") == 1
+
+
+def test_report_reads_version_1_results(result_files, tmp_path, capsys):
+    """A version-1 file (``kl``, codecs as the user wrote them) still reports its KL."""
+    from kvinfo.report._data import gather
+    from kvinfo.report._page import summary_rows
+    from kvinfo.results import load_results, normalize_codec
+
+    doc = json.loads(result_files[1].read_text())
+    doc["schema_version"] = 1
+    for r in doc["records"]:
+        if "kl_nats_per_token" in r["metrics"]:
+            r["metrics"]["kl"] = r["metrics"].pop("kl_nats_per_token")
+        if r["scope"] == "run" and r["codec"] is not None:  # v1 eval kept the raw spec
+            r["codec"] = next(c for c in CODECS if normalize_codec(c) == r["codec"])
+            assert r["codec"] != normalize_codec(r["codec"])
+    v1 = tmp_path / "bench_v1.json"
+    v1.write_text(json.dumps(doc))
+    new = gather([("new", load_results(result_files[1]))])
+    old = gather([("old", load_results(v1))])
+    assert summary_rows(old) == summary_rows(new)
+    kl_col = summary_rows(old)[0].index("KL nats/token")
+    assert all(row[kl_col] != "–" for row in summary_rows(old)[1])
+    rc = main(["report", str(v1), "-o", str(tmp_path / "rep"), "--no-svg"])
+    assert rc == 0
+    capsys.readouterr()

@@ -18,14 +18,16 @@ whether it is a bound or an estimate.
   also returns its :class:`SlabGaussian` (covariance and eigendecomposition, computed once)
   for the bench reference bounds.
 - :func:`analyze_dump`: the analyze engine (a dump and a selection in, a results document
-  out); :func:`aggregate_metrics`: the one aggregator of analyze and bench, with its rule
-  for nulls; :class:`TokenCost`: per-token code lengths over a group of slabs.
+  out; :func:`aggregate_slab_metrics` its per-group aggregate); :func:`aggregate_metrics`:
+  the one aggregator of analyze and bench, with its rule for nulls (:func:`is_defined`);
+  :class:`TokenCost`: per-token code lengths over a group of slabs;
+  :func:`check_knn_options`: the kNN option check; :func:`warmup` compiles the counting
+  kernels.
 - :func:`mse_per_element`, :func:`snr_db`, :func:`cosine_similarity`,
   :func:`attention_score_errors`, :func:`attention_output_error`: distortion measures.
 """
 
 from ._entropy import (
-    ENTROPY_ESTIMATORS,
     dither_stored,
     entropy_discrete,
     entropy_from_counts,
@@ -38,11 +40,9 @@ from ._entropy import (
 from ._rd import (
     blahut_arimoto,
     dr_gaussian,
-    gaussian_eigenvalues,
     rd_gaussian,
     rd_gaussian_eigenvalues,
     rd_shannon_lower_bound,
-    water_level,
 )
 from ._slab import (
     DEFAULT_SNR_DB,
@@ -54,10 +54,8 @@ from ._slab import (
     analyze_slab,
     check_knn_options,
     slab_analysis,
-    small_data_reason,
-    snr_grid_to_mse,
 )
-from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, bit_view, to_float64
+from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, warmup
 from .aggregate import aggregate_metrics, is_defined
 from .bounds import (
     LOWER_MODELS,
@@ -78,10 +76,9 @@ from .distortion import (
     mse_per_element,
     snr_db,
 )
-from .engine import aggregate_slab_metrics, analyze_dump, check_analysis_options
+from .engine import aggregate_slab_metrics, analyze_dump
 
 __all__ = [
-    "ENTROPY_ESTIMATORS",
     "entropy_discrete",
     "entropy_from_counts",
     "entropy_gaussian",
@@ -90,8 +87,6 @@ __all__ = [
     "entropy_knn_marginals",
     "knn_gaussian_bias",
     "dither_stored",
-    "gaussian_eigenvalues",
-    "water_level",
     "rd_gaussian",
     "rd_gaussian_eigenvalues",
     "dr_gaussian",
@@ -111,8 +106,6 @@ __all__ = [
     "MomentStats",
     "PairStats",
     "SlabStats",
-    "bit_view",
-    "to_float64",
     "AnalysisWarning",
     "DEFAULT_SNR_DB",
     "analyze_slab",
@@ -120,15 +113,13 @@ __all__ = [
     "SlabAnalysis",
     "SlabGaussian",
     "SMALL_DATA_METRICS",
-    "small_data_reason",
     "TokenCost",
     "check_knn_options",
-    "snr_grid_to_mse",
     "analyze_dump",
     "aggregate_slab_metrics",
-    "check_analysis_options",
     "aggregate_metrics",
     "is_defined",
+    "warmup",
     "mse_per_element",
     "snr_db",
     "cosine_similarity",

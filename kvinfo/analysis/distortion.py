@@ -41,6 +41,17 @@ __all__ = [
 ]
 
 
+def _finite_float64(arrays, empty: str, nonfinite: str) -> list[np.ndarray]:
+    """``arrays`` as float64, refusing an empty first array and any NaN or Inf (the one
+    input check of every distortion measure; the messages name the caller's inputs)."""
+    if arrays[0].size == 0:
+        raise AnalysisInputError(empty)
+    out = [a.astype(np.float64) for a in arrays]
+    if not all(np.all(np.isfinite(a)) for a in out):
+        raise AnalysisInputError(nonfinite)
+    return out
+
+
 def _pair(x, x_hat) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x)
     x_hat = np.asarray(x_hat)
@@ -49,12 +60,10 @@ def _pair(x, x_hat) -> tuple[np.ndarray, np.ndarray]:
             f"original and reconstruction must have the same shape; found {x.shape} and "
             f"{x_hat.shape}"
         )
-    if x.size == 0:
-        raise AnalysisInputError(f"expected non-empty arrays; found shape {x.shape}")
-    x = x.astype(np.float64)
-    x_hat = x_hat.astype(np.float64)
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(x_hat))):
-        raise AnalysisInputError("expected finite values; found NaN or Inf")
+    x, x_hat = _finite_float64(
+        [x, x_hat], f"expected non-empty arrays; found shape {x.shape}",
+        "expected finite values; found NaN or Inf",
+    )
     return x, x_hat
 
 
@@ -128,12 +137,8 @@ def _as_heads(a, name: str) -> np.ndarray:
             f"{name} must have shape (heads, tokens, head_dim) or (tokens, head_dim); "
             f"found {a.shape}"
         )
-    if a.size == 0:
-        raise AnalysisInputError(f"{name} is empty; found shape {a.shape}")
-    a = a.astype(np.float64)
-    if not np.all(np.isfinite(a)):
-        raise AnalysisInputError(f"{name} contains NaN or Inf")
-    return a
+    return _finite_float64([a], f"{name} is empty; found shape {a.shape}",
+                           f"{name} contains NaN or Inf")[0]
 
 
 def _check_kv(q: np.ndarray, kvs: dict[str, np.ndarray]) -> int:
@@ -227,6 +232,25 @@ def _log_softmax(logits: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.n
     return logp, np.exp(logp) * mask
 
 
+def _attention_setup(queries, kv: dict, sequences, causal, scale, max_queries, block):
+    """The prologue shared by :func:`attention_score_errors` and
+    :func:`attention_output_error`: every array as heads, their shapes checked against the
+    queries, the logit scale, and the (validated, eagerly) sequences and query positions.
+
+    ``kv`` maps names to the KV-side arrays (None entries are skipped). Returns
+    ``(arrays by name, head_dim, scale, blocks)`` with ``blocks`` the iterator of
+    :func:`_blocks`.
+    """
+    q = _as_heads(queries, "queries")
+    arrays = {name: _as_heads(a, name) for name, a in kv.items() if a is not None}
+    group = _check_kv(q, arrays)
+    t, d = q.shape[1:]
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    seqs = _sequences(sequences, t)
+    pos = _positions(t, max_queries)
+    return arrays, d, scale, _blocks(q, group, seqs, pos, causal, block)
+
+
 def attention_score_errors(
     queries,
     keys,
@@ -276,21 +300,18 @@ def attention_score_errors(
     >>> 0 < r["kl_nats"] < 0.05, r["num_queries"]
     (True, 128)
     """
-    q = _as_heads(queries, "queries")
-    k = _as_heads(keys, "keys")
-    kh = _as_heads(keys_hat, "keys_hat")
-    group = _check_kv(q, {"keys": k, "keys_hat": kh})
-    t, d = q.shape[1:]
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    seqs = _sequences(sequences, t)
-    pos = _positions(t, max_queries)
+    arrays, _, scale, blocks = _attention_setup(
+        queries, {"keys": keys, "keys_hat": keys_hat}, sequences, causal, scale, max_queries,
+        block,
+    )
+    k, kh = arrays["keys"], arrays["keys_hat"]
     sq_err = 0.0
     n_pairs = 0
     kl_sum = 0.0
     kl_max = 0.0
     agree = 0
     n_q = 0
-    for g, qv, a, b, mask in _blocks(q, group, seqs, pos, causal, block):
+    for g, qv, a, b, mask in blocks:
         lg = _logits(qv, k[g, a:b], scale)
         lh = _logits(qv, kh[g, a:b], scale)
         diff = (lg - lh) * mask
@@ -354,25 +375,16 @@ def attention_output_error(
     >>> round(r["relative_error"], 6), round(r["mean_relative_error"], 6)
     (0.1, 0.1)
     """
-    q = _as_heads(queries, "queries")
-    k = _as_heads(keys, "keys")
-    v = _as_heads(values, "values")
-    vh = _as_heads(values_hat, "values_hat")
-    kvs = {"keys": k, "values": v, "values_hat": vh}
-    kh = None
-    if keys_hat is not None:
-        kh = _as_heads(keys_hat, "keys_hat")
-        kvs["keys_hat"] = kh
-    group = _check_kv(q, kvs)
-    t, d = q.shape[1:]
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    seqs = _sequences(sequences, t)
-    pos = _positions(t, max_queries)
+    arrays, d, scale, blocks = _attention_setup(
+        queries, {"keys": keys, "values": values, "values_hat": values_hat, "keys_hat": keys_hat},
+        sequences, causal, scale, max_queries, block,
+    )
+    k, v, vh, kh = (arrays.get(n) for n in ("keys", "values", "values_hat", "keys_hat"))
     err_sq = 0.0
     ref_sq = 0.0
     rel_sum = 0.0
     n_q = 0
-    for g, qv, a, b, mask in _blocks(q, group, seqs, pos, causal, block):
+    for g, qv, a, b, mask in blocks:
         w = _log_softmax(_logits(qv, k[g, a:b], scale), mask)[1]
         o = w @ v[g, a:b]
         if kh is not None:

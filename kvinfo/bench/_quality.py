@@ -4,30 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._spec import CodecSpec
-
 __all__ = ["add_quality"]
 
 
-def add_quality(doc: dict, quality: dict, specs: Sequence[dict]) -> dict:
-    """Add the records of :func:`kvinfo.evaluate.evaluate`'s output to a bench document.
+def add_quality(doc: dict, quality, specs: Sequence[dict] | None = None) -> dict:
+    """Add the quality records of :func:`kvinfo.evaluate.evaluate`'s result to a bench document.
 
-    One ``scope: "run"`` record per codec (its normalised config, in the order of ``specs``)
-    with ``perplexity``, ``perplexity_increase_pct``, ``kl``, ``top1_agreement``,
-    ``bits_per_element`` (of the cache the model actually used) and ``baseline_perplexity``;
-    and one record with ``codec: null`` for the uncompressed baseline.
+    The records are built by :meth:`kvinfo.evaluate.EvalResult.records` (the one builder
+    that ``kvinfo eval -o`` uses too; ``specs`` is no longer needed) and ``settings["eval"]``
+    is set; see docs/results-schema.md.
     """
-    from .. import results
-
-    base = dict(quality["baseline"])
-    doc["records"].append(results.make_record("run", {**base, "quality_baseline": True}))
-    for spec, r in zip(specs, quality["results"], strict=True):
-        metrics = {k: v for k, v in r.items() if k != "codec"}
-        metrics["baseline_perplexity"] = base["perplexity"]
-        doc["records"].append(
-            results.make_record("run", metrics, codec=CodecSpec(spec).config)
-        )
-    doc["settings"]["eval"] = {
-        k: quality.get(k) for k in ("num_tokens", "prefix", "num_scored_tokens", "block", "model")
-    }
-    return doc
+    return quality.add_to(doc)

@@ -58,6 +58,9 @@ class Codec(ABC):
     """Abstract base of every kvinfo codec; see the module docstring for the contract."""
 
     codec_id: ClassVar[str] = ""
+    #: True for codecs whose decode returns a reconstruction, not the input itself
+    #: (:func:`kvinfo.testing.check_lossy_codec` holds them to the lossy contract)
+    lossy: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, array: np.ndarray) -> bytes:

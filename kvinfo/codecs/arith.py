@@ -53,10 +53,11 @@ import numpy as np
 from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
+from ._deprecated import deprecated_aliases
 from .models import AdaptiveContextModel
 from .registry import register_codec
 
-__all__ = ["Arith", "ARITH_INDEX_DTYPE", "CONTEXTS"]
+__all__ = ["ArithCodec", "ARITH_INDEX_DTYPE", "CONTEXTS"]
 
 CONTEXTS = ("channel+prev", "channel", "none")
 
@@ -78,7 +79,7 @@ _PARAM_SPEC = {
 
 
 @register_codec
-class Arith(C.ContainerCoder):
+class ArithCodec(C.ContainerCoder):
     """Adaptive context-modelling range coder; the module docstring lists parameters."""
 
     codec_id = "arith"
@@ -194,3 +195,6 @@ class Arith(C.ContainerCoder):
         C.check_symbols(c, out)
         return out
 
+
+#: old class name, deprecated (one release)
+__getattr__ = deprecated_aliases(__name__, {"Arith": "ArithCodec"})

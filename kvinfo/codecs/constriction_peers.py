@@ -44,11 +44,12 @@ import numpy as np
 
 from ..errors import CodecConfigError, CorruptStreamError
 from . import _container as C
+from ._deprecated import deprecated_aliases
 from .models import PerChannelTables
 from .rans import encode_tables
 from .registry import register_codec
 
-__all__ = ["ConstrictionAns", "ConstrictionRange", "categorical_models"]
+__all__ = ["ConstrictionAnsCodec", "ConstrictionRangeCodec", "categorical_models"]
 
 _PARAM_SPEC = {
     "precision_bits": (1, 16),
@@ -167,7 +168,7 @@ class _ConstrictionPeer(C.ContainerCoder):
 
 
 @register_codec
-class ConstrictionAns(_ConstrictionPeer):
+class ConstrictionAnsCodec(_ConstrictionPeer):
     """constriction's ``AnsCoder`` (a stack) as a kvinfo codec; see the module docstring."""
 
     codec_id = "constriction-ans"
@@ -175,8 +176,13 @@ class ConstrictionAns(_ConstrictionPeer):
 
 
 @register_codec
-class ConstrictionRange(_ConstrictionPeer):
+class ConstrictionRangeCodec(_ConstrictionPeer):
     """constriction's range coder (a queue) as a kvinfo codec; see the module docstring."""
 
     codec_id = "constriction-range"
     _stack = False
+
+
+#: old class names, deprecated (one release)
+__getattr__ = deprecated_aliases(__name__, {"ConstrictionAns": "ConstrictionAnsCodec",
+                                             "ConstrictionRange": "ConstrictionRangeCodec"})

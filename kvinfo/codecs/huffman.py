@@ -48,10 +48,11 @@ from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
 from . import _device
+from ._deprecated import deprecated_aliases
 from .models import decode_uints, encode_uints
 from .registry import register_codec
 
-__all__ = ["Huffman", "HUFFMAN_INDEX_DTYPE", "huffman_code_lengths"]
+__all__ = ["HuffmanCodec", "HUFFMAN_INDEX_DTYPE", "huffman_code_lengths"]
 
 #: one chunk-index record (little-endian, 16 bytes)
 HUFFMAN_INDEX_DTYPE = np.dtype([("byte_offset", "<u8"), ("num_symbols", "<u4"),
@@ -125,7 +126,7 @@ def _int(name, v, lo, hi):
 
 
 @register_codec
-class Huffman(C.ContainerCoder):
+class HuffmanCodec(C.ContainerCoder):
     """Canonical length-limited Huffman codec; the module docstring lists parameters."""
 
     codec_id = "huffman"
@@ -261,7 +262,7 @@ class Huffman(C.ContainerCoder):
     def prepare_cuda(self, data, *, dequant=None, shape=None, max_symbol=None):
         """Validate ``data`` with :meth:`parse` and upload it for the CUDA kernels; returns a
         :class:`kvinfo.kernels.gpu.PreparedStream` (``dequant``, ``shape``, ``max_symbol``:
-        as for the ``rans`` coder's ``prepare_cuda``)."""
+        as for :meth:`RansCodec.prepare_cuda`)."""
         gpu = _device.front_end()
         c, lengths, index, sub, words = self.parse(data)
         _device.check_coded(c, shape, max_symbol)
@@ -297,3 +298,6 @@ class Huffman(C.ContainerCoder):
         C.check_symbols(c, out)
         return out
 
+
+#: old class name, deprecated (one release)
+__getattr__ = deprecated_aliases(__name__, {"Huffman": "HuffmanCodec"})

@@ -20,7 +20,7 @@ Examples
 >>> check_output_bytes(8192, max_output_bytes=4096)
 Traceback (most recent call last):
 ...
-kvinfo.errors.CorruptStreamError: the stream claims an output of 8192 bytes, above the decode limit of 4096 bytes (max_output_bytes / KVINFO_MAX_OUTPUT_BYTES)
+kvinfo.errors.CorruptStreamError: the stream claims an output of 8192 bytes, above the decode ...
 """
 
 from __future__ import annotations

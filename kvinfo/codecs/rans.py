@@ -56,10 +56,11 @@ from ..errors import CodecConfigError, CorruptStreamError
 from ..kernels import cpu
 from . import _container as C
 from . import _device
+from ._deprecated import deprecated_aliases
 from .models import PerChannelTables, min_precision_bits
 from .registry import register_codec
 
-__all__ = ["Rans", "RANS_INDEX_DTYPE"]
+__all__ = ["RansCodec", "RANS_INDEX_DTYPE"]
 
 #: one chunk-index record (little-endian, 144 bytes)
 RANS_INDEX_DTYPE = np.dtype(
@@ -139,7 +140,7 @@ def refine_precision(tables: PerChannelTables, counts) -> PerChannelTables:
 
 
 @register_codec
-class Rans(C.ContainerCoder):
+class RansCodec(C.ContainerCoder):
     """Static interleaved rANS codec; the module docstring lists parameters and notes."""
 
     codec_id = "rans"
@@ -305,3 +306,6 @@ class Rans(C.ContainerCoder):
         C.check_symbols(c, out)
         return out
 
+
+#: old class name, deprecated (one release)
+__getattr__ = deprecated_aliases(__name__, {"Rans": "RansCodec"})

@@ -24,7 +24,8 @@ class KVCodecSpec:
     Parameters
     ----------
     spec : dict
-        A codec config with an ``"id"``, or a mapping from ``"keys"``/``"values"`` to configs.
+        A codec config with an ``"id"``, or a mapping from ``"keys"``/``"values"`` to configs
+        (optionally with ``"id": "per-kind"``, as :attr:`config` writes it).
     require : tuple of str
         Kinds that must have a codec (eval needs both; bench can run keys only).
 
@@ -36,7 +37,9 @@ class KVCodecSpec:
         Kind -> codec, for the kinds the spec covers.
     config : dict
         The normalised config for results files: the codec's full config (every default
-        filled in), or ``{"id": "per-kind", "keys": ..., "values": ...}``.
+        filled in), or ``{"id": "per-kind", "keys": ..., "values": ...}``. Equivalent specs
+        have equal configs: defaults omitted or spelled out, and a per-kind spec with the same
+        codec for keys and values, normalise to the same dict.
 
     Examples
     --------
@@ -49,6 +52,8 @@ class KVCodecSpec:
     def __init__(self, spec: dict, require: tuple[str, ...] = ()):
         if not isinstance(spec, dict):
             raise CodecConfigError(f"a codec spec must be a JSON object; found {spec!r}")
+        if spec.get("id") == "per-kind":  # the normalised form (results files) reads back
+            spec = {k: v for k, v in spec.items() if k != "id"}
         if "id" in spec:
             configs = {kind: spec for kind in KINDS}
         elif spec and set(spec) <= set(KINDS):
@@ -76,11 +81,12 @@ class KVCodecSpec:
                     'or losslessly as {"id": "lossless", "coder": ...}'
                 )
             self.codecs[kind] = codec
-        if "id" in spec:
-            self.config = self.codecs["keys"].get_config()
+        full = {k: c.get_config() for k, c in self.codecs.items()}
+        if "id" in spec or (set(full) == set(KINDS) and full["keys"] == full["values"]):
+            # one codec for every kind, however it was spelled
+            self.config = full["keys"]
         else:
-            self.config = {"id": "per-kind"}
-            self.config.update({k: c.get_config() for k, c in self.codecs.items()})
+            self.config = {"id": "per-kind", **full}
 
     def for_kind(self, kind: str):
         """The codec of ``kind`` (a one-config spec covers every kind), or None."""

@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from ..cli import recorded_command
 from ..errors import AnalysisInputError
 from ..tables import SMALL_DATA_MARK, format_number
 from ._common import add_knn_arguments, add_selection_arguments, flag_names, selection_of
@@ -27,7 +28,9 @@ from ._common import add_knn_arguments, add_selection_arguments, flag_names, sel
 
 def add_arguments(p) -> None:
     p.add_argument("dump", help="a kvdump (.h5)")
-    p.add_argument("-o", "--output", help="results JSON to write (default: print the table only)")
+    p.add_argument("-o", "--output",
+                   help="results JSON to write, replacing a results file there (never the input "
+                   "dump); default: print the table only")
     add_selection_arguments(p, "analyse")
     p.add_argument(
         "--snr-db",
@@ -258,10 +261,10 @@ def run(args) -> int:
     if args.table_snr_db is not None and not math.isfinite(args.table_snr_db):
         raise AnalysisInputError("--table-snr-db must be finite")
     if args.output:
-        check_output_file(args.output, "-o")
+        check_output_file(args.output, "-o", inputs=[args.dump], kind="results")
     doc = run_analysis(
         args.dump, selection_of(args), progress=not args.no_progress,
-        command=["kvinfo", "analyze", *_argv_of(args)], snr_db=snr,
+        command=recorded_command(args), snr_db=snr,
         pervector_snr_db=args.pervector_snr_db, knn_samples=args.knn_samples,
         knn_k=args.knn_k, seed=args.seed, top_tokens=args.top_tokens,
         outlier_rms_ratio=args.outlier_rms_ratio,
@@ -272,16 +275,3 @@ def run(args) -> int:
                    output=args.output)
     return 0
 
-
-def _argv_of(args) -> list[str]:
-    out = [str(args.dump)]
-    if args.output:
-        out += ["-o", str(args.output)]
-    for opt in ("layers", "kinds", "heads"):
-        v = getattr(args, opt)
-        if v is not None:
-            out += [f"--{opt}", str(v)]
-    out += ["--snr-db", str(args.snr_db), "--pervector-snr-db", str(args.pervector_snr_db)]
-    out += ["--knn-samples", str(args.knn_samples), "--knn-k", str(args.knn_k)]
-    out += ["--seed", str(args.seed)]
-    return out

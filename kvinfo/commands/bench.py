@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import sys
 
+from ..cli import recorded_command
+
 
 def add_arguments(p) -> None:
     from ..bench import PRESETS
@@ -31,7 +33,8 @@ def add_arguments(p) -> None:
         help="a codec sweep: " + "; ".join(f"'{k}': {v[0]}" for k, v in PRESETS.items())
         + " (default 'standard' when no --codec is given); repeatable",
     )
-    p.add_argument("-o", "--output", metavar="RESULTS.json", help="results JSON to write")
+    p.add_argument("-o", "--output", metavar="RESULTS.json",
+                   help="results JSON to write, replacing a results file there (never an input)")
     add_selection_arguments(p, "bench")
     att = p.add_mutually_exclusive_group()
     att.add_argument(
@@ -92,7 +95,8 @@ def run(args) -> int:
         raise AnalysisInputError(f"--max-queries must be >= 0; got {args.max_queries}")
     check_knn_args(args)
     if args.output:
-        check_output_file(args.output, "-o")
+        check_output_file(args.output, "-o", kind="results",
+                          inputs=[args.dump, args.eval_text, args.eval and args.model])
     if args.repeat < 1:
         raise AnalysisInputError(f"--repeat must be at least 1; got {args.repeat}")
     text = None
@@ -117,42 +121,17 @@ def run(args) -> int:
             max_queries=args.max_queries or None, knn_samples=args.knn_samples,
             knn_k=args.knn_k, seed=args.seed, pervector_snr_db=args.pervector_snr_db,
             repeat=args.repeat, use_gpu=not args.no_gpu, progress=not args.no_progress,
-            command=["kvinfo", "bench", *_argv_of(args)], preset=",".join(presets) or None,
+            command=recorded_command(args), preset=",".join(presets) or None,
         )
     if args.eval:
         from ..evaluate import evaluate
 
         q = evaluate(model, tok, specs, text, prefix=args.eval_prefix,
                      max_tokens=args.eval_max_tokens, progress=not args.no_progress)
-        q["model"] = name
+        q.model = name
         add_quality(doc, q, specs)
     if args.output:
         results.write_results(doc, args.output)
     print_bench(doc, args.output)
     return 0
 
-
-def _argv_of(args) -> list[str]:
-    out = [str(args.dump)]
-    for c in args.codec:
-        out += ["--codec", c]
-    for p in args.preset:
-        out += ["--preset", p]
-    if args.output:
-        out += ["-o", str(args.output)]
-    for opt in ("layers", "kinds", "heads"):
-        v = getattr(args, opt)
-        if v is not None:
-            out += [f"--{opt}", str(v)]
-    if args.attention is True:
-        out.append("--attention")
-    elif args.attention is False:
-        out.append("--no-attention")
-    out += ["--max-queries", str(args.max_queries), "--knn-samples", str(args.knn_samples)]
-    out += ["--seed", str(args.seed)]
-    if args.eval:
-        out += ["--eval", "--eval-prefix", str(args.eval_prefix),
-                "--eval-max-tokens", str(args.eval_max_tokens)]
-        if args.model:
-            out += ["--model", str(args.model)]
-    return out

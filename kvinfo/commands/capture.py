@@ -54,14 +54,16 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.h5", help="dump to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.h5",
+                   help="dump to write, replacing a kvdump there (never an input; one writer "
+                   "at a time)")
 
 
 def run(args) -> int:
     from .._paths import check_output_file
     from ..dumps.capture import capture, read_prompts
 
-    check_output_file(args.output, "-o")
+    check_output_file(args.output, "-o", inputs=[args.prompts, args.model], kind="kvdump")
     if args.threads is not None and args.threads < 1:
         raise CaptureInputError(f"--threads must be at least 1; got {args.threads}")
     if args.prompt is not None:

@@ -57,6 +57,7 @@ def run(args) -> int:
     import importlib.util
 
     from .._paths import check_output_dir, make_dirs
+    from ..cli import command_for
     from ..dumps import Selection, check_index_list, open_dump
     from ..errors import AnalysisInputError, CaptureInputError
     from ._common import flag_names
@@ -77,7 +78,6 @@ def run(args) -> int:
     out = make_dirs(check_output_dir(args.output, "-o"), "-o")
     dump = out / "dump.h5"
     progress = not args.no_progress
-    quiet = ["--no-progress"] if args.no_progress else []
     t_all = time.perf_counter()
 
     t0 = _step("1/4 capture: the default model on the default prompts, with queries")
@@ -92,7 +92,6 @@ def run(args) -> int:
               f"({time.perf_counter() - t0:.0f} s)")
     layers = args.layers or ",".join(str(v) for v in default_layers(num_layers))
     selection = Selection(layers=layers)
-    knn = ["--knn-samples", str(args.knn_samples)]
 
     t0 = _step(f"2/4 analyze: information limits of layers {layers}")
     from .. import results
@@ -100,8 +99,8 @@ def run(args) -> int:
     analyze_json = out / "analyze.json"
     doc = run_analysis(
         dump, selection, progress=progress, knn_samples=args.knn_samples,
-        command=["kvinfo", "analyze", str(dump), "-o", str(analyze_json), "--layers", layers,
-                 *knn, *quiet],
+        command=command_for("analyze", dump=str(dump), output=str(analyze_json), layers=layers,
+                            knn_samples=args.knn_samples, no_progress=args.no_progress),
     )
     results.write_results(doc, analyze_json)
     print_analysis(doc, output=analyze_json)
@@ -113,13 +112,12 @@ def run(args) -> int:
     from ..bench import add_quality, bench_dump, preset_codecs
 
     bench_json = out / "bench.json"
-    command = ["kvinfo", "bench", str(dump), "--preset", "standard", "-o", str(bench_json),
-               "--layers", layers, *knn, *quiet]
+    command = command_for(
+        "bench", dump=str(dump), preset=["standard"], output=str(bench_json), layers=layers,
+        knn_samples=args.knn_samples, no_progress=args.no_progress, eval=do_eval,
+        eval_prefix=args.eval_prefix, eval_max_tokens=args.eval_max_tokens, model=args.model,
+    )
     if do_eval:
-        command += ["--eval", "--eval-prefix", str(args.eval_prefix),
-                    "--eval-max-tokens", str(args.eval_max_tokens)]
-        if args.model:
-            command += ["--model", str(args.model)]
         from ..dumps.capture import load_model
 
         model, tok, name = load_model(args.model, dtype="float32")
@@ -132,7 +130,7 @@ def run(args) -> int:
 
         q = evaluate(model, tok, specs, None, prefix=args.eval_prefix,
                      max_tokens=args.eval_max_tokens, progress=progress)
-        q["model"] = name
+        q.model = name
         add_quality(bench, q, specs)
     results.write_results(bench, bench_json)
     print_bench(bench, bench_json)

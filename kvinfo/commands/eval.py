@@ -50,7 +50,9 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("-o", "--output", metavar="RESULTS.json", help="also write the results schema")
+    p.add_argument("-o", "--output", metavar="RESULTS.json",
+                   help="also write the results schema, replacing a results file there "
+                   "(never an input)")
 
 
 def parse_codec_args(values: list[str]) -> list[dict]:
@@ -67,20 +69,22 @@ def parse_codec_args(values: list[str]) -> list[dict]:
     return out
 
 
-def check_eval_options(prefix: int, max_tokens: int, block: int = 0, names=("--prefix",
-                       "--max-tokens")) -> None:
-    """Refuse eval sizes that cannot work, before the model is loaded."""
-    from ..evaluate import EvalInputError
+def check_eval_options(prefix: int, max_tokens: int, block: int = 0,
+                       names=("--prefix", "--max-tokens")) -> None:
+    """:func:`kvinfo.evaluate.check_eval_options`, its errors naming the flags ``names``.
 
-    if prefix < 1:
-        raise EvalInputError(f"{names[0]} must be at least 1, got {prefix}")
-    if max_tokens <= prefix:
-        raise EvalInputError(
-            f"{names[1]} must be larger than {names[0]} ({prefix}) to leave tokens to score, "
-            f"got {max_tokens}"
-        )
-    if block < 0:
-        raise EvalInputError(f"--block must be 0 (off) or a positive block size, got {block}")
+    For commands whose flags for ``prefix`` and ``max_tokens`` are not ``--prefix`` and
+    ``--max-tokens`` (``kvinfo bench`` and ``demo``: ``--eval-prefix``, ``--eval-max-tokens``).
+    """
+    from ..evaluate import EvalInputError
+    from ..evaluate import check_eval_options as check
+
+    try:
+        check(prefix, max_tokens, block)
+    except EvalInputError as exc:
+        raise exc.renamed(
+            {"prefix": names[0], "max_tokens": names[1], "block": "--block"}
+        ) from None
 
 
 def read_text_file(path) -> str:
@@ -100,76 +104,49 @@ def read_text_file(path) -> str:
         raise EvalInputError(f"{path}: not UTF-8 text") from None
 
 
-def _fmt(x, spec):
-    return "-" if x is None else format(x, spec)
-
-
 def run(args) -> int:
     from .._paths import check_output_file
+    from ..cli import recorded_command
     from ..dumps.capture import load_model
-    from ..evaluate import CacheCodec, evaluate
-    from ..results import make_record, new_results, write_results
+    from ..evaluate import eval_codec_specs, evaluate
+    from ..results import write_results
+    from ..tables import format_number
 
-    codecs = parse_codec_args(args.codec)
-    for c in codecs:
-        CacheCodec(c)  # fail on a bad config before loading the model
+    # validated once, by the library, before the model loads; errors are mapped to the flags
+    specs = eval_codec_specs(parse_codec_args(args.codec))
     check_eval_options(args.prefix, args.max_tokens, args.block)
     if args.output:
-        check_output_file(args.output, "-o")
+        check_output_file(args.output, "-o", inputs=[args.text, args.model], kind="results")
     text = read_text_file(args.text) if args.text else None
     model, tok, name = load_model(args.model, dtype=args.dtype)
-    res = evaluate(
-        model,
-        tok,
-        codecs,
-        text,
-        prefix=args.prefix,
-        max_tokens=args.max_tokens,
-        block=args.block,
-        progress=not args.json,
-    )
-    res["model"] = name
+    res = evaluate(model, tok, specs, text, prefix=args.prefix, max_tokens=args.max_tokens,
+                   block=args.block, progress=not args.json)
+    res.model = name
     if args.output:
-        doc = new_results(
-            "eval",
-            source={
-                "model": name,
-                "text": args.text or "built-in",
-                "num_tokens": res["num_tokens"],
-            },
-            settings={
-                "prefix": args.prefix,
-                "max_tokens": args.max_tokens,
-                "block": args.block,
-                "dtype": args.dtype,
-            },
-        )
-        doc["records"].append(make_record("run", res["baseline"]))
-        for r in res["results"]:
-            metrics = {k: v for k, v in r.items() if k != "codec"}
-            codec = r["codec"] if "id" in r["codec"] else {"id": "per-kind", **r["codec"]}
-            doc["records"].append(make_record("run", metrics, codec=codec))
+        doc = res.to_results(source={"text": args.text or "built-in"},
+                             settings={"dtype": args.dtype}, command=recorded_command(args))
         write_results(doc, args.output)
     if args.json:
-        print(json.dumps(res, indent=1))
+        print(json.dumps(res.as_dict(), indent=1))
         return 0
-    b = res["baseline"]
+    b = res.baseline
     print(
-        f"model {name}; {res['num_scored_tokens']} tokens scored after a prefix of {res['prefix']}"
+        f"model {name}; {res.num_scored_tokens} tokens scored after a prefix of {res.prefix}"
         + (f", cache compressed in blocks of {args.block}" if args.block else "")
     )
     print(f"{'codec':<58} {'bits/elem':>9} {'ppl':>9} {'dppl %':>7} {'KL nats':>9} {'top1':>6}")
     print(
-        f"{'baseline (uncompressed)':<58} {'':>9} {b['perplexity']:9.3f} {'':>7} "
+        f"{'baseline (uncompressed)':<58} {'':>9} {b.perplexity:9.3f} {'':>7} "
         f"{0.0:9.5f} {1.0:6.3f}"
     )
-    for r in res["results"]:
-        label = json.dumps(r["codec"], separators=(",", ":"))
+    for r in res.results:
+        label = json.dumps(r.codec, separators=(",", ":"))
         if len(label) > 58:
             label = label[:55] + "..."
         print(
-            f"{label:<58} {_fmt(r['bits_per_element'], '9.3f')} {r['perplexity']:9.3f} "
-            f"{r['perplexity_increase_pct']:7.2f} {r['kl']:9.5f} {r['top1_agreement']:6.3f}"
+            f"{label:<58} {format_number(r.bits_per_element, 9, 3)} {r.perplexity:9.3f} "
+            f"{r.extra['perplexity_increase_pct']:7.2f} {r.kl_nats_per_token:9.5f} "
+            f"{r.top1_agreement:6.3f}"
         )
     sys.stdout.flush()
     return 0

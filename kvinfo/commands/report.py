@@ -15,7 +15,9 @@ from __future__ import annotations
 def add_arguments(p) -> None:
     p.add_argument("results", nargs="+", metavar="RESULTS.json",
                    help="results files of kvinfo analyze, bench and/or eval")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder to write into; figures and report pages of an earlier report "
+                   "there are replaced (never an input)")
     p.add_argument("--dpi", type=int, default=110, help="PNG resolution (default 110)")
     p.add_argument("--no-svg", action="store_true", help="write PNG figures only")
 
@@ -27,7 +29,7 @@ def run(args) -> int:
 
     if args.dpi < 30 or args.dpi > 600:
         raise ResultsSchemaError(f"--dpi must be between 30 and 600; got {args.dpi}")
-    check_output_dir(args.output, "-o")
+    check_output_dir(args.output, "-o", inputs=args.results, writes=("report.*", "*.png", "*.svg"))
     out = build_report(args.results, args.output, dpi=args.dpi,
                        formats=("png",) if args.no_svg else ("png", "svg"))
     for f in out["figures"]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,28 +12,16 @@ import numpy as np
 from ..errors import DumpFormatError
 from ._format import (
     BITS_VIEW,
+    DATASETS,
     DTYPES,
     KINDS,
-    REQUIRED_ATTRS,
     TENSOR_DATASETS,
-    check_version,
+    check_attributes,
+    check_dataset,
     from_storage,
 )
 
 __all__ = ["Dump", "open_dump"]
-
-
-def _attr(v):
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, str) and v[:1] in "{[":
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError:
-            return v
-    return v
 
 
 class Dump:
@@ -79,55 +66,61 @@ class Dump:
             raise
 
     def _load_meta(self, where: str) -> None:
+        """Validate the whole layout (docs/dump-format.md, "Validation") before any data."""
         f = self._f
         try:
-            attrs = {k: _attr(v) for k, v in f.attrs.items()}
-        except OSError as exc:
+            raw = dict(f.attrs.items())
+        except (OSError, TypeError, ValueError) as exc:
             raise DumpFormatError(
                 f"{where}: damaged file, cannot read attributes ({exc})"
             ) from None
-        check_version(attrs, where)
-        missing = [a for a in REQUIRED_ATTRS if a not in attrs]
-        if missing:
-            raise DumpFormatError(f"{where}: missing root attributes {missing}")
+        attrs = check_attributes(raw, where)
         if not attrs.get("complete", False):
             raise DumpFormatError(f"{where}: incomplete dump (the writer did not finish)")
         self.meta = attrs
-        self.dtype = str(attrs["dtype"])
-        if self.dtype not in DTYPES:
-            raise DumpFormatError(f"{where}: unknown dtype attribute {self.dtype!r}")
-        self.num_layers = int(attrs["num_layers"])
-        self.num_heads = int(attrs["num_heads"])
-        self.num_kv_heads = int(attrs["num_kv_heads"])
-        self.head_dim = int(attrs["head_dim"])
+        self.dtype = attrs["dtype"]
+        self.num_layers = attrs["num_layers"]
+        self.num_heads = attrs["num_heads"]
+        self.num_kv_heads = attrs["num_kv_heads"]
+        self.head_dim = attrs["head_dim"]
         try:
             names = set(f.keys())
-        except OSError as exc:
-            raise DumpFormatError(f"{where}: damaged file ({exc})") from None
-        for req in ("keys", "values", "token_ids", "sequence_offsets"):
-            if req not in names:
-                raise DumpFormatError(f"{where}: missing dataset {req!r}")
-        self.kinds = tuple(k for k in KINDS if k in names)
-        try:
-            self._offsets = np.asarray(f["sequence_offsets"][...], dtype=np.int64)
-            T = int(f["token_ids"].shape[0])
-            for kind in self.kinds:
-                want_heads = getattr(self, TENSOR_DATASETS[kind])
-                shape = f[kind].shape
-                want = (self.num_layers, want_heads, T, self.head_dim)
-                if shape != want:
-                    raise DumpFormatError(
-                        f"{where}: dataset {kind!r} has shape {shape}, expected {want}"
-                    )
-                if f[kind].dtype.itemsize != DTYPES[self.dtype].itemsize:
-                    raise DumpFormatError(
-                        f"{where}: dataset {kind!r} dtype does not match {self.dtype}"
-                    )
+            for name, spec in DATASETS.items():
+                if spec.required and name not in names:
+                    raise DumpFormatError(f"{where}: missing dataset {name!r}")
+            present = {}
+            for name, spec in DATASETS.items():  # kind, dtype and rank first
+                if name in names:
+                    try:
+                        present[name] = f[name]
+                    except (KeyError, OSError) as exc:
+                        raise DumpFormatError(
+                            f"{where}: {name!r} cannot be opened ({exc}); expected an HDF5 "
+                            "dataset"
+                        ) from None
+                    check_dataset(present[name], name, spec, None, self.dtype, where)
+            tid, offs = present["token_ids"], present["sequence_offsets"]
+            T = int(tid.shape[0])
+            dims = {**{k: attrs[k] for k in ("num_layers", "num_heads", "num_kv_heads",
+                                              "head_dim")},
+                    "num_tokens": T, "num_sequences+1": int(offs.shape[0])}
+            for name, obj in present.items():  # then shapes against the attributes
+                check_dataset(obj, name, DATASETS[name], dims, self.dtype, where)
+            self.kinds = tuple(k for k in KINDS if k in names)
+            self._offsets = np.asarray(offs[...], dtype=np.int64)
         except OSError as exc:
             raise DumpFormatError(f"{where}: damaged file ({exc})") from None
         o = self._offsets
-        if o.ndim != 1 or o.size < 2 or o[0] != 0 or o[-1] != T or np.any(np.diff(o) <= 0):
-            raise DumpFormatError(f"{where}: sequence_offsets are inconsistent with {T} tokens")
+        if o.size < 2 or o[0] != 0 or o[-1] != T or np.any(np.diff(o) <= 0):
+            raise DumpFormatError(
+                f"{where}: dataset 'sequence_offsets' is inconsistent with {T} tokens; expected "
+                "0 first, num_tokens last, strictly increasing"
+            )
+        for name, value in (("num_tokens", T), ("num_sequences", o.size - 1)):
+            if name in attrs and attrs[name] != value:
+                raise DumpFormatError(
+                    f"{where}: root attribute {name!r} is {attrs[name]}; the datasets hold {value}"
+                )
         self.num_tokens = T
         self.num_sequences = o.size - 1
 

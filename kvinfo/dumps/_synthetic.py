@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._format import logical_numpy_dtype
-from ._writer import DumpWriter
+from ._writer import capture_writer
 
 __all__ = ["write_synthetic_dump", "synthetic_sequence"]
 
@@ -55,14 +55,9 @@ def write_synthetic_dump(
     The tokens are split as evenly as possible over ``num_sequences`` sequences.
     """
     rng = np.random.default_rng(seed)
-    kinds = (
-        ["keys", "values"]
-        + (["queries"] if queries else [])
-        + (["keys_pre_rope"] if pre_rope else [])
-    )
     bounds = np.linspace(0, num_tokens, num_sequences + 1).astype(int)
     np_dtype = logical_numpy_dtype(dtype)
-    w = DumpWriter(
+    with capture_writer(
         path,
         model="synthetic",
         dtype=dtype,
@@ -70,14 +65,12 @@ def write_synthetic_dump(
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
-        kinds=kinds,
-        attrs={
-            "weights_checksum": "none",
-            "rope": {},
-            "capture": {"synthetic": True, "seed": seed},
-        },
-    )
-    try:
+        queries=queries,
+        pre_rope=pre_rope,
+        weights_checksum="none",
+        rope={},
+        capture={"synthetic": True, "seed": seed},
+    ) as w:
         for s in range(num_sequences):
             T = int(bounds[s + 1] - bounds[s])
             k = synthetic_sequence(rng, num_layers, num_kv_heads, T, head_dim, outlier=True)
@@ -93,7 +86,4 @@ def write_synthetic_dump(
                 t["keys_pre_rope"] = k[..., ::-1].copy()
             tensors = {name: a.astype(np_dtype) for name, a in t.items()}
             w.append(rng.integers(0, 1000, size=T), tensors)
-    except BaseException:
-        w.abort()
-        raise
-    return w.close()
+    return w.path

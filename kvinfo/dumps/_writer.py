@@ -1,10 +1,15 @@
 """Streaming, atomic writer of kvdump files.
 
 :class:`DumpWriter` appends one sequence at a time, so memory stays bounded by one
-sequence's cache however many prompts there are. It writes into a temporary file beside
-the target and renames it only when :meth:`DumpWriter.close` succeeds; on any failure
-(including ``KeyboardInterrupt``) the temporary file is removed, so a file at the target
-path always is a complete dump.
+sequence's cache however many prompts there are. It writes into a partial file beside
+the target, ``<name>.kvinfo-partial-<pid>``, and renames it only when
+:meth:`DumpWriter.close` succeeds; on any failure (including ``KeyboardInterrupt``) the
+partial file is removed, so a file at the target path always is a complete dump.
+
+One writer at a time: the writer holds the target's exclusive lock
+(:class:`kvinfo._paths.OutputLock`) from creation to close or abort, and refuses to start
+while another process holds it. A writer killed outright (SIGKILL) cannot clean up; its
+partial file is recognised by its name and removed by the next writer of the same target.
 """
 
 from __future__ import annotations
@@ -12,13 +17,21 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .._paths import check_output_file, make_dirs, output_error
+from .._paths import (
+    OutputLock,
+    check_output_file,
+    commit_partial,
+    create_partial,
+    discard_partial,
+    make_dirs,
+    output_error,
+    remove_stale_partials,
+)
 from .._version import __version__
 from ..errors import DumpFormatError
 from ._format import (
@@ -30,7 +43,7 @@ from ._format import (
     to_storage,
 )
 
-__all__ = ["DumpWriter"]
+__all__ = ["DumpWriter", "capture_writer"]
 
 
 class DumpWriter:
@@ -85,18 +98,22 @@ class DumpWriter:
             head_dim=int(head_dim),
         )
         self.kinds = tuple(k for k in TENSOR_DATASETS if k in kinds)
-        check_output_file(self.path)
+        check_output_file(self.path, kind="kvdump")
         make_dirs(self.path.parent)
-        try:
-            fd, tmp = tempfile.mkstemp(
-                prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent
-            )
-        except OSError as exc:
-            raise output_error(self.path, exc) from None
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._offsets = [0]
         self._closed = False
+        self._tmp = None
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            remove_stale_partials(self.path, locked=True)
+            fd, self._tmp = create_partial(self.path)
+            try:
+                os.close(fd)
+            except OSError as exc:  # pragma: no cover
+                raise output_error(self.path, exc) from None
+        except BaseException:
+            self.abort()
+            raise
+        self._offsets = [0]
         try:
             self._f = h5py.File(self._tmp, "w", libver=("earliest", "v110"))
             self._create(model, attrs or {})
@@ -195,8 +212,13 @@ class DumpWriter:
                 f.attrs[k] = json.dumps(v) if isinstance(v, dict | list | tuple) else v
             f.attrs["complete"] = True
             f.close()
-            os.replace(self._tmp, self.path)
+            try:
+                commit_partial(self._tmp, self.path)
+            except OSError as exc:
+                raise output_error(self.path, exc) from None
+            self._tmp = None  # renamed: nothing of ours to remove any more
             self._closed = True
+            self._lock.release()
         except BaseException:
             self.abort()
             raise
@@ -209,7 +231,11 @@ class DumpWriter:
             if getattr(self, "_f", None) is not None and self._f.id.valid:
                 self._f.close()
         finally:
-            self._tmp.unlink(missing_ok=True)
+            try:
+                if self._tmp is not None:
+                    discard_partial(self._tmp)
+            finally:
+                self._lock.release()
 
     def __enter__(self) -> DumpWriter:
         return self
@@ -219,3 +245,38 @@ class DumpWriter:
             self.close()
         else:
             self.abort()
+
+
+def capture_writer(
+    path,
+    *,
+    queries: bool,
+    pre_rope: bool,
+    weights_checksum: str,
+    rope: dict,
+    capture: dict,
+    model_type: str | None = None,
+    **writer_args,
+) -> DumpWriter:
+    """The one set-up of a :class:`DumpWriter` for a cache capture (real or synthetic).
+
+    The tensor kinds follow from ``queries`` and ``pre_rope`` (keys and values always);
+    the root attributes are those every capture records: ``weights_checksum``, ``rope``
+    (made JSON-safe), ``capture`` (the settings) and, for a real model, ``model_type``.
+    ``writer_args`` are :class:`DumpWriter`'s ``model``, ``dtype`` and geometry. Use it as
+    a context manager: the file appears at ``path`` when the block ends without an error
+    and is discarded otherwise.
+    """
+    kinds = (
+        ["keys", "values"]
+        + (["queries"] if queries else [])
+        + (["keys_pre_rope"] if pre_rope else [])
+    )
+    attrs = {
+        "weights_checksum": weights_checksum,
+        "rope": json.loads(json.dumps(rope, default=str)),
+        "capture": capture,
+    }
+    if model_type is not None:
+        attrs["model_type"] = model_type
+    return DumpWriter(path, kinds=kinds, attrs=attrs, **writer_args)

@@ -8,7 +8,8 @@ pre-RoPE keys are taken with hooks on the attention modules' projections; kvinfo
 that applying the model's own rotary embedding to the hooked keys reproduces the cached
 keys exactly, and refuses architectures where it does not.
 
-The file is written sequence by sequence through :class:`~kvinfo.dumps.DumpWriter`, so
+The file is written sequence by sequence through :class:`~kvinfo.dumps.DumpWriter` (set up
+by :func:`~kvinfo.dumps._writer.capture_writer`, shared with the synthetic dumps), so
 memory is bounded by one sequence, and it appears at its path only once complete.
 """
 
@@ -27,9 +28,9 @@ from ..errors import CaptureInputError
 from ._format import dtype_name
 from ._model import load_model, weights_checksum
 from ._prompts import default_prompts, default_prompts_source
-from ._writer import DumpWriter
+from ._writer import capture_writer
 
-__all__ = ["capture", "capture_model", "read_prompts", "load_model"]
+__all__ = ["capture", "capture_model", "read_prompts", "load_model", "output_cache"]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -70,6 +71,16 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise CaptureInputError(f"{path}: no prompts in file")
     return prompts
+
+
+def output_cache(outputs):
+    """The KV cache a transformers forward returned.
+
+    ``outputs.cache`` since transformers 5 renamed ``past_key_values`` to ``cache`` (the old
+    attribute still reads, with a deprecation warning); ``outputs.past_key_values`` before.
+    """
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else outputs.past_key_values
 
 
 def _cache_layers(pkv):
@@ -231,67 +242,59 @@ def capture_model(
         "torch": torch.__version__,
         **(extra_settings or {}),
     }
-    kinds = (
-        ["keys", "values"]
-        + (["queries"] if queries else [])
-        + (["keys_pre_rope"] if pre_rope else [])
-    )
-    writer = DumpWriter(
-        out,
-        model=model_name,
-        dtype=dtype,
-        num_layers=num_layers,
-        num_heads=num_heads,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        kinds=kinds,
-        attrs={
-            "weights_checksum": weights_checksum(model),
-            "rope": json.loads(json.dumps(rope, default=str)),
-            "model_type": getattr(cfg, "model_type", ""),
-            "capture": settings,
-        },
-    )
     hooks = None
     try:
-        hooks = _QKHooks(model) if (queries or pre_rope) else None
-        bar = tqdm(prompts, desc="capture", unit="seq", disable=not progress, file=sys.stderr)
-        for i, prompt in enumerate(bar):
-            ids = tokenizer(prompt, return_tensors="pt").input_ids[:, :max_tokens]
-            if ids.shape[1] == 0:
-                raise CaptureInputError(f"prompt {i} tokenizes to no tokens")
-            with torch.no_grad():
-                if generate:
-                    pad = getattr(tokenizer, "pad_token_id", None)
-                    pad = pad if pad is not None else getattr(cfg, "eos_token_id", 0)
-                    ids = model.generate(
-                        ids,
-                        attention_mask=torch.ones_like(ids),
-                        max_new_tokens=generate,
-                        do_sample=False,
-                        pad_token_id=pad,
-                    )
+        with capture_writer(
+            out,
+            model=model_name,
+            dtype=dtype,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+            queries=queries,
+            pre_rope=pre_rope,
+            weights_checksum=weights_checksum(model),
+            rope=rope,
+            capture=settings,
+            model_type=getattr(cfg, "model_type", ""),
+        ) as writer:
+            hooks = _QKHooks(model) if (queries or pre_rope) else None
+            bar = tqdm(prompts, desc="capture", unit="seq", disable=not progress,
+                       file=sys.stderr)
+            for i, prompt in enumerate(bar):
+                ids = tokenizer(prompt, return_tensors="pt").input_ids[:, :max_tokens]
+                if ids.shape[1] == 0:
+                    raise CaptureInputError(f"prompt {i} tokenizes to no tokens")
+                with torch.no_grad():
+                    if generate:
+                        pad = getattr(tokenizer, "pad_token_id", None)
+                        pad = pad if pad is not None else getattr(cfg, "eos_token_id", 0)
+                        ids = model.generate(
+                            ids,
+                            attention_mask=torch.ones_like(ids),
+                            max_new_tokens=generate,
+                            do_sample=False,
+                            pad_token_id=pad,
+                        )
+                    if hooks is not None:
+                        for r in hooks.rec:
+                            r.clear()
+                    outputs = model(ids, use_cache=True)
+                layers = _cache_layers(output_cache(outputs))
+                tensors = {
+                    "keys": _to_numpy([k[0] for k, _ in layers], dtype),
+                    "values": _to_numpy([v[0] for _, v in layers], dtype),
+                }
                 if hooks is not None:
-                    for r in hooks.rec:
-                        r.clear()
-                outputs = model(ids, use_cache=True)
-            layers = _cache_layers(outputs.past_key_values)
-            tensors = {
-                "keys": _to_numpy([k[0] for k, _ in layers], dtype),
-                "values": _to_numpy([v[0] for _, v in layers], dtype),
-            }
-            if hooks is not None:
-                q, pre = hooks.tensors([k for k, _ in layers])
-                if queries:
-                    tensors["queries"] = _to_numpy(q, dtype)
-                if pre_rope:
-                    tensors["keys_pre_rope"] = _to_numpy(pre, dtype)
-            writer.append(ids[0].numpy(), tensors)
-            bar.set_postfix(tokens=writer.num_tokens)
-        return writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+                    q, pre = hooks.tensors([k for k, _ in layers])
+                    if queries:
+                        tensors["queries"] = _to_numpy(q, dtype)
+                    if pre_rope:
+                        tensors["keys_pre_rope"] = _to_numpy(pre, dtype)
+                writer.append(ids[0].numpy(), tensors)
+                bar.set_postfix(tokens=writer.num_tokens)
+        return writer.path
     finally:
         if hooks is not None:
             hooks.remove()
@@ -306,7 +309,7 @@ def capture(
     **kwargs,
 ) -> Path:
     """Load ``model`` (see :func:`kvinfo.dumps._model.load_model`) and capture it into ``out``."""
-    check_output_file(out)  # a bad output path fails before the model loads
+    check_output_file(out, kind="kvdump")  # a bad output path fails before the model loads
     m, tok, name = load_model(model, dtype=dtype)
     return capture_model(
         m, tok, out, prompts, model_name=name, extra_settings={"kvinfo": __version__}, **kwargs

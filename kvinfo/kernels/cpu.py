@@ -320,6 +320,9 @@ def _rans_decode_kernel(words, word_off, num_words, states, table, precision, ch
         for l in range(32):
             st[l] = np.uint64(states[k, l])
         nfull = (stop - start) >> 5
+        # Deliberate kernel twins: the decode step is written out three times (one table,
+        # per-channel tables, the partial last step) so that the hot single-table loop
+        # carries no channel counter; a change to the step goes into all three.
         if num_tables == 1:
             for t in range(nfull):
                 base = start + 32 * t

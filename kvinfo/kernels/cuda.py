@@ -295,6 +295,8 @@ def rans_kernel(shared: bool, wide: bool, mode: int, warps_per_block: int | None
         sh_sym = cuda.shared.array(SYM, numba.uint16)
         scratch = cuda.shared.array(SCR, numba.uint32)
         ringbuf = cuda.shared.array(RSZ, numba.uint16)
+        # Deliberate kernel twin: the shared-memory table load, as in huffman_kernel (each
+        # kernel stays self-contained; the sources differ in rank and dtype).
         if SHARED:
             m = 1 << precision
             i = tid
@@ -447,6 +449,7 @@ def huffman_kernel(shared: bool, mode: int):
                sub_block, n, min_symbol, status, out, zero, step, colterm, dq):
         tid = np.int64(cuda.threadIdx.x)
         sh = cuda.shared.array(TAB, numba.uint32)
+        # Deliberate kernel twin: the shared-memory table load, as in rans_kernel.
         if SHARED:
             m = 1 << table_bits
             i = tid

@@ -48,6 +48,7 @@ the symbols back and runs the ``verify`` callable the codec passed (its CRC chec
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -404,6 +405,30 @@ def prepare_huffman(words, num_words, sub_offsets, lengths, *, table_bits: int,
     prep = PreparedStream(K, "huffman", shape, out_dtype, result_dtype, launch, verify)
     prep.compressed_bytes = 4 * int(words.shape[0])
     return prep
+
+
+def prepare(codec, data) -> PreparedStream:
+    """Deprecated (one release): use ``codec.prepare_cuda(data)``; the codec parses its
+    stream and calls :func:`prepare_rans` / :func:`prepare_huffman`."""
+    warnings.warn("kvinfo.kernels.gpu.prepare(codec, data) is deprecated; use "
+                  "codec.prepare_cuda(data)", DeprecationWarning, stacklevel=2)
+    return _codec_prepare(codec, data)
+
+
+def _codec_prepare(codec, data) -> PreparedStream:
+    fn = getattr(codec, "prepare_cuda", None)
+    if fn is None:
+        raise CodecConfigError(f"no CUDA decoder for {type(codec).__name__}; decode with "
+                               f"device='cpu'")
+    return fn(data)
+
+
+def decode(codec, data, out=None, verify_crc: bool = False):
+    """Deprecated (one release): use ``codec.decode(data, device="cuda")`` or
+    ``codec.prepare_cuda(data).decode(out=..., verify_crc=...)``."""
+    warnings.warn("kvinfo.kernels.gpu.decode(codec, data) is deprecated; use "
+                  "codec.decode(data, device='cuda')", DeprecationWarning, stacklevel=2)
+    return _codec_prepare(codec, data).decode(out=out, verify_crc=verify_crc)
 
 
 def warmup() -> None:

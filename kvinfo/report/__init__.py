@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .._paths import check_output_dir, make_dirs, output_error
 from ..errors import ResultsSchemaError
-from ..results import load_results, validate_results
+from ..results import load_results, upgrade_results, validate_results
 
 __all__ = ["build_report", "FIGURES"]
 
@@ -100,7 +100,8 @@ def _as_docs(inputs) -> list[tuple[str, dict]]:
     docs = []
     for i, item in enumerate(inputs):
         if isinstance(item, dict):
-            docs.append((f"results[{i}] ({item.get('tool', '?')})", validate_results(item)))
+            name = f"results[{i}] ({item.get('tool', '?')})"
+            docs.append((name, upgrade_results(validate_results(item, where=name))))
         else:
             docs.append((str(item), load_results(item)))
     if not docs:
@@ -128,7 +129,9 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
     Parameters
     ----------
     inputs : sequence of path-like or dict
-        Results JSON files (or already loaded documents) of analyze, bench and eval.
+        Results JSON files (or already loaded documents) of analyze, bench and eval, of the
+        current schema version or an older one (read as :func:`kvinfo.results.upgrade_results`
+        converts it).
     out_dir : path-like
         Folder to write into (created if needed).
     formats : tuple of str

@@ -467,7 +467,7 @@ def fig_quality(data, colors):
         if not (_num(m.get("bits_per_element")) and _num(m.get("perplexity_increase_pct"))):
             continue
         pts.setdefault(data.family(r["codec"]), []).append(
-            (m["bits_per_element"], m["perplexity_increase_pct"], m.get("kl"))
+            (m["bits_per_element"], m["perplexity_increase_pct"], m.get("kl_nats_per_token"))
         )
     if not pts:
         return None

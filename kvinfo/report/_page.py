@@ -97,7 +97,7 @@ def summary_rows(data) -> tuple[list[str], list[list[str]]]:
                     _f(m.get("attention_output_relative_error"))]
         if quality:
             q = quality.get(key, {})
-            row += [_f(q.get("perplexity_increase_pct"), 2), _f(q.get("kl"), 4),
+            row += [_f(q.get("perplexity_increase_pct"), 2), _f(q.get("kl_nats_per_token"), 4),
                     _f(q.get("top1_agreement"))]
         rows.append(row)
     # codecs evaluated for quality but not benched on the dump
@@ -108,7 +108,7 @@ def summary_rows(data) -> tuple[list[str], list[list[str]]]:
         q = r["metrics"]
         row = [data.label(r["codec"]), _f(q.get("bits_per_element"))] + ["–"] * (len(head) - 2)
         if quality:
-            row[-3:] = [_f(q.get("perplexity_increase_pct"), 2), _f(q.get("kl"), 4),
+            row[-3:] = [_f(q.get("perplexity_increase_pct"), 2), _f(q.get("kl_nats_per_token"), 4),
                         _f(q.get("top1_agreement"))]
         rows.append(row)
     return head, rows

@@ -1,10 +1,10 @@
 """The stream container and base class shared by the lossy KV codecs (and ``lossless``).
 
-Stream layout (all integers little-endian), version 1::
+Stream layout (all integers little-endian), version 2::
 
     offset  size      field
     0       3         magic b"KVQ"
-    3       1         container version (1)
+    3       1         container version (2)
     4       1         codec tag: 1 uniform, 2 ecsq, 3 turbo, 4 lossless
     5       1         dtype code: 1 float16, 2 bfloat16, 3 float32, 4 float64
     6       1         ndim
@@ -12,11 +12,19 @@ Stream layout (all integers little-endian), version 1::
     .       2         P = length of the codec's parameter block, uint16
     .       P         parameter block (codec-specific, fixed struct; see each codec)
     .       1         number of sections S, uint8
+    .       4         header checksum of every byte from the magic to S
     then S times:
             1         section kind: 0 side information, 1 entropy-coded blob, 2 raw payload bits
             4         section length L, uint32
+            4         section checksum of its kind byte, its length field and its L bytes
             L         section bytes
     end-4   4         CRC-32 (zlib) of every byte before it
+
+The header and section checksums are BLAKE2b with a 4-byte digest (``hashlib.blake2b(...,
+digest_size=4)``, little-endian), not CRC-32: see :func:`_crc`. Version 1 (still decoded) is
+the same without them: a damaged side or raw section behind a recomputed outer CRC went
+unnoticed there. In version 2 every byte but the outer CRC is covered by two independent
+checksums, and all of them are verified before any symbol is decoded.
 
 An entropy-coded blob (kind 1) is the verbatim output of the codec's coder
 (``get_codec(coder).encode(symbols)``), itself a self-describing stream with its own
@@ -34,6 +42,8 @@ full-precision tokens, padding and the CRC -- is *side information*. The two add
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import struct
 import zlib
@@ -44,6 +54,7 @@ import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError, UnknownCodecError
 from ..abc import Codec, RateBreakdown
+from ..limits import check_output_bytes
 
 __all__ = [
     "QuantCodec",
@@ -55,11 +66,16 @@ __all__ = [
     "DTYPE_CODES",
     "check_float_array",
     "as_slabs",
+    "CONTAINER_VERSION",
+    "READ_VERSIONS",
+    "guard_memory",
 ]
 
 MAGIC = b"KVQ"
 MAX_ELEMENTS = 1 << 40  # a stream with more elements than this is damaged
-CONTAINER_VERSION = 1
+CONTAINER_VERSION = 2
+#: container versions this kvinfo decodes
+READ_VERSIONS = (1, 2)
 SIDE, CODED, RAW = 0, 1, 2
 TAGS = {"uniform": 1, "ecsq": 2, "turbo": 3, "lossless": 4}
 TAG_NAMES = {v: k for k, v in TAGS.items()}
@@ -151,21 +167,38 @@ def pack_header(tag: int, dtype: np.dtype, shape: tuple[int, ...], params: bytes
     )
 
 
+def _crc(*parts: bytes) -> int:
+    """The 32-bit checksum of the header and of each section (version 2): BLAKE2b with a
+    4-byte digest, little-endian. Not CRC-32 on purpose: an entropy-coded section ends with
+    its coder's own CRC-32 of everything before it, and a CRC-32 over such a blob is the same
+    for every content of a given length (a CRC appended to its message leaves a constant
+    residue), so it would add nothing to the coder's check. Unkeyed: a checksum, not a MAC."""
+    h = hashlib.blake2b(digest_size=4)
+    for part in parts:
+        h.update(part)
+    return int.from_bytes(h.digest(), "little")
+
+
 def build_stream(
     tag: int, dtype: np.dtype, shape: tuple[int, ...], params: bytes, sections: list[Section]
 ) -> bytes:
     if len(sections) > 255:
         raise CodecConfigError("too many sections")
-    parts = [pack_header(tag, dtype, shape, params), bytes([len(sections)])]
+    head = pack_header(tag, dtype, shape, params) + bytes([len(sections)])
+    parts = [head, struct.pack("<I", _crc(head))]
     for sec in sections:
         if len(sec.data) > 0xFFFFFFFF:
             raise CodecConfigError(
                 f"a section of {len(sec.data)} bytes exceeds the 4 GiB limit; encode smaller stacks"
             )
-        parts.append(struct.pack("<BI", sec.kind, len(sec.data)))
-        parts.append(bytes(sec.data))
+        data = bytes(sec.data)
+        sh = struct.pack("<BI", sec.kind, len(data))
+        parts += [sh, struct.pack("<I", _crc(sh, data)), data]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+_KIND_NAMES = {SIDE: "side information", CODED: "entropy-coded", RAW: "raw payload"}
 
 
 def parse_stream(data, expected_tag: int | None = None) -> ParsedStream:
@@ -182,9 +215,10 @@ def parse_stream(data, expected_tag: int | None = None) -> ParsedStream:
     if zlib.crc32(buf[:-4]) & 0xFFFFFFFF != crc:
         raise CorruptStreamError("stream checksum mismatch: the stream is damaged or truncated")
     version, tag, code, ndim = buf[3], buf[4], buf[5], buf[6]
-    if version != CONTAINER_VERSION:
+    if version not in READ_VERSIONS:
         raise CorruptStreamError(
-            f"unknown quantizer stream version {version}; this kvinfo reads {CONTAINER_VERSION}"
+            f"unknown quantizer stream version {version}; this kvinfo reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}"
         )
     if tag not in TAG_NAMES:
         raise CorruptStreamError(f"unknown codec tag {tag} in stream")
@@ -208,13 +242,28 @@ def parse_stream(data, expected_tag: int | None = None) -> ParsedStream:
         pos += plen
         nsec = buf[pos]
         pos += 1
+        if version >= 2:
+            (hcrc,) = struct.unpack_from("<I", buf, pos)
+            if _crc(buf[:pos]) != hcrc:
+                raise CorruptStreamError("header checksum mismatch: the stream header is damaged")
+            pos += 4
         sections = []
-        for _ in range(nsec):
+        for i in range(nsec):
             kind, length = struct.unpack_from("<BI", buf, pos)
+            sh = buf[pos : pos + 5]
             pos += 5
+            if version >= 2:
+                (scrc,) = struct.unpack_from("<I", buf, pos)
+                pos += 4
             if kind not in (SIDE, CODED, RAW) or pos + length > end:
                 raise CorruptStreamError("bad section header in stream")
-            sections.append(Section(kind, buf[pos : pos + length]))
+            data_i = buf[pos : pos + length]
+            if version >= 2 and _crc(sh, data_i) != scrc:
+                raise CorruptStreamError(
+                    f"checksum mismatch in section {i} ({_KIND_NAMES[kind]}): the stream is "
+                    "damaged"
+                )
+            sections.append(Section(kind, data_i))
             pos += length
     except (struct.error, IndexError):
         raise CorruptStreamError("stream truncated in its header") from None
@@ -279,11 +328,55 @@ def round_side(values: np.ndarray, side_dtype: np.dtype, what: str, codec_id: st
     return stored
 
 
+def coded_shape(blob: bytes) -> tuple[int, ...] | None:
+    """The shape that an embedded coder stream claims, read from its validated header
+    (``docs/container-format.md``), or None for a stream that is not a kvinfo container
+    (its coder then checks it). Raises :class:`CorruptStreamError` for a damaged one."""
+    from .._container import MAGIC as CODER_MAGIC
+    from .._container import unpack
+
+    if bytes(blob[: len(CODER_MAGIC)]) != CODER_MAGIC:
+        return None
+    return tuple(int(s) for s in unpack(blob).shape)
+
+
+@functools.cache
+def _accepts_limit(cls) -> bool:
+    import inspect
+
+    try:
+        return "max_output_bytes" in inspect.signature(cls.decode).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+def guard_memory(decode):
+    """Decorate a ``decode`` so that running out of memory is a :class:`CorruptStreamError`
+    (one line at the command line), never a :class:`MemoryError` escaping the decoder."""
+
+    @functools.wraps(decode)
+    def wrapper(self, data, *args, **kwargs):
+        try:
+            return decode(self, data, *args, **kwargs)
+        except MemoryError:
+            try:
+                size = f"{memoryview(data).nbytes} bytes"
+            except TypeError:
+                size = type(data).__name__
+            raise CorruptStreamError(
+                f"{self.codec_id}: not enough memory to decode this stream ({size}); lower "
+                "max_output_bytes / KVINFO_MAX_OUTPUT_BYTES to refuse such streams early"
+            ) from None
+
+    return wrapper
+
+
 class QuantCodec(Codec):
     """Base class: owns the entropy coder for the symbols and the stream container."""
 
     codec_id = ""
     _tag = 0
+    lossy = True
 
     def __init__(self, coder: dict | str | None = None):
         from ..registry import get_codec
@@ -316,9 +409,22 @@ class QuantCodec(Codec):
         return Section(CODED, bytes(self._coder.encode(np.ascontiguousarray(symbols))))
 
     def _decode_symbols(self, section: Section, shape: tuple[int, ...], max_symbol: int):
+        """Decode one coded section, refusing before any allocation a blob whose own header
+        claims another shape than the stream says."""
         if section.kind != CODED:
             raise CorruptStreamError("expected an entropy-coded section")
-        sym = np.asarray(self._coder.decode(section.data))
+        claimed = coded_shape(section.data)
+        if claimed is not None and tuple(claimed) != tuple(shape):
+            raise CorruptStreamError(
+                f"the entropy-coded section claims shape {tuple(claimed)}; the stream header "
+                f"says {tuple(shape)}"
+            )
+        n = math.prod(shape)
+        if _accepts_limit(type(self._coder)):  # at most int32 symbols of the known shape
+            sym = self._coder.decode(section.data, max_output_bytes=max(4 * n, 1))
+        else:
+            sym = self._coder.decode(section.data)
+        sym = np.asarray(sym)
         if sym.shape != tuple(shape):
             raise CorruptStreamError(
                 f"decoded symbols have shape {sym.shape}; the stream header says {tuple(shape)}"
@@ -327,8 +433,19 @@ class QuantCodec(Codec):
             raise CorruptStreamError(f"decoded symbols outside 0..{max_symbol}")
         return sym
 
-    def _parse(self, data) -> ParsedStream:
-        return parse_stream(data, self._tag)
+    def _parse(self, data, max_output_bytes: int | None = None) -> ParsedStream:
+        """Parse and check a stream of this codec, and refuse an output above the decode
+        limit (:mod:`kvinfo.codecs.limits`) before anything is allocated."""
+        p = parse_stream(data, self._tag)
+        check_output_bytes(math.prod(p.shape) * p.dtype.itemsize, max_output_bytes)
+        return p
+
+    def coded_sections(self, data) -> list[bytes]:
+        """The entropy-coded blobs of a stream (each a stream of :attr:`coder`), in order.
+
+        Raises :class:`~kvinfo.errors.CorruptStreamError` for a damaged stream.
+        """
+        return [bytes(s.data) for s in self._parse(data).sections if s.kind == CODED]
 
     def _check_device(self, device: str) -> None:
         if device != "cpu":

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import struct
 
+import ml_dtypes
 import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
@@ -40,6 +41,7 @@ from ._base import (
     build_stream,
     check_float_array,
     finite_side,
+    guard_memory,
     side_array,
     to_le_bytes,
     to_output,
@@ -134,9 +136,30 @@ class EcsqCodec(QuantCodec):
         sections = [Section(0, to_le_bytes(rms)), self._coded(symbols)]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    def max_abs_error(self, array) -> np.ndarray:
+        """A bound on ``|x - decode(encode(x))|`` per element, stated for
+        :func:`kvinfo.testing.check_lossy_codec`: half the slab's step (rounding to the
+        nearest multiple), plus the final rounding to the output dtype (half a unit in the
+        last place of the reconstruction, taken as a full unit above the smallest normal,
+        plus the smallest subnormal), plus 1e-9 of the step for float64 arithmetic."""
+        array = check_float_array(array, self.codec_id)
+        x3 = as_slabs(array)
+        steps, _ = ecsq_steps(x3, self.step, self.step_mode)
+        half = 0.5 * steps[:, None, None]
+        fin = ml_dtypes.finfo(array.dtype)
+        rounding = np.maximum(np.abs(x3) + half, float(fin.tiny)) * float(fin.eps)
+        bound = half * (1 + 1e-9) + rounding + float(fin.smallest_subnormal)
+        return bound.reshape(array.shape)
+
+    @guard_memory
+    def decode(
+        self, data, device: str = "cpu", max_output_bytes: int | None = None
+    ) -> np.ndarray:
+        """Decode a stream; see the module docstring for its layout and
+        ``docs/damaged-input.md`` for what is checked before any allocation.
+        ``max_output_bytes`` caps the output (:mod:`kvinfo.codecs.limits`)."""
         self._check_device(device)
-        p = self._parse(data)
+        p = self._parse(data, max_output_bytes)
         step, mode, k_min = unpack_params(_PARAMS, p.params)
         if not (math.isfinite(step) and step > 0) or mode > 1:
             raise CorruptStreamError("bad ecsq parameter block")

@@ -38,7 +38,15 @@ import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
 from ..registry import register_codec
-from ._base import RAW, ParsedStream, QuantCodec, Section, build_stream, check_float_array
+from ._base import (
+    RAW,
+    ParsedStream,
+    QuantCodec,
+    Section,
+    build_stream,
+    check_float_array,
+    guard_memory,
+)
 
 __all__ = ["LosslessCodec", "FLOAT_FIELDS", "split_fields", "plugin_entropy_bits"]
 
@@ -152,6 +160,7 @@ class LosslessCodec(QuantCodec):
 
     codec_id = "lossless"
     _tag = 4
+    lossy = False  # bit-exact
 
     def __init__(self, mantissa_bits: int | str = "auto", coder: dict | None = None):
         if mantissa_bits != "auto" and (
@@ -209,9 +218,15 @@ class LosslessCodec(QuantCodec):
         _, _, m = _fields(parsed.dtype)
         return int(np.prod(parsed.shape, dtype=np.int64)) * (m - h)
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    @guard_memory
+    def decode(
+        self, data, device: str = "cpu", max_output_bytes: int | None = None
+    ) -> np.ndarray:
+        """Decode a stream; see the module docstring for its layout and
+        ``docs/damaged-input.md`` for what is checked before any allocation.
+        ``max_output_bytes`` caps the output (:mod:`kvinfo.codecs.limits`)."""
         self._check_device(device)
-        p = self._parse(data)
+        p = self._parse(data, max_output_bytes)
         if len(p.params) != 1 or len(p.sections) != 2 or p.sections[1].kind != RAW:
             raise CorruptStreamError("bad lossless stream layout")
         (h,) = struct.unpack(_PARAMS, p.params)

@@ -63,6 +63,7 @@ from ._base import (
     build_stream,
     check_float_array,
     finite_side,
+    guard_memory,
     round_side,
     side_array,
     to_le_bytes,
@@ -75,6 +76,9 @@ from .rotation import ROTATIONS, resolve_rotation, rotation_matrix
 __all__ = ["TurboCodec", "turbo_quantize", "turbo_dequantize"]
 
 _PARAMS = "<BBHBBQ"
+#: the largest channel subset a rotation is built for: the dense d x d rotation costs
+#: 8 d^2 bytes and ~3 d^3 operations, so a stream claiming a huge head_dim is refused
+MAX_ROTATION_DIM = 8192
 _OUTLIER_BY = ("variance", "energy")
 _MASK64 = (1 << 64) - 1
 
@@ -250,6 +254,11 @@ class TurboCodec(QuantCodec):
 
     def _check_dims(self, d: int) -> None:
         k = self.num_outliers
+        if d - k > MAX_ROTATION_DIM:
+            raise CodecConfigError(
+                f"turbo: head_dim {d} leaves {d - k} rotated channels; at most "
+                f"{MAX_ROTATION_DIM} are supported"
+            )
         if d - k < 2:
             raise CodecConfigError(
                 f"turbo: head_dim {d} leaves {d - k} channels after {k} outliers; need at least 2"
@@ -308,9 +317,15 @@ class TurboCodec(QuantCodec):
             sections += [Section(0, to_le_bytes(n_out)), self._coded(q_out)]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    @guard_memory
+    def decode(
+        self, data, device: str = "cpu", max_output_bytes: int | None = None
+    ) -> np.ndarray:
+        """Decode a stream; see the module docstring for its layout and
+        ``docs/damaged-input.md`` for what is checked before any allocation.
+        ``max_output_bytes`` caps the output (:mod:`kvinfo.codecs.limits`)."""
         self._check_device(device)
-        p = self._parse(data)
+        p = self._parse(data, max_output_bytes)
         bits, obits, k, rot_code, sd_code, seed = unpack_params(_PARAMS, p.params)
         if (
             not 1 <= bits <= MAX_CODEBOOK_BITS
@@ -327,6 +342,11 @@ class TurboCodec(QuantCodec):
         secs = p.sections
         if len(secs) != (7 if k else 5) or d - k < 2 or k == 1:
             raise CorruptStreamError("bad turbo stream layout")
+        if max(d - k, k) > MAX_ROTATION_DIM:
+            raise CorruptStreamError(
+                f"bad turbo stream: head_dim {d} needs a rotation of {max(d - k, k)} channels; "
+                f"at most {MAX_ROTATION_DIM} are supported"
+            )
         if len(secs[0].data) % 4:
             raise CorruptStreamError("bad turbo full-precision row index section")
         n_sink = len(secs[0].data) // 4

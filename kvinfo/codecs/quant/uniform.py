@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import struct
 
+import ml_dtypes
 import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
@@ -47,6 +48,7 @@ from ._base import (
     check_float_array,
     dtype_name,
     finite_side,
+    guard_memory,
     round_side,
     side_array,
     to_le_bytes,
@@ -236,11 +238,39 @@ class UniformCodec(QuantCodec):
         ]
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
 
-    def _read(self, data):
+    def max_abs_error(self, array) -> np.ndarray:
+        """A bound on ``|x - decode(encode(x))|`` per element, stated for
+        :func:`kvinfo.testing.check_lossy_codec`.
+
+        Per group, with the stored zero point ``z`` and step ``s`` and the group's minimum
+        and maximum: half a step inside ``[z, z + (2**bits - 1) s]``, and the clipping
+        error where rounding the side information moved that range inside
+        ``[min, max]`` (``z - min``, ``max - z - (2**bits - 1) s``); plus 1e-12 of the
+        range for float64 arithmetic and the final rounding to the output dtype (a unit in
+        the last place of the reconstruction plus the smallest subnormal).
+        """
+        array = check_float_array(array, self.codec_id)
+        x3 = as_slabs(array)
+        _, zero, step = uniform_quantize(x3, self.bits, self.axis, self.group_size,
+                                         self.side_dtype)
+        xo = _orient(x3, self.axis)
+        xg, _ = _grouped(xo, self.group_size)
+        lo, hi = xg.min(axis=2), xg.max(axis=2)
+        z, st = zero.astype(np.float64), step.astype(np.float64)
+        top = z + ((1 << self.bits) - 1) * st
+        group = np.maximum.reduce([st / 2, z - lo, hi - top]) + 1e-12 * (np.abs(z) + np.abs(top))
+        b, length, other = xo.shape
+        e = np.broadcast_to(group[:, :, None, :], xg.shape).reshape(b, -1, other)[:, :length]
+        e = _orient(e, self.axis)
+        fin = ml_dtypes.finfo(array.dtype)
+        rounding = np.maximum(np.abs(x3) + e, float(fin.tiny)) * float(fin.eps)
+        return (e + rounding + float(fin.smallest_subnormal)).reshape(array.shape)
+
+    def _read(self, data, max_output_bytes: int | None = None):
         """Parse and validate a stream: the one parser of the ``uniform`` format, shared by
         the CPU decode and :meth:`prepare_cuda`. Returns ``(parsed, bits, axis, group_size,
         zero, step)``, ``zero`` and ``step`` as float64 ``(slabs, groups, other axis)``."""
-        p = self._parse(data)
+        p = self._parse(data, max_output_bytes)
         bits, axis_code, sd_code, group_size = unpack_params(_PARAMS, p.params)
         if not 1 <= bits <= 8 or axis_code > 1 or sd_code not in (1, 3):
             raise CorruptStreamError("bad uniform parameter block")
@@ -283,11 +313,17 @@ class UniformCodec(QuantCodec):
         return coder.prepare_cuda(p.sections[2].data, dequant=dq, shape=p.shape,
                                   max_symbol=(1 << bits) - 1)
 
-    def decode(self, data, device: str = "cpu") -> np.ndarray:
+    @guard_memory
+    def decode(
+        self, data, device: str = "cpu", max_output_bytes: int | None = None
+    ) -> np.ndarray:
+        """Decode a stream; see the module docstring for its layout and
+        ``docs/damaged-input.md`` for what is checked before any allocation.
+        ``max_output_bytes`` caps the output (:mod:`kvinfo.codecs.limits`)."""
         if device == "cuda":  # fused decode + dequantize on the GPU, output in device memory
             return self.prepare_cuda(data).decode()
         self._check_device(device)
-        p, bits, axis, group_size, zero, step = self._read(data)
+        p, bits, axis, group_size, zero, step = self._read(data, max_output_bytes)
         t, d = p.shape[-2:]
         b = int(np.prod(p.shape[:-2], dtype=np.int64))
         q = self._decode_symbols(p.sections[2], p.shape, (1 << bits) - 1)
