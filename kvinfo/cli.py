@@ -28,6 +28,7 @@ __all__ = ["main", "build_parser", "cli_markdown", "recorded_command", "command_
 COMMANDS: dict[str, tuple[str, str]] = {
     "capture": ("capture", "run a causal LM over prompts and dump its KV cache to HDF5"),
     "info": ("info", "describe a KV dump"),
+    "calibrate": ("calibrate", "fit per-(layer, kind, head) transform bases for the klt codec"),
     "analyze": ("analyze", "lossless and lossy information limits per (layer, K/V, head)"),
     "bench": ("bench", "run codecs on a dump and compare achieved bits with the bounds"),
     "eval": ("eval", "perplexity and next-token divergence with a compressed cache"),

@@ -107,8 +107,11 @@ class CacheCodec:
         self.bits_by_kind = {"keys": 0, "values": 0}
         self.elements_by_kind = {"keys": 0, "values": 0}
 
-    def roundtrip(self, tensor, kind: str):
-        """``decode(encode(tensor))`` for a torch tensor (batch 1), counting the bits."""
+    def roundtrip(self, tensor, kind: str, layer: int | None = None, start: int = 0):
+        """``decode(encode(tensor))`` for a torch tensor (batch 1), counting the bits.
+
+        ``layer`` and ``start`` (the position of the first token) bind codecs that have the
+        slab identity hook ``for_slab`` (klt; see docs/codecs.md)."""
         import torch
 
         x = tensor.detach()[0].cpu().contiguous()
@@ -118,8 +121,11 @@ class CacheCodec:
             arr = x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         else:
             arr = x.numpy()
-        data = self.codecs[kind].encode(arr)
-        out = self.codecs[kind].decode(data)
+        codec = self.codecs[kind]
+        if layer is not None and hasattr(codec, "for_slab"):
+            codec = codec.for_slab(layer, kind, None, positions=start + np.arange(arr.shape[-2]))
+        data = codec.encode(arr)
+        out = codec.decode(data)
         if out.shape != arr.shape or out.dtype != arr.dtype:
             raise CodecConfigError(
                 f"codec {self.codecs[kind]!r} returned {out.dtype}{out.shape} "
@@ -138,10 +144,10 @@ class CacheCodec:
 
     def apply(self, cache, start: int = 0) -> None:
         """Send tokens ``[start, end)`` of every layer of a transformers cache through the codec."""
-        for layer in _layers(cache):
+        for i, layer in enumerate(_layers(cache)):
             for kind, attr in (("keys", "keys"), ("values", "values")):
                 t = getattr(layer, attr)
-                new = self.roundtrip(t[:, :, start:], kind)
+                new = self.roundtrip(t[:, :, start:], kind, i, start)
                 setattr(layer, attr, new if start == 0 else _cat(t[:, :, :start], new))
 
     @property

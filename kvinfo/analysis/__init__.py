@@ -10,6 +10,11 @@ whether it is a bound or an estimate.
   Kozachenko-Leonenko estimates (raw, and prewhitened with a Gaussian bias correction).
 - :func:`rd_gaussian`, :func:`dr_gaussian`: Gaussian R(D) by reverse water-filling, and D(R).
 - :func:`rd_shannon_lower_bound`, :func:`blahut_arimoto`.
+- :func:`rd_gaussian_attention`: Gaussian R(D) of keys under the attention-logit distortion
+  (reverse water-filling on the eigenvalues of ``M^(1/2) S_k M^(1/2)``, ``M = E[q q^T]``).
+- :func:`entropy_lower_estimate`, :func:`rd_lower_bound`, :func:`rd_cluster_upper_bound`,
+  :class:`ReservoirSample`: the lower curve and the clustered upper bound that hold on
+  non-Gaussian sources (``docs/analysis.md``, "Bounds that hold").
 - :class:`SlabStats` and its parts: streaming, mergeable sufficient statistics.
 - :func:`analyze_slab`: every metric of one (layer, kind, head) slab; :func:`slab_analysis`
   also returns its :class:`SlabGaussian` (covariance and eigendecomposition, computed once)
@@ -54,6 +59,24 @@ from ._slab import (
 )
 from ._stats import MomentStats, PairStats, PatternCounts, SlabStats, warmup
 from .aggregate import aggregate_metrics, is_defined
+from .attention_bound import (
+    attention_metric_eigenvalues,
+    attention_weighting,
+    query_second_moment,
+    rd_gaussian_attention,
+)
+from .bounds import (
+    LOWER_MODELS,
+    ReservoirSample,
+    entropy_lower_estimate,
+    entropy_marginals_lower,
+    entropy_mixture_lower,
+    kmeans,
+    loewner_inflation,
+    rd_cluster_upper_bound,
+    rd_lower_bound,
+    rd_lower_curve,
+)
 from .distortion import (
     attention_output_error,
     attention_score_errors,
@@ -77,6 +100,20 @@ __all__ = [
     "dr_gaussian",
     "rd_shannon_lower_bound",
     "blahut_arimoto",
+    "rd_gaussian_attention",
+    "attention_metric_eigenvalues",
+    "attention_weighting",
+    "query_second_moment",
+    "LOWER_MODELS",
+    "entropy_lower_estimate",
+    "entropy_marginals_lower",
+    "entropy_mixture_lower",
+    "kmeans",
+    "loewner_inflation",
+    "rd_lower_bound",
+    "rd_lower_curve",
+    "rd_cluster_upper_bound",
+    "ReservoirSample",
     "PatternCounts",
     "MomentStats",
     "PairStats",

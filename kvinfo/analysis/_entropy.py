@@ -280,10 +280,11 @@ def entropy_knn(x, k: int = 4) -> float:
     ``eps_i`` is the Euclidean distance from row ``i`` to its ``k``-th nearest neighbour and
     ``V_d`` the volume of the unit ball; returned in bits per element (divided by ``d ln 2``).
 
-    This is the raw estimate. It is biased, and the bias grows with the dimension (at
-    ``d = 64`` and a few thousand samples it is around a bit per element, downwards); use
-    :func:`entropy_knn_corrected` for high dimensions. It is not invariant to scaling of
-    single channels, so prewhiten strongly correlated data.
+    This is the raw estimate. It is biased, and the bias grows with the dimension: on
+    white (prewhitened) data it reads **high**, by about 0.05 bit per element at ``d = 16``
+    and 0.2 at ``d = 64`` with a few thousand samples (the kNN balls are not small compared
+    with the density's scale); use :func:`entropy_knn_corrected` for high dimensions. It is
+    not invariant to scaling of single channels, so prewhiten strongly correlated data.
 
     Parameters
     ----------

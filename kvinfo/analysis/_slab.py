@@ -25,6 +25,7 @@ from ._entropy import (
 )
 from ._rd import rd_gaussian_eigenvalues, rd_shannon_lower_bound, water_level
 from ._stats import FIELD_LAYOUT, SlabStats, to_float64
+from .bounds import rd_cluster_upper_bound, rd_lower_curve
 
 __all__ = [
     "AnalysisWarning",
@@ -39,6 +40,11 @@ __all__ = [
     "SMALL_DATA_METRICS",
     "small_data_reason",
 ]
+
+#: at most this many vectors (a random subset) feed the lower curve and the clustered bound
+BOUND_SAMPLES = 20000
+#: plug-in per-channel H0 is marked undersampled above this distinct-pattern fraction
+UNDERSAMPLED_FRACTION = 0.1
 
 #: default distortion grid: SNR in dB relative to the slab's variance per element
 DEFAULT_SNR_DB = tuple(float(v) for v in range(0, 42, 2))
@@ -79,8 +85,13 @@ def _positions(n: int, sequences) -> tuple[np.ndarray, np.ndarray]:
     return seq, pos
 
 
-def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows):
-    """Information density of each vector under N(mean, cov) at water level theta, bits/elt."""
+def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows, n=None):
+    """Information density of each vector under N(mean, cov) at water level theta, bits/elt.
+
+    ``lam`` are the ddof-1 eigenvalues; the Mahalanobis term uses the ddof-0 ones
+    (``lam (n-1)/n``) so that the mean over the ``n`` vectors is exactly ``R_G`` (with ddof 1
+    it would be off by ``-(log2 e / 2)(k/d)/n``, ``k`` active components).
+    """
     active = lam > theta
     out = np.full(x64.shape[0], np.nan)
     if not np.any(active):
@@ -89,6 +100,8 @@ def _pervector_bits(x64, valid, mean, eigvecs, lam, theta, d, chunk_rows):
     u = eigvecs[:, active]
     la = lam[active]
     const = 0.5 * float(np.sum(np.log2(la / theta)))
+    if n is not None and n > 1:
+        la = la * ((n - 1) / n)
     for s in range(0, x64.shape[0], chunk_rows):
         xs = x64[s : s + chunk_rows]
         vs = valid[s : s + chunk_rows]
@@ -417,6 +430,10 @@ def slab_analysis(
 
     # ---- lossless: order-0 entropies of the stored patterns -------------------------
     metrics.update(st.patterns.entropies())
+    ch_of, _, _ = st.patterns.triplets()
+    distinct_ch = np.bincount(ch_of, minlength=d) / max(n_all, 1)
+    metrics["h0_per_channel_distinct_fraction"] = float(distinct_ch.mean())
+    metrics["h0_per_channel_undersampled"] = bool(distinct_ch.mean() > UNDERSAMPLED_FRACTION)
     if n <= d:
         return _partial_analysis(
             a, st, metrics, notes, snr, token_ids, knn_k, pervector_snr_db, outlier_rms_ratio
@@ -488,6 +505,7 @@ def slab_analysis(
     ):
         metrics[key] = None
     metrics["slb_estimate_bits_per_element"] = [None] * snr.size
+    metrics["h_knn_clipped_to_gaussian"] = None
     if h_gauss is not None and m > d + knn_k:
         xs = dither_stored(a[sub], rng)
         try:
@@ -503,13 +521,28 @@ def slab_analysis(
             metrics["knn_bias_correction_bits_per_element"] = -est["bias"]
             metrics["negentropy_estimate_bits_per_element"] = h_gauss - h_est
             marg = marg_raw - marg_bias
-            metrics["total_correlation_estimate_bits_per_element"] = float(np.mean(marg)) - h_est
+            # TC >= 0 is a theorem; the joint kNN estimate reads high on non-Gaussian data
+            metrics["total_correlation_estimate_bits_per_element"] = max(
+                float(np.mean(marg)) - h_est, 0.0
+            )
             # h <= h_gauss is a theorem; clip the estimate so the SLB never exceeds R_G(D)
+            metrics["h_knn_clipped_to_gaussian"] = bool(h_est > h_gauss)
+            if h_est > h_gauss:
+                notes.append(
+                    f"kNN entropy estimate {h_est:.3f} exceeds the Gaussian entropy "
+                    f"{h_gauss:.3f} bits/element (impossible for the true h); the SLB estimate "
+                    "uses h_G and equals the Gaussian R(D)"
+                )
             metrics["slb_estimate_bits_per_element"] = rd_shannon_lower_bound(
                 min(h_est, h_gauss), mse
             )
     elif h_gauss is not None:
         notes.append(f"kNN entropy estimate skipped: {m} samples for {d} dimensions")
+
+    # ---- bounds that hold: lower curve and clustered upper bound ---------------------
+    metrics.update(
+        _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, notes)
+    )
 
     # ---- temporal prediction (lag 1 within sequences) --------------------------------
     pairs = st.pairs
@@ -544,7 +577,7 @@ def slab_analysis(
     x64 = to_float64(a)
     if st.excluded_vectors:
         x64 = np.where(np.isfinite(x64), x64, 0.0)
-    bits = _pervector_bits(x64, valid, mean, vecs, lam, theta, d, chunk_rows)
+    bits = _pervector_bits(x64, valid, mean, vecs, lam, theta, d, chunk_rows, n=n)
     vb = bits[valid]
     metrics["pervector_snr_db"] = float(pervector_snr_db)
     metrics["pervector_mse_per_element"] = d_pv
@@ -565,6 +598,63 @@ def slab_analysis(
         channel_variance=var, h_gaussian_bits_per_element=h_gauss,
     )
     return SlabAnalysis(metrics=metrics, token_bits=bits, gaussian=gauss, x64=x64)
+
+
+def _bound_metrics(a, valid_idx, vecs, lam, h_gauss, mse, rd_full, seed, knn_k, notes) -> dict:
+    """Lower curve (``rd_lower_bound_*``) and best achievable upper bound of one slab."""
+    n_grid = mse.size
+    d = a.shape[1]
+    out: dict = {
+        "h_lower_estimate_bits_per_element": None,
+        "h_lower_model": None,
+        "h_lower_members_bits_per_element": None,
+        "lower_bound_samples": 0,
+        "rd_lower_bound_bits_per_element": [None] * n_grid,
+        "rd_cluster_upper_bound_bits_per_element": [None] * n_grid,
+        "rd_upper_bound_bits_per_element": rd_full,
+        "rd_lower_bound_exceeds_upper": None,
+    }
+    rng = np.random.default_rng(seed + 1)
+    m = min(BOUND_SAMPLES, valid_idx.size)
+    sub = np.sort(rng.choice(valid_idx, size=m, replace=False)) if m < valid_idx.size else valid_idx
+    out["lower_bound_samples"] = int(m)
+    if m < 2 * d + 16:
+        notes.append(f"bounds skipped: {m} vectors for {d} dimensions (needs {2 * d + 16})")
+        return out
+    stored = a[sub]
+    try:
+        pick = rng.permutation(m)[: min(m, 8000)]
+        up = rd_cluster_upper_bound(to_float64(stored[pick]), mse, seed=seed)
+    except AnalysisInputError as exc:
+        notes.append(f"clustered upper bound skipped: {exc}")
+    else:
+        out["rd_cluster_upper_bound_bits_per_element"] = [
+            float(v) if np.isfinite(v) else None for v in up
+        ]
+        out["rd_upper_bound_bits_per_element"] = np.minimum(rd_full, up)
+    if h_gauss is None:
+        return out
+    try:
+        low = rd_lower_curve(
+            stored, mse, eigenvalues=lam, num_vectors=valid_idx.size, basis=vecs, k=knn_k,
+            seed=seed, details=True,
+        )
+    except AnalysisInputError as exc:
+        notes.append(f"lower curve skipped: {exc}")
+        return out
+    out["h_lower_estimate_bits_per_element"] = low["h_lower"]
+    out["h_lower_model"] = low["model"]
+    out["h_lower_members_bits_per_element"] = {k: float(v) for k, v in low["members"].items()}
+    low_curve = np.minimum(low["rate"], rd_full)
+    out["rd_lower_bound_bits_per_element"] = low_curve
+    upper = np.asarray(out["rd_upper_bound_bits_per_element"], dtype=float)
+    out["rd_lower_bound_exceeds_upper"] = bool(np.any(low_curve > upper + 1e-9))
+    if out["rd_lower_bound_exceeds_upper"]:
+        notes.append(
+            "the lower curve exceeds the clustered upper bound at some distortions: the source "
+            "fits none of the lower curve's models (see docs/analysis.md, 'Bounds that hold')"
+        )
+    return out
 
 
 def top_token_list(bits, seq, pos, token_ids, k: int) -> list[dict]:

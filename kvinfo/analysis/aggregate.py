@@ -98,6 +98,10 @@ def aggregate_metrics(
         if weight is not None and (weighted is None or key in weighted):
             w = [float(slabs[i].get(weight) or 0.0) for i, _ in present]
         scalars = [v for _, v in present if v is not None]
+        if scalars and all(isinstance(v, bool | np.bool_) for v in scalars):
+            counts[key] = [len(scalars), len(present)]
+            out[key] = float(np.mean(scalars))  # a flag: the fraction of slabs where it holds
+            continue
         if all(_is_num(v) for v in scalars):
             ok = [(j, float(v)) for j, (_, v) in enumerate(present) if is_defined(v)]
             counts[key] = [len(ok), len(present)]

@@ -187,7 +187,7 @@ def bench_dump(
             if not warmed:
                 # untimed warm-up of every codec on a small piece of the first slab (numba
                 # compile, codebook tables), so that compilation never lands in a measurement
-                _warm_codecs(codecs, kinds, slab[: min(slab.shape[0], 256)])
+                _warm_codecs(codecs, kinds, slab[: min(slab.shape[0], 256)], lay, head)
                 warmed = True
             ref = SlabReference(res)
             ref_metrics = {k: am.get(k) for k in ANALYSIS_KEYS}
@@ -218,6 +218,12 @@ def bench_dump(
                 codec = c.for_kind(kind)
                 if codec is None:
                     continue
+                if hasattr(codec, "for_slab"):  # the slab identity hook (klt; docs/codecs.md)
+                    try:
+                        codec = codec.for_slab(lay, kind, head, positions=pos,
+                                               token_ids=token_ids, sequences=ranges)
+                    except CodecConfigError as exc:
+                        raise CodecConfigError(f"{label}: codec {c.label!r}: {exc}") from None
                 try:
                     m = measure_codec(
                         codec, slab, ref, x64=x64, attention=att, repeat=repeat, gpu=gpu
@@ -292,12 +298,14 @@ def _nonfinite(slab, label: str) -> None:
     )
 
 
-def _warm_codecs(codecs, kinds, piece) -> None:
+def _warm_codecs(codecs, kinds, piece, layer: int = 0, head: int = 0) -> None:
     for c in codecs:
         for k in kinds:
             codec = c.for_kind(k)
             if codec is not None:
                 try:
+                    if hasattr(codec, "for_slab"):  # the slab identity hook (klt)
+                        codec = codec.for_slab(layer, k, head)
                     codec.decode(codec.encode(piece))
                 except CodecConfigError as exc:
                     raise CodecConfigError(f"codec {c.label!r}: {exc}") from None

@@ -1,11 +1,13 @@
 """Lossless and lossy information limits of a KV dump, per (layer, K/V, head).
 
 For every selected slab: order-0 entropies of the stored bit patterns (pooled, per channel,
-sign/exponent/mantissa), Gaussian R(D) with full and diagonal covariance, a kNN-based
+sign/exponent/mantissa), Gaussian R(D) with full and diagonal covariance, a lower curve on
+R(D) and a clustered achievable upper bound that hold on non-Gaussian sources, a kNN-based
 Shannon lower bound estimate, the temporal (lag-1) prediction gain, total correlation,
-per-vector Shannon code lengths, and per-channel statistics. Slab results are averaged per
-(layer, kind), per kind and overall. Writes the kvinfo results JSON (docs/results-schema.md)
-and prints a table. Rates are bits per element; distortion is MSE per element.
+per-vector ideal code lengths under the fitted Gaussian, and per-channel statistics. Slab
+results are averaged per (layer, kind), per kind and overall. Writes the kvinfo results JSON
+(docs/results-schema.md) and prints a table. Rates are bits per element; distortion is MSE
+per element.
 
 The engine is :func:`kvinfo.analysis.analyze_dump`; this command parses, calls it, prints.
 """
@@ -103,10 +105,25 @@ _COLUMNS = (
 )
 _GRID_COLUMNS = (
     ("R_G", "rd_gaussian_bits_per_element"),
+    ("R_up", "rd_upper_bound_bits_per_element"),
+    ("R_lo", "rd_lower_bound_bits_per_element"),
     ("R_ind", "rd_gaussian_independent_bits_per_element"),
     ("SLB~", "slb_estimate_bits_per_element"),
     ("R_inn", "rd_temporal_innovation_bits_per_element"),
 )
+#: column -> flag metric; the cell gets a trailing mark where the flag holds (in any slab)
+_MARKS = {
+    "h0_per_channel_bits_per_element": ("h0_per_channel_undersampled", "u"),
+    "slb_estimate_bits_per_element": ("h_knn_clipped_to_gaussian", "*"),
+    "rd_lower_bound_bits_per_element": ("rd_lower_bound_exceeds_upper", "!"),
+}
+
+
+def _cell(m: dict, key: str, v) -> str:
+    flag = _MARKS.get(key)
+    if flag is None:
+        return format_number(v, mark=_mark(m, key))
+    return format_number(v, 5, mark=_mark(m, key)) + (flag[1] if m.get(flag[0]) else " ")
 _PV_COLUMNS = (
     ("pv50", "pervector_p50_bits_per_element"),
     ("pvmax", "pervector_max_bits_per_element"),
@@ -126,7 +143,11 @@ def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_s
     head += " ".join(f"{c:>6}" for c, _ in _PV_COLUMNS)
     lines = [
         f"bits per element; R_*, SLB~ at SNR {snr:g} dB; per-vector (pv) at {pv_snr:g} dB; "
-        "~ marks estimates",
+        "~ marks estimates; R_lo: lower curve (holds when the data fit one of its models, "
+        "docs/analysis.md); R_up: achievable (upper bound)",
+        "u: per-channel H0 undersampled (plug-in caps near log2 n); *: kNN h exceeded h_G "
+        "and was clipped, so SLB~ = R_G; !: R_lo exceeds R_up at some SNR, the data fit none "
+        "of its models (in at least one slab of the row)",
         head,
         "-" * len(head),
     ]
@@ -136,11 +157,10 @@ def format_table(records: list[dict], snr_db: list[float], grid_index: int, pv_s
         lay = "" if r["layer"] is None else str(r["layer"])
         hd = "" if r["head"] is None else str(r["head"])
         row = f"{r['scope']:<7} {lay:>5} {(r['kind'] or 'all'):<8} {hd:>4} "
-        row += " ".join(format_number(m.get(k), mark=_mark(m, k)) for _, k in _COLUMNS) + " | "
-        row += " ".join(
-            format_number(_grid_at(m, k, grid_index), mark=_mark(m, k)) for _, k in _GRID_COLUMNS
-        ) + " | "
-        row += " ".join(format_number(m.get(k), mark=_mark(m, k)) for _, k in _PV_COLUMNS)
+        row += " ".join(_cell(m, k, m.get(k)) for _, k in _COLUMNS) + " | "
+        row += " ".join(_cell(m, k, _grid_at(m, k, grid_index)) for _, k in _GRID_COLUMNS)
+        row += " | "
+        row += " ".join(_cell(m, k, m.get(k)) for _, k in _PV_COLUMNS)
         small = small or SMALL_DATA_MARK in row
         lines.append(row)
     if small:

@@ -1,11 +1,12 @@
 """Figures (PNG and SVG), report.md and a self-contained report.html from results JSON files.
 
 Give any number of results files written by kvinfo analyze, bench and eval. The figures are:
-rate against distortion for keys and values with the band between the Shannon lower bound
-estimate and the Gaussian R(D) shaded; heatmaps over layers and heads (lossless entropy,
-transform and prediction gains, each codec's gap to the bound); per-vector code-length
-histograms with the most expensive tokens; bits against decode throughput; and bits against
-perplexity increase when eval results are present.
+rate against distortion for keys and values with the band between the lower curve and the
+best achievable rate shaded (analyze results; else the SLB estimate and the Gaussian R(D));
+heatmaps over layers and heads (lossless entropy, transform and prediction gains, each
+codec's gap to the bound); per-vector code-length histograms with the most expensive tokens;
+bits against decode throughput; and bits against perplexity increase when eval results are
+present.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 :func:`build_report` reads any number of results documents and writes, into one folder:
 
 * ``rate_distortion.{png,svg}`` -- bits per element against SNR, one panel for keys and one
-  for values; the band between the Shannon lower bound estimate and the Gaussian R(D) is
-  shaded, each codec family is a curve;
+  for values; the band between the lower curve and the best achievable rate (from analyze
+  results; else the SLB estimate and the Gaussian R(D)) is shaded, each codec family is a
+  curve;
 * ``heatmaps_analysis.{png,svg}`` -- per (layer, head): lossless entropy, transform gain and
   prediction gain;
 * ``heatmaps_gap.{png,svg}`` -- per (layer, head): each codec's gap to the SLB estimate;
@@ -48,8 +49,11 @@ FIGURES = {
     "rate_distortion": (
         "Rate against distortion, keys and values",
         "Bits per element (side information included) against SNR relative to each slab's "
-        "variance. The shaded band lies between the Shannon lower bound **estimate** and the "
-        "Gaussian R(D) (an upper **bound** on R(D)); the true R(D) of the data lies inside it. "
+        "variance. The shaded band runs from the lower curve (a lower **bound** on R(D) when "
+        "the data fit one of its models, docs/analysis.md section 3) to the best achievable "
+        "rate (an upper **bound**: the Gaussian R(D) or the clustered code). Results without "
+        "the lower curve show the kNN Shannon lower bound **estimate** instead, which can "
+        "exceed R(D). "
         "Each codec family is one curve; its distance above the band is what a better codec "
         "could still save.",
     ),

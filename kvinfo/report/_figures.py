@@ -70,12 +70,25 @@ def _band_from_analyze(data, kind):
     if not snr:
         return None
     snr = np.asarray(snr, float)
-    rg = np.array([_grid_at(m.get("rd_gaussian_bits_per_element"), i) for i in range(snr.size)])
-    slb = np.array([_grid_at(m.get("slb_estimate_bits_per_element"), i) for i in range(snr.size)])
-    ri = np.array(
-        [_grid_at(m.get("rd_gaussian_independent_bits_per_element"), i) for i in range(snr.size)]
-    )
+
+    def grid(key):
+        return np.array([_grid_at(m.get(key), i) for i in range(snr.size)])
+
+    ri = grid("rd_gaussian_independent_bits_per_element")
+    low, up = grid("rd_lower_bound_bits_per_element"), grid("rd_upper_bound_bits_per_element")
+    if np.any(np.isfinite(low)) and np.any(np.isfinite(up)):
+        # the bounds that hold: [lower curve, best achievable rate]
+        return snr, low, up, ri, "kvinfo analyze bounds (mean over slabs at each per-slab SNR)"
+    rg, slb = grid("rd_gaussian_bits_per_element"), grid("slb_estimate_bits_per_element")
     return snr, slb, rg, ri, "kvinfo analyze (mean over slabs at each per-slab SNR)"
+
+
+def _gaussian_from_analyze(data, kind):
+    """The Gaussian R(D) grid of the kind's analyze record (drawn next to the band)."""
+    recs = data.records("analyze", "kind", kind=kind)
+    m = recs[0]["metrics"] if recs else {}
+    snr = m.get("snr_db") or []
+    return np.array([_grid_at(m.get("rd_gaussian_bits_per_element"), i) for i in range(len(snr))])
 
 
 def _band_from_bench(data, kind):
@@ -106,14 +119,29 @@ def fig_rate_distortion(data, colors):
     for ax, kind in zip(axes[0], kinds, strict=True):
         band = _band_from_analyze(data, kind) or _band_from_bench(data, kind)
         if band is not None:
-            snr, slb, rg, ri, where = band
-            ok = np.isfinite(slb) & np.isfinite(rg)
-            ax.fill_between(
-                snr[ok], slb[ok], rg[ok], color="0.6", alpha=0.35, lw=0,
-                label="R(D) lies in this band\n(SLB estimate ≤ R(D) ≤ Gaussian R(D))",
-            )
-            ax.plot(snr, rg, color="0.15", lw=1.6, label="Gaussian R(D) (upper bound)")
-            ax.plot(snr, slb, color="0.15", lw=1.2, ls="--", label="Shannon lower bound (estimate)")
+            snr, lo, hi, ri, where = band
+            ok = np.isfinite(lo) & np.isfinite(hi)
+            if where.startswith("kvinfo analyze bounds"):
+                ax.fill_between(
+                    snr[ok], lo[ok], hi[ok], color="0.6", alpha=0.35, lw=0,
+                    label="lower curve to best achievable rate\n(R(D) lies inside when the data "
+                    "fit\none of the lower curve's models)",
+                )
+                ax.plot(snr, hi, color="0.15", lw=1.6, label="best achievable rate (upper bound)")
+                rg = _gaussian_from_analyze(data, kind)
+                if rg.size == snr.size:
+                    ax.plot(snr, rg, color="0.35", lw=1.0, label="Gaussian R(D) (upper bound)")
+                ax.plot(snr, lo, color="0.15", lw=1.2, ls="--",
+                        label="lower curve (a lower bound under its models)")
+            else:
+                ax.fill_between(
+                    snr[ok], lo[ok], hi[ok], color="0.6", alpha=0.35, lw=0,
+                    label="between the SLB estimate and the Gaussian R(D)\n(the estimate "
+                    "can exceed R(D))",
+                )
+                ax.plot(snr, hi, color="0.15", lw=1.6, label="Gaussian R(D) (upper bound)")
+                ax.plot(snr, lo, color="0.15", lw=1.2, ls="--",
+                        label="Shannon lower bound (estimate, not a bound)")
             if np.any(np.isfinite(ri)):
                 ax.plot(snr, ri, color="0.45", lw=1.0, ls=":",
                         label="Gaussian R(D), channels coded independently")

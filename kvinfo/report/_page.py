@@ -16,11 +16,17 @@ BOUNDS_TEXT = [
      "the rate-distortion function of a Gaussian source with that covariance and an **upper "
      "bound** on the true R(D) of the data, so a good codec may go below it on non-Gaussian "
      "data."),
+    ("Lower curve and best achievable rate",
+     "the band: the lower curve is a **bound** on R(D) when the data fit at least one of its "
+     "models (independent PCA coordinates, independent channels, a Gaussian mixture; "
+     "docs/analysis.md section 3), with 4-standard-error margins; the best achievable rate "
+     "is an upper **bound** (the Gaussian R(D), or a clustered Gaussian code fitted on one "
+     "half of the vectors and measured on the other)."),
     ("Shannon lower bound (SLB)",
      "an **estimate** of a lower bound: the SLB `h - ½·log2(2πe·D)` is a lower bound on R(D), "
      "but the differential entropy `h` is a Kozachenko-Leonenko kNN estimate on a subsample "
-     "(bias-corrected and clipped at the Gaussian entropy), so the curve is an estimate. "
-     "The true R(D) lies between it and the Gaussian R(D): the shaded band."),
+     "(bias-corrected and clipped at the Gaussian entropy), so the curve is an estimate; "
+     "on heavy-tailed or clustered data it can exceed R(D)."),
     ("Order-0 entropy of the codec's own symbols",
      "**exact** for the symbols the quantizer produced (plug-in entropy, per channel when the "
      "coder uses per-channel tables). It **bounds** any static or adaptive order-0 coder of "
@@ -113,7 +119,11 @@ UNDERSAMPLED_FRACTION = 0.1
 ANALYSIS_NOTE = (
     "Bits per element, mean over slabs. **Undersampled**: more than one distinct stored pattern "
     "per ten values (typical of float32), so the plug-in H0 is capped near log2(values) and "
-    "biased low; see docs/analysis.md."
+    "biased low; per channel that happens with only a few hundred tokens (each channel has one "
+    "value per token), and the per-channel gain then measures the sample size. **Clipped**: "
+    "the kNN entropy estimate exceeded the Gaussian entropy, which the true entropy cannot, "
+    "so it was replaced by it and the SLB estimate equals the Gaussian R(D) there. The lower "
+    "curve and the best achievable rate are the band of the figure; see docs/analysis.md."
 )
 
 
@@ -126,8 +136,8 @@ def analysis_rows(data) -> tuple[list[str], list[list[str]]]:
     gi = min(range(len(snr)), key=lambda i: abs(snr[i] - 20.0)) if snr else None
     at = f" @{snr[gi]:g} dB" if gi is not None else ""
     head = ["kind", "H0 stored (lossless)", "H0 per channel", "h Gaussian", "h kNN (est.)",
-            f"Gaussian R(D){at}", f"SLB~{at}", f"transform gain{at}", f"prediction gain{at}",
-            "first token / median"]
+            f"lower curve{at}", f"best achievable{at}", f"Gaussian R(D){at}", f"SLB~{at}",
+            f"transform gain{at}", f"prediction gain{at}", "first token / median"]
 
     def g(m, k):
         v = m.get(k)
@@ -141,11 +151,19 @@ def analysis_rows(data) -> tuple[list[str], list[list[str]]]:
         h0 = _f(m.get("h0_pooled_bits_per_element"))
         if (m.get("h0_distinct_pattern_fraction") or 0.0) > UNDERSAMPLED_FRACTION:
             h0 += " (undersampled)"
+        h0ch = _f(m.get("h0_per_channel_bits_per_element"))
+        if m.get("h0_per_channel_undersampled"):  # a fraction of slabs in aggregates
+            h0ch += " (undersampled)"
+        slb_cell = _f(g(m, "slb_estimate_bits_per_element"))
+        clip = m.get("h_knn_clipped_to_gaussian")
+        if clip:
+            slb_cell += f" (clipped to R_G in {100 * float(clip):.0f}% of slabs)"
         rows.append([
-            r["kind"] or "all", h0,
-            _f(m.get("h0_per_channel_bits_per_element")), _f(m.get("h_gaussian_bits_per_element")),
-            _f(m.get("h_knn_estimate_bits_per_element")), _f(g(m, "rd_gaussian_bits_per_element")),
-            _f(g(m, "slb_estimate_bits_per_element")),
+            r["kind"] or "all", h0, h0ch, _f(m.get("h_gaussian_bits_per_element")),
+            _f(m.get("h_knn_estimate_bits_per_element")),
+            _f(g(m, "rd_lower_bound_bits_per_element")),
+            _f(g(m, "rd_upper_bound_bits_per_element")),
+            _f(g(m, "rd_gaussian_bits_per_element")), slb_cell,
             _f(g(m, "transform_coding_gain_bits_per_element")),
             _f(g(m, "temporal_prediction_gain_bits_per_element")),
             _f(m.get("pervector_first_token_to_median_ratio"), 2),

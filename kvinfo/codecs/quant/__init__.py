@@ -1,6 +1,7 @@
 """Lossy KV codecs (quantizer + entropy coder) and the exact float codec.
 
-Importing this package registers ``"uniform"``, ``"ecsq"``, ``"turbo"`` and ``"lossless"``.
+Importing this package registers ``"uniform"``, ``"ecsq"``, ``"turbo"``, ``"klt"`` and
+``"lossless"``.
 Each owns a lossless coder for its symbols (``"coder"`` in its config) and writes the stream
 container of :mod:`kvinfo.codecs.quant._base`; ``Codec.rate`` splits its bits into symbol
 payload and side information. See ``docs/codecs.md``.
@@ -8,6 +9,7 @@ payload and side information. See ``docs/codecs.md``.
 
 from ._base import CODED, parse_stream
 from .ecsq import EcsqCodec
+from .klt import KltCodec
 from .lloyd_max import Codebook, lloyd_max_gaussian, lloyd_max_sphere
 from .lossless import LosslessCodec
 from .rotation import rotation_matrix
@@ -18,6 +20,7 @@ __all__ = [
     "UniformCodec",
     "EcsqCodec",
     "TurboCodec",
+    "KltCodec",
     "LosslessCodec",
     "Codebook",
     "lloyd_max_gaussian",
