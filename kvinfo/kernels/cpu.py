@@ -3,7 +3,7 @@
 Kernels come in threes (the stumpy design): a private ``@njit`` kernel that only does
 arithmetic and trusts its inputs, a public wrapper here that validates dtypes, shapes,
 table sums and every offset the kernel will follow, and a slow obvious reference in
-``tests/reference_coders.py`` that the tests compare against. Numba does not check
+``tests/codecs/reference_coders.py`` that the tests compare against. Numba does not check
 bounds, so no kernel is entered before its wrapper has proven that every index it can
 form lies inside its arrays; decode kernels additionally clamp word reads to their
 chunk and report overruns in a per-chunk status array instead of reading past it.

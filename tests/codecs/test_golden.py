@@ -2,7 +2,7 @@
 
 A deliberate format change must bump ``kvinfo.codecs._container.FORMAT_VERSION`` (and the
 docs) and regenerate the files with ``KVINFO_REGEN_GOLDEN=1 python -m pytest
-tests/test_coders_golden.py``; without that switch the files are never written. Files of
+tests/codecs/test_golden.py``; without that switch the files are never written. Files of
 older versions stay: the decoders must keep reading them (``test_old_version_decodes``).
 """
 
@@ -17,7 +17,7 @@ import pytest
 from kvinfo.codecs import get_codec
 from kvinfo.codecs._container import FORMAT_VERSION
 
-GOLDEN = pathlib.Path(__file__).with_name("golden")
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
 REGEN = os.environ.get("KVINFO_REGEN_GOLDEN") == "1"
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POISON = {"uint8": 0xEE, "uint16": 0xEEEE, "int32": -0x11111112}
 NAN_BITS = {"float16": 0x7E01, "bfloat16": 0x7FC1}
 

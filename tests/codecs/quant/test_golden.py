@@ -3,7 +3,7 @@
 A deliberate change of the quantizer container (``kvinfo/codecs/quant/_base.py``) or of a
 codec's stream layout must bump ``CONTAINER_VERSION`` (and ``docs/codecs.md``) and
 regenerate the files with ``KVINFO_REGEN_GOLDEN=1 python -m pytest
-tests/test_quant_golden.py``; without that switch the files are never written. The coder
+tests/codecs/quant/test_golden.py``; without that switch the files are never written. The coder
 streams are embedded, so a coder format change shows up here too. The golden files of older
 versions are kept: every version in ``READ_VERSIONS`` must still decode to its recorded
 output.
@@ -21,7 +21,7 @@ import pytest
 from kvinfo.codecs import get_codec
 from kvinfo.codecs.quant._base import CONTAINER_VERSION, READ_VERSIONS
 
-GOLDEN = pathlib.Path(__file__).with_name("golden")
+GOLDEN = pathlib.Path(__file__).resolve().parents[3] / "golden"
 REGEN = os.environ.get("KVINFO_REGEN_GOLDEN") == "1"
 CASES = {
     "uniform_bf16": ({"id": "uniform", "bits": 3, "group_size": 8}, "bfloat16"),

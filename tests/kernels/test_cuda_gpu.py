@@ -1,7 +1,7 @@
 """GPU decoding on a real CUDA device: bit-exact with the CPU decoders.
 
 Marked ``gpu``; skipped unless Numba sees a real GPU (the simulator does not count:
-``tests/test_cuda_sim.py`` covers it). Every decode writes into an output buffer
+``tests/kernels/test_cuda_sim.py`` covers it). Every decode writes into an output buffer
 poisoned with a value (or NaN pattern) that no decode produces, so an element that is
 never written shows up. Inputs are fresh random data of many sizes (partial chunks
 included) and real KV from a SmolLM2 dump: ``$KVINFO_REAL_KV`` or
@@ -23,7 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*Grid size"),
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _real_gpu() -> bool:

@@ -390,7 +390,7 @@ def test_cuda_decode_without_a_gpu_is_a_clear_error():
     from kvinfo.kernels.gpu import cuda_available
 
     if cuda_available():
-        pytest.skip("a CUDA device is present; tests/test_cuda_gpu.py covers it")
+        pytest.skip("a CUDA device is present; tests/kernels/test_cuda_gpu.py covers it")
     for cfg in ({"id": "uniform"}, {"id": "rans"}, {"id": "huffman"}):
         codec = get_codec(cfg)
         x = _data() if cfg["id"] == "uniform" else np.arange(100, dtype=np.uint8)
@@ -439,7 +439,7 @@ def test_damage_past_crc_never_escapes(cfg):
     """With the CRC recomputed, damage must give CorruptStreamError or an array of the
     stream's shape and dtype, never another exception, a crash or a huge allocation.
     (Since container version 2 every section has a second checksum, so it is always
-    CorruptStreamError: tests/test_quant_integrity.py checks that stronger property.)"""
+    CorruptStreamError: tests/codecs/quant/test_integrity.py checks that stronger property.)"""
     import zlib
 
     codec = get_codec(cfg)

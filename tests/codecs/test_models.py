@@ -1,0 +1,80 @@
+"""kvinfo.codecs.models: the entropy models (frequency tables, per-channel tables), apart
+from the coders that use them, checked against direct formulas on fresh random counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from kvinfo.codecs.models import (
+    PerChannelTables,
+    decode_uints,
+    encode_uints,
+    entropy_bits,
+    min_precision_bits,
+    quantize_counts,
+)
+from kvinfo.errors import CorruptStreamError
+
+
+def test_entropy_bits_is_the_plug_in_formula():
+    assert entropy_bits([5, 5]) == pytest.approx(10.0)
+    assert entropy_bits([0, 7]) == 0.0
+    assert entropy_bits([]) == 0.0
+    c = np.array([1, 2, 3, 0, 10])
+    p = c[c > 0] / c.sum()
+    assert entropy_bits(c) == pytest.approx(-(c[c > 0] * np.log2(p)).sum())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 255, 256, 257])
+def test_min_precision_bits_fits_every_symbol(n):
+    b = min_precision_bits(n)
+    assert 2**b >= n and (b == 1 or 2 ** (b - 1) < n)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_quantize_counts_sums_to_the_precision_and_keeps_every_used_symbol(seed):
+    rng = np.random.default_rng(seed)
+    a = int(rng.integers(2, 300))
+    counts = rng.multinomial(200_000, rng.dirichlet(np.full(a, 0.5))) * (rng.random(a) < 0.7)
+    counts[0] += 1
+    precision = 15
+    f = quantize_counts(counts, precision)
+    assert int(f.sum()) == 1 << precision
+    assert np.all((f > 0) == (counts > 0))
+    # the table costs little over the empirical entropy (KL of the quantized model)
+    h = entropy_bits(counts)
+    cross = -(counts[counts > 0] * (np.log2(f[counts > 0]) - precision)).sum()
+    assert h <= cross + 1e-9
+    assert cross - h <= 0.005 * h + 2.0 * int((counts > 0).sum())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_uint_varints_round_trip_with_zero_runs(seed):
+    rng = np.random.default_rng(seed)
+    v = rng.integers(0, 1 << 20, size=200) * (rng.random(200) < 0.3)
+    buf = encode_uints(v)
+    out = np.zeros(200, np.int64)
+    assert decode_uints(buf, 0, len(buf), out, 1 << 20) == len(buf)
+    np.testing.assert_array_equal(out, v)
+    with pytest.raises(CorruptStreamError):
+        decode_uints(buf[:-1], 0, len(buf) - 1, np.zeros(200, np.int64), 1 << 20)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_per_channel_tables_round_trip_and_cross_entropy(packed):
+    rng = np.random.default_rng(7)
+    counts = rng.integers(0, 50, size=(4, 16))
+    counts[2] = 0  # an unused table
+    t = PerChannelTables.from_counts(counts, 12, min_symbol=-8)
+    assert t.num_tables == 4 and t.alphabet_size == 16
+    back = PerChannelTables.from_bytes(t.to_bytes(packed), 4, 16, 12, -8, packed=packed)
+    np.testing.assert_array_equal(back.frequencies, t.frequencies)
+    used = counts > 0
+    want = -(counts[used] * (np.log2(t.frequencies[used]) - 12)).sum()
+    assert t.cross_entropy_bits(counts) == pytest.approx(want)
+    missing = np.zeros_like(counts)
+    missing[2, 5] = 1
+    assert t.cross_entropy_bits(missing) == math.inf

@@ -1,0 +1,103 @@
+"""kvinfo.kernels.cpu: each validating wrapper against a slow, obviously correct reference.
+
+The full coders (rANS, Huffman, arithmetic) are checked bit for bit against
+``tests/codecs/reference_coders.py`` in ``tests/codecs``; this module covers the kernels'
+building blocks on fresh random inputs, and the wrappers' refusals.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from kvinfo.errors import CodecConfigError
+from kvinfo.kernels import cpu
+
+_spec = importlib.util.spec_from_file_location(
+    "kvinfo_ref_coders_kernels",
+    pathlib.Path(__file__).resolve().parents[1] / "codecs" / "reference_coders.py",
+)
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_histogram_matches_bincount(seed, per_channel):
+    rng = np.random.default_rng(seed)
+    period = int(rng.integers(1, 9))
+    a = int(rng.integers(1, 300))
+    lo = int(rng.integers(-50, 50))
+    x = (lo + rng.integers(0, a, size=period * int(rng.integers(1, 500)))).astype(np.int32)
+    got = cpu.histogram(x, lo, a, period=period, per_channel=per_channel)
+    if per_channel:
+        want = np.stack([np.bincount(x[c::period] - lo, minlength=a) for c in range(period)])
+    else:
+        want = np.bincount(x - lo, minlength=a)[None, :]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_histogram_refuses_symbols_out_of_range():
+    with pytest.raises(CodecConfigError):
+        cpu.histogram(np.array([0, 5], np.int32), 0, 4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rans_decode_table_maps_every_slot_to_its_symbol(seed):
+    rng = np.random.default_rng(seed)
+    precision = 12
+    a = int(rng.integers(2, 40))
+    f = np.maximum(rng.multinomial((1 << precision) - a, rng.dirichlet(np.ones(a))), 0) + 1
+    freqs = f[None, :].astype(np.int64)
+    table = cpu.rans_decode_table(freqs, precision)
+    cum = np.concatenate(([0], np.cumsum(f)))
+    for slot in rng.integers(0, 1 << precision, size=200):
+        entry = int(table[0, slot])
+        sym = entry >> 48
+        assert cum[sym] <= slot < cum[sym + 1]
+        assert entry & 0xFFFFFFFF == f[sym]
+        assert (entry >> 32) & 0xFFFF == slot - cum[sym]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_canonical_codes_match_the_reference(seed):
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 1000, size=int(rng.integers(2, 60)))
+    counts[rng.integers(0, counts.size)] += 1
+    lengths = np.array(ref.huffman_code_lengths(counts.tolist()))
+    codes = cpu.canonical_codes(lengths)
+    want = ref.canonical_codes(lengths.tolist())
+    for s, ln in enumerate(lengths):
+        if ln:
+            assert (int(codes[s]), int(ln)) == want[s]
+
+
+def test_huffman_decode_table_refuses_kraft_violation():
+    with pytest.raises(CodecConfigError, match="Kraft"):
+        cpu.huffman_decode_table(np.array([1, 1, 1]), 4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_packed_frequency_tables_round_trip_against_the_reference(seed):
+    from kvinfo.codecs.models import pack_frequency_tables
+
+    rng = np.random.default_rng(seed)
+    num_tables, a = int(rng.integers(1, 5)), int(rng.integers(1, 300))
+    freqs = rng.integers(0, 5000, size=(num_tables, a)) * (rng.random((num_tables, a)) < 0.6)
+    freqs[:, 0] += 1  # every row uses at least one symbol
+    buf = pack_frequency_tables(freqs)
+    got, bits = cpu.unpack_frequency_tables(np.frombuffer(buf, np.uint8), num_tables, a, 1 << 16)
+    np.testing.assert_array_equal(got, freqs)
+    assert (bits + 7) // 8 == len(buf)
+    np.testing.assert_array_equal(np.array(ref.read_packed_tables(buf, num_tables, a)), freqs)
+
+
+def test_unpack_frequency_tables_refuses_a_truncated_table():
+    from kvinfo.codecs.models import pack_frequency_tables
+
+    buf = pack_frequency_tables(np.arange(1, 200)[None, :])
+    with pytest.raises(CodecConfigError):
+        cpu.unpack_frequency_tables(np.frombuffer(buf[: len(buf) // 2], np.uint8), 1, 199, 1 << 16)
