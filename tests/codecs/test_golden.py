@@ -17,7 +17,7 @@ import pytest
 from kvinfo.codecs import get_codec
 from kvinfo.codecs._container import FORMAT_VERSION
 
-GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden"
 REGEN = os.environ.get("KVINFO_REGEN_GOLDEN") == "1"
 
 

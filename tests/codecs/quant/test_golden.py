@@ -21,7 +21,7 @@ import pytest
 from kvinfo.codecs import get_codec
 from kvinfo.codecs.quant._base import CONTAINER_VERSION, READ_VERSIONS
 
-GOLDEN = pathlib.Path(__file__).resolve().parents[3] / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
 REGEN = os.environ.get("KVINFO_REGEN_GOLDEN") == "1"
 CASES = {
     "uniform_bf16": ({"id": "uniform", "bits": 3, "group_size": 8}, "bfloat16"),

@@ -25,7 +25,7 @@ from kvinfo.codecs.quant.klt import (
 )
 from kvinfo.errors import CodecConfigError, CorruptStreamError
 
-GOLDEN = pathlib.Path(__file__).resolve().parents[3] / "golden"
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden"
 REGEN = os.environ.get("KVINFO_REGEN_GOLDEN") == "1"
 
 
