@@ -77,17 +77,6 @@ PROB_BITS = 28
 ARITH_INDEX_DTYPE = np.dtype([("byte_offset", "<u8"), ("num_symbols", "<u4"),
                               ("num_bytes", "<u4")])
 
-_PARAM_SPEC_V1 = {
-    "symbol_bits": (1, 16),
-    "num_channel_contexts": (1, AdaptiveContextModel.MAX_NODES),
-    "prev_bits": (0, 16),
-    "adapt_limit": (1, 65534),
-    "chunk_size": (1, 1 << 30),
-    "period": (1, 1 << 40),
-    "min_symbol": (-(1 << 31), (1 << 32) - 1),
-    "alphabet_size": (0, C.MAX_ALPHABET),
-    "num_chunks": (0, 1 << 40),
-}
 _PARAM_SPEC = {
     "prob_bits": (16, 30),
     "symbol_bits": (1, 16),
@@ -100,6 +89,8 @@ _PARAM_SPEC = {
     "alphabet_size": (0, C.MAX_ALPHABET),
     "num_chunks": (0, 1 << 40),
 }
+#: version 1 had no prob_bits (probabilities were kept at a fixed precision)
+_PARAM_SPEC_V1 = {k: v for k, v in _PARAM_SPEC.items() if k != "prob_bits"}
 C.register_layout("arith", tuple(_PARAM_SPEC), ("index", "payload"))
 
 
