@@ -88,6 +88,8 @@ def aggregate_codec_metrics(slabs: Sequence[dict]) -> dict:
     out["own_symbols_entropy_is_bound"] = all(
         bool(s.get("own_symbols_entropy_is_bound")) for s in slabs
     )
+    used = {s.get("gap_coder_model") for s in slabs} - {None}
+    out["gap_coder_model"] = (next(iter(used)) if len(used) == 1 else "mixed") if used else None
     out["max_abs_error"] = max(s.get("max_abs_error", 0.0) for s in slabs)
     if out.get("coder_overhead_bits_per_element") is not None:
         h = out["coded_blob_bits_per_element"] - out["coder_overhead_bits_per_element"]

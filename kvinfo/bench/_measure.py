@@ -155,6 +155,15 @@ def measure_codec(
     gpu_coder_ok = gpu is not None and gpu.available
     mi_bits = 0.0  # Gaussian multi-information of the symbols, bits (decorrelation loss)
     mi_missing = False
+    # the model the coder actually used (per_channel="auto" picks pooled or per-channel
+    # tables per stream: it picked pooled iff its stream is the pooled coder's stream)
+    h_used_bits = 0.0
+    used_models: set = set()
+    pooled_twin = None
+    if coder_cfg.get("per_channel") == "auto":
+        from ..codecs import get_codec
+
+        pooled_twin = get_codec({**coder_cfg, "per_channel": False})
     for sec in parsed.sections:
         if sec.kind != CODED:
             continue
@@ -166,6 +175,11 @@ def measure_codec(
         h_pooled_bits += hp * sym.size
         h_chan_bits += hc * sym.size
         h_bits += (hc if model == "per_channel" else hp) * sym.size
+        used = model
+        if pooled_twin is not None:
+            used = "pooled" if pooled_twin.encode(sym) == bytes(sec.data) else "per_channel"
+        used_models.add(used)
+        h_used_bits += (hc if used == "per_channel" else hp) * sym.size
         mi = gaussian_multi_information(sym) if sym.size else 0.0
         if mi is None:
             mi_missing = True
@@ -201,8 +215,12 @@ def measure_codec(
     b = reference.bounds(mse) if mse > 0 else dict.fromkeys(BOUND_METRICS)
     m.update(b)
     gaps(m)
+    m["gap_coder_model"] = (
+        next(iter(used_models)) if len(used_models) == 1 else ("mixed" if used_models else None)
+    )
     m.update(gap_decomposition(
-        m, per_channel_entropy_bits_per_element=(h_chan_bits + raw_bits) / n,
+        m, coder_model_entropy_bits_per_element=(h_used_bits + raw_bits) / n,
+        per_channel_entropy_bits_per_element=(h_chan_bits + raw_bits) / n,
         decorrelation_bits_per_element=None if mi_missing else mi_bits / n,
         eigenvalues=reference.eigenvalues,
         allocation_bits_per_element=None if reference.eigenvalues is None or mse <= 0
@@ -278,16 +296,19 @@ def _attention_bound(q: np.ndarray, x64: np.ndarray, y64: np.ndarray, cov) -> di
 
 
 def gap_decomposition(
-    m: dict, *, per_channel_entropy_bits_per_element: float,
+    m: dict, *, coder_model_entropy_bits_per_element: float | None = None,
+    per_channel_entropy_bits_per_element: float,
     decorrelation_bits_per_element: float | None, eigenvalues,
     allocation_bits_per_element: float | None = None,
 ) -> dict:
     """The named terms of ``bits - R_G(D)`` for one record (formulas: ``docs/analysis.md``).
 
     ``m`` holds the record's rates (``bits_per_element``, ``side_bits_per_element``,
-    ``symbol_bits_per_element``), ``own_symbols_entropy_bits_per_element`` (the ideal code
-    length of the symbols under the coder's own model, literal bits included),
+    ``symbol_bits_per_element``), ``own_symbols_entropy_bits_per_element``,
     ``mse_per_element`` and ``gap_to_rd_gaussian_bits_per_element``;
+    ``coder_model_entropy_bits_per_element`` is the ideal code length of the symbols under
+    the model the coder used (pooled or per-channel tables, as it chose; literal bits
+    included; default ``own_symbols_entropy_bits_per_element``),
     ``per_channel_entropy_bits_per_element`` is the same ideal code length with one order-0
     table per channel, ``decorrelation_bits_per_element`` the symbols' Gaussian
     multi-information (None: not estimable, counted in the residual), ``eigenvalues`` the
@@ -313,7 +334,9 @@ def gap_decomposition(
     total = m.get("gap_to_rd_gaussian_bits_per_element")
     if total is None or eigenvalues is None or not math.isfinite(total):
         return dict.fromkeys(GAP_TERMS)
-    own = m["own_symbols_entropy_bits_per_element"]
+    own = coder_model_entropy_bits_per_element
+    if own is None:
+        own = m["own_symbols_entropy_bits_per_element"]
     terms = {
         "gap_side_information_bits_per_element": float(m["side_bits_per_element"]),
         "gap_coder_overhead_bits_per_element": float(m["symbol_bits_per_element"] - own),
