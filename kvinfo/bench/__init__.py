@@ -55,7 +55,7 @@ from ._presets import PRESETS, preset_codecs
 from ._quality import add_quality
 from ._reference import SlabReference
 from ._spec import CodecSpec
-from ._table import format_table
+from ._table import format_gap_table, format_table
 from ._timing import GpuTimer
 
 __all__ = [
@@ -74,4 +74,5 @@ __all__ = [
     "bench_dump",
     "add_quality",
     "format_table",
+    "format_gap_table",
 ]
