@@ -35,7 +35,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from kvinfo.analysis import gaussian_eigenvalues, rd_gaussian_eigenvalues  # noqa: E402
+from kvinfo.analysis import rd_gaussian_eigenvalues  # noqa: E402
 from kvinfo.codecs import get_codec  # noqa: E402
 from kvinfo.codecs.quant.klt import load_klt_bases, rope_rotate  # noqa: E402
 from kvinfo.dumps import open_dump, parse_index_list  # noqa: E402
@@ -65,6 +65,11 @@ def settings(basis: str, theta: float) -> list[tuple[str, dict]]:
     for b in (2, 3, 4):
         out.append((f"turbo {b}", {"id": "turbo", "bits": b}))
     return out
+
+
+def gaussian_eigenvalues(cov) -> np.ndarray:
+    """Eigenvalues of a covariance, ascending, round-off negatives set to 0."""
+    return np.maximum(np.linalg.eigvalsh(0.5 * (cov + cov.T)), 0.0)
 
 
 def _summ(v):
