@@ -38,6 +38,7 @@ __all__ = [
     "output_cache",
     "InputHooks",
     "decoder_layers",
+    "weights_checksum",
 ]
 
 
