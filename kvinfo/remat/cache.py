@@ -48,7 +48,7 @@ class RematCacheCodec:
         self.elements_by_kind = {"keys": 0, "values": 0}
         self.encode_seconds = 0.0
         self.remat_seconds = 0.0
-        self._model = self._ids = self._inputs = self._residual = None
+        self._model = self._ids = self._inputs = self._residual = self._hooks = None
 
     @contextlib.contextmanager
     def watch(self, model, ids):
@@ -56,14 +56,20 @@ class RematCacheCodec:
         from ..dumps.capture import InputHooks
 
         self._model, self._ids = model, ids[0].cpu().numpy()
-        hooks = InputHooks(model) if self.codec.needs else None
+        self._hooks = InputHooks(model) if self.codec.needs else None
         try:
             yield self
-            if hooks is not None:
-                self._inputs, self._residual = hooks.tensors()
         finally:
-            if hooks is not None:
-                hooks.remove()
+            if self._hooks is not None:
+                self._hooks.remove()
+                self._hooks = None
+
+    def _take_inputs(self) -> None:
+        """The activations the hooks saw in the prefill (the first forward watched)."""
+        if self._hooks is not None:
+            self._inputs, self._residual = self._hooks.tensors()
+            self._hooks.remove()
+            self._hooks = None
 
     def apply(self, cache, start: int = 0) -> None:
         """Replace every layer's K and V by their rematerialization from the stream."""
@@ -71,6 +77,7 @@ class RematCacheCodec:
             raise EvalInputError("rematerializing codecs compress the prefilled cache only")
         if self._model is None:
             raise EvalInputError("RematCacheCodec.apply needs watch() around the prefill")
+        self._take_inputs()
         layers = cache.layers
         n = int(layers[0].keys.shape[2])
         t0 = time.perf_counter()
