@@ -74,7 +74,7 @@ def flops_per_token(codec: dict | None, shapes, num_tokens: int) -> float:
     >>> s = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
     ...      "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152}
     >>> flops_per_token({"id": "xquant", "bits": 4}, s, 1024) / 1e6   # about 13 MFLOP
-    13.3704
+    13.32288
     """
     s = shapes if isinstance(shapes, ModelShapes) else model_shapes(shapes)
     if not isinstance(num_tokens, int) or num_tokens < 1:
