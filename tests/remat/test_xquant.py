@@ -106,3 +106,21 @@ def test_damage_mismatch_and_missing_inputs(run, other_tiny):
                 {"id": "xquant", "group_size": 0}, {"id": "xquant", "coder": "rans"}):
         with pytest.raises(CodecConfigError):
             get_remat_codec(cfg)
+
+
+def test_flops_accounting_from_shapes(tiny):
+    from kvinfo.remat import flops_per_token, model_shapes
+
+    s = model_shapes(tiny[0])
+    assert (s.hidden_size, s.num_kv_heads, s.head_dim) == (64, 2, 16)
+    h, w, L = 64, 64, 2
+    assert flops_per_token({"id": "uniform", "bits": 4}, s, 10) == 0
+    assert flops_per_token({"id": "xquant"}, s, 10) == L * (2 * h + 2 * h * w + 3 * 32)
+    assert flops_per_token({"id": "xquant-cl"}, s, 10) > flops_per_token({"id": "xquant"}, s, 10)
+    assert (flops_per_token({"id": "xquant-latent", "rank": 8}, s, 10)
+            < flops_per_token({"id": "xquant-latent"}, s, 10))
+    # tokens: a forward with the LM head per token plus a prefill, growing with the context
+    t10, t100 = (flops_per_token({"id": "tokens"}, s, n) for n in (10, 100))
+    assert t100 > t10 > 2 * 2 * h * s.vocab_size
+    with pytest.raises(CodecConfigError):
+        flops_per_token({"id": "tokens"}, s, 0)
