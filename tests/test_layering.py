@@ -37,6 +37,7 @@ LAYERS = {
     "dumps": 1,
     "analysis": 2,
     "codecs": 2,
+    "remat": 2,  # rematerializing codecs (model-aware; import dumps and codecs)
     "kernels": 2,
     "results": 2,  # the one results schema
     "bench": 3,

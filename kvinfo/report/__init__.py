@@ -16,6 +16,8 @@
 * ``throughput.{png,svg}`` -- bits against decode throughput (coders and whole codecs; CPU,
   and GPU when measured);
 * ``quality.{png,svg}`` -- perplexity increase and KL against bits (when eval results exist);
+* ``frontier.{png,svg}`` -- stored bits per token against rematerialization FLOPs per token,
+  coloured by KL (eval results; :mod:`kvinfo.report.frontier`);
 * ``report.md`` and a self-contained ``report.html`` (images embedded) with the summary
   tables and a statement of which numbers are bounds and which are estimates.
 
@@ -98,9 +100,17 @@ FIGURES = {
         "Perplexity increase and mean KL divergence of the next-token distribution when the "
         "model's KV cache goes through each codec (**measured** with kvinfo eval).",
     ),
+    "frontier": (  # remat (issue 17): kvinfo/report/frontier.py
+        "Rematerialization frontier: bits per token against FLOPs per token",
+        "Stored bits per cached token (**measured**, all layers, side information included; "
+        "log scale) against the FLOPs per token to get K and V back (an **estimate** from the "
+        "model's shapes; K/V codecs need none), coloured by the **measured** KL divergence "
+        "(nats per token); stars: KL exactly 0.",
+    ),
 }
 
 _MISSING = {
+    "frontier": "no eval records with bits_per_token",  # remat (issue 17)
     "rate_distortion": "no bench or analyze records for keys or values",
     "heatmaps_analysis": "no per-slab analyze or bench records",
     "heatmaps_gap": "no per-slab bench records with an SLB estimate",
@@ -166,6 +176,7 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
     import matplotlib.pyplot as plt
 
     from . import _figures as F
+    from . import frontier
     from ._data import gather
     from ._gap_bars import fig_gap_decomposition
     from ._page import write_html, write_markdown
@@ -190,6 +201,7 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
         "pervector_histograms": lambda: F.fig_pervector_histograms(data),
         "throughput": lambda: F.fig_throughput(data, colors),
         "quality": lambda: F.fig_quality(data, colors),
+        "frontier": lambda: frontier.fig_frontier(data),  # remat (issue 17)
     }
     fmts = ["png"] + [f for f in formats if f != "png"]
     files: list[Path] = []
