@@ -197,9 +197,9 @@ def _rans_put(x, s, t, xmax, rcp, cum, cmpl, scratch, ptr):  # pragma: no cover 
     # state, the new word pointer and whether the symbol was codable (f > 0)
     xm = xmax[t, s]
     scratch[ptr - np.uint64(1)] = np.uint16(x & np.uint64(0xFFFF))
-    need = x >= xm
-    ptr -= np.uint64(need)
-    x = x >> np.uint64(16) if need else x
+    m = np.uint64(x >= xm)
+    ptr -= m
+    x = x >> (m << np.uint64(4))
     q = np.uint64(np.int64((np.float64(np.int64(x)) + 0.5) * rcp[t, s]))
     return x + cum[t, s] + q * cmpl[t, s], ptr, xm != 0
 
@@ -407,9 +407,10 @@ def rans_slot_symbols(frequencies: np.ndarray, precision_bits: int) -> np.ndarra
 @njit(cache=True, inline="always", error_model="numpy")
 def _rans_renorm(x, words, ptr):  # pragma: no cover - numba
     # branch-free: whether a lane needs a word is a coin toss the predictor cannot learn
-    w = words[ptr]
-    need = x < np.uint64(RANS_STATE_LOWER)
-    return np.uint32((x << np.uint64(16)) | w if need else x), ptr + np.uint64(need)
+    # (arithmetic, not a select: LLVM turns a select around the word load into a branch)
+    m = np.uint64(x < np.uint64(RANS_STATE_LOWER))
+    w = np.uint64(words[ptr]) & (np.uint64(0) - m)
+    return np.uint32((x << (m << np.uint64(4))) | w), ptr + m
 
 
 @njit(cache=True, inline="always", error_model="numpy")
