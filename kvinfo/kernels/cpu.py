@@ -214,8 +214,9 @@ def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_siz
     # q = floor((x + 1/2) * rcp): x < 2**32 and f <= 2**16, so (x + 1/2) / f lies at least
     # 2**-17 from an integer while the float64 error stays below 2**-20, and q is exact.
     # A symbol outside the alphabet or with frequency 0 sets status[k] and stops the chunk.
-    # Deliberate twins: the step (_rans_put) runs in three loops (the partial last step,
-    # one table with 32 lanes, any lane count / per-channel tables), as in the decoder.
+    # Deliberate twins: the step (_rans_put) runs in four loops (the partial last step;
+    # one table with 32 lanes; one table or a period that is a multiple of the lane
+    # count; any period, with a channel counter), as in the decoder.
     n = sym.shape[0]
     nchunks = states.shape[0]
     num_tables = xmax.shape[0]
@@ -258,6 +259,20 @@ def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_siz
                     st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, zero, xmax,
                                                   rcp, cum, cmpl, scratch, ptr)
                     ok = ok and good
+        elif num_tables == 1 or period % K == 0:
+            for step in range(nfull - 1, -1, -1):
+                if not ok:
+                    break
+                base = np.uint64(start + K * step)
+                cb = np.uint64((start + K * step) % period) if num_tables > 1 else zero
+                for l in range(K - 1, -1, -1):
+                    ul = np.uint64(l)
+                    s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
+                    ok = ok and s < A
+                    tb = cb + ul if num_tables > 1 else zero
+                    st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, tb, xmax, rcp,
+                                                  cum, cmpl, scratch, ptr)
+                    ok = ok and good
         else:
             for step in range(nfull - 1, -1, -1):
                 if not ok:
@@ -265,8 +280,7 @@ def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_siz
                 base = np.uint64(start + K * step)
                 for l in range(K - 1, -1, -1):
                     ul = np.uint64(l)
-                    if num_tables > 1:
-                        tb = ch
+                    tb = ch
                     ch = ch - np.uint64(1) if ch > 0 else up - np.uint64(1)
                     s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
                     ok = ok and s < A
