@@ -25,7 +25,7 @@ decode throughput in M symbols/s of the full codec (``encode``/``decode`` includ
 histogram, table building, validation and CRCs), median of ``--repeats`` after warm-up,
 with the ratio to ``constriction-ans`` measured in the same run.
 A second table compares the bare coders: ``kvinfo.kernels.cpu.rans_encode/decode``
-with a prepared table against ``constriction.stream.stack.AnsCoder.encode_reverse``/
+(the decoder builds its slot tables itself) against ``constriction.stream.stack.AnsCoder.encode_reverse``/
 ``decode`` with a prepared model, same symbols, single thread, then kvinfo's rans with
 all threads (``numba.get_num_threads()`` at start).
 """
@@ -182,7 +182,6 @@ def coder_table(srcs, repeats, threads_all):
                            constriction.stream.stack.AnsCoder(w).decode(m, k), repeats)
         assert np.array_equal(cy, sym32)
         f = tables.frequencies
-        table = cpu.rans_decode_table(f, 12)
         out = np.empty_like(flat)
         res = {}
         for thr in (1, threads_all):
@@ -190,8 +189,8 @@ def coder_table(srcs, repeats, threads_all):
             re_, (w, nw, st) = best_time(
                 lambda fl=flat, c=counts, f=f: cpu.rans_encode(fl, 0, f, 12, 1 << 16, counts=c),
                 repeats)
-            rd, _ = best_time(lambda w=w, nw=nw, st=st, f=f, o=out, t=table: cpu.rans_decode(
-                w, nw, st, f, 12, 1 << 16, 0, 1, o, table=t), repeats)
+            rd, _ = best_time(lambda w=w, nw=nw, st=st, f=f, o=out: cpu.rans_decode(
+                w, nw, st, f, 12, 1 << 16, 0, 1, o), repeats)
             assert np.array_equal(out, flat)
             res[thr] = (re_, rd)
         numba.set_num_threads(threads_all)
