@@ -25,9 +25,10 @@ decode throughput in M symbols/s of the full codec (``encode``/``decode`` includ
 histogram, table building, validation and CRCs), median of ``--repeats`` after warm-up,
 with the ratio to ``constriction-ans`` measured in the same run.
 A second table compares the bare coders: ``kvinfo.kernels.cpu.rans_encode/decode``
-(the decoder builds its slot tables itself) against ``constriction.stream.stack.AnsCoder.encode_reverse``/
-``decode`` with a prepared model, same symbols, single thread, then kvinfo's rans with
-all threads (``numba.get_num_threads()`` at start).
+(the decoder builds its slot tables itself) against
+``constriction.stream.stack.AnsCoder.encode_reverse``/``decode`` with a prepared model,
+same symbols, single thread, then kvinfo's rans with all threads
+(``numba.get_num_threads()`` at start).
 """
 
 from __future__ import annotations
