@@ -126,6 +126,7 @@ def test_huffman_auto_per_channel_codes_pay_for_themselves():
         assert np.array_equal(codec.decode(auto), x)
         other = get_codec({"id": "huffman", "per_channel": want == 1}).encode(x)
         assert len(auto) <= len(other), f"seed {SEED}"
+        assert codec.rate(auto)["num_tables"] == want
 
 
 def test_auto_per_channel_tables_pay_for_themselves():
@@ -140,3 +141,5 @@ def test_auto_per_channel_tables_pay_for_themselves():
         assert get_codec({"id": "rans"}).parse(auto)[0].params["num_tables"] == want
         other = get_codec({"id": "rans", "per_channel": want == 1}).encode(x)
         assert len(auto) <= len(other), f"seed {SEED}"
+        r = get_codec({"id": "rans"}).rate(auto)  # the choice is in the rate split
+        assert r["num_tables"] == want and 0 < r["model_bits"] <= r["side_bits"]
