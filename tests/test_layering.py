@@ -39,6 +39,7 @@ LAYERS = {
     "codecs": 2,
     "kernels": 2,
     "results": 2,  # the one results schema
+    "storage": 2,  # numcodecs / zarr codecs and dump conversion (over dumps and codecs)
     "bench": 3,
     "evaluate": 3,
     "testing": 3,  # the reusable codec contract (kvinfo.testing)

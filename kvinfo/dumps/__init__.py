@@ -14,10 +14,12 @@ from ._reader import Dump, open_dump
 from ._select import ResolvedSelection, Selection, check_index_list, parse_index_list
 from ._synthetic import write_synthetic_dump
 from ._writer import DumpWriter
+from ._zarr import ZarrDump
 
 __all__ = [
     "open_dump",
     "Dump",
+    "ZarrDump",
     "DumpWriter",
     "write_synthetic_dump",
     "FORMAT",

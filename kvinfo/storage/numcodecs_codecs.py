@@ -15,8 +15,10 @@ them through the ``numcodecs.codecs`` entry point (pyproject.toml), so that work
 interpreter without importing kvinfo first.
 
 What each accepts: the entropy coders code integer symbols (uint8, uint16, int32 arrays, any
-shape); any other buffer (float arrays, bytes) is coded as its bytes (uint8 symbols) and
-decodes to a uint8 array of those bytes. ``kvinfo.lossless`` takes float16, bfloat16,
+shape); any other buffer (float arrays, bytes) is coded as its bytes, uint8 symbols shaped
+``(elements, itemsize)`` (one lane per byte position, so per-channel tables model a float's
+exponent byte apart from its mantissa bytes), and decodes to that uint8 array (or, with
+``out``, into ``out``). ``kvinfo.lossless`` takes float16, bfloat16,
 float32 or float64 arrays of any shape and returns them bit for bit. The lossy codecs take
 float arrays shaped ``(..., tokens, head_dim)`` and return a reconstruction of the same
 shape and dtype, within the codec's stated distortion (``max_abs_error`` of ``uniform`` and
@@ -142,7 +144,10 @@ class KvinfoNumcodec(_NumcodecsCodec):
             a = np.asarray(ensure_contiguous_ndarray_like(buf))
         if self.kvinfo_id in CODER_IDS:
             if a.dtype not in _SYMBOL_DTYPES:
+                size = a.dtype.itemsize
                 a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+                if size > 1:
+                    a = a.reshape(-1, size)  # one symbol lane per byte of an element
             return a
         if self._view == BFLOAT16:
             return _as_bfloat16(np.ascontiguousarray(a), self.codec_id)
@@ -166,6 +171,8 @@ class KvinfoNumcodec(_NumcodecsCodec):
         if self._view == BFLOAT16:
             dec = dec.view(np.uint16)
         if out is not None:
+            if self.kvinfo_id in CODER_IDS:
+                dec = np.ascontiguousarray(dec).reshape(-1)
             o = np.asarray(out)
             if o.dtype != dec.dtype and o.nbytes == dec.nbytes:
                 dec = np.ascontiguousarray(dec).view(o.dtype)

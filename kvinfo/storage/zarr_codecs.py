@@ -5,7 +5,9 @@ bytes-to-bytes codecs. kvinfo's codecs map onto it by what they need:
 
 * the entropy coders (``kvinfo.rans``, ``kvinfo.huffman``, ``kvinfo.arith``,
   ``kvinfo.constriction-ans``, ``kvinfo.constriction-range``) are **bytes-to-bytes**: they
-  code the chunk's bytes as uint8 symbols after zarr's ``bytes`` codec, exactly;
+  code the chunk's bytes as uint8 symbols after zarr's ``bytes`` codec, exactly, with one
+  symbol lane per byte position of an element (``(elements, itemsize)``), so that a coder's
+  per-channel tables model a float's exponent byte apart from its mantissa bytes;
 * the float codecs (``kvinfo.lossless``, exact; ``kvinfo.uniform``, ``kvinfo.ecsq``,
   ``kvinfo.turbo``, ``kvinfo.klt``, lossy) are **array-to-bytes**: they need the chunk's
   dtype and shape (tokens and head_dim), so they replace zarr's ``bytes`` codec
@@ -109,6 +111,11 @@ class KvinfoBytesBytesCodec(_KvinfoZarrMixin, BytesBytesCodec):
 
     def _encode_sync(self, chunk_bytes, chunk_spec):
         a = np.asarray(chunk_bytes.as_numpy_array()).reshape(-1).view(np.uint8)
+        itemsize = chunk_spec.dtype.to_native_dtype().itemsize
+        if itemsize > 1 and a.size % itemsize == 0:
+            # one symbol lane per byte of an element: the coder's per-channel tables then
+            # model the exponent byte apart from the mantissa bytes
+            a = a.reshape(-1, itemsize)
         return chunk_spec.prototype.buffer.from_bytes(self._pair[0].encode(a))
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
