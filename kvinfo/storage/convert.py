@@ -141,7 +141,8 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
         One kvinfo codec config (``{"id": "rans"}``, ``{"id": "uniform", "bits": 4}``), or its
         JSON text.
     kinds : sequence of str, optional
-        Tensor datasets to convert (default: every one the dump has).
+        Tensor datasets to convert: keys and values, plus any of queries and keys_pre_rope
+        (default: every one the dump has).
     progress : bool
         A progress bar on stderr, one step per (kind, layer).
 
@@ -182,6 +183,11 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
         bad = [k for k in sel if k not in d.kinds]
         if bad or not sel:
             raise StorageError(f"kinds {bad or sel} not in this dump; it has {list(d.kinds)}")
+        if not {"keys", "values"} <= set(sel):
+            raise StorageError(
+                f"kinds {sel}: a store always holds keys and values (a dump does); choose "
+                "which of queries and keys_pre_rope to add"
+            )
         bf16 = d.dtype == "bfloat16"
         storage = np.dtype(np.uint16) if bf16 else np.dtype(d.dtype)
         if cfg["id"] in CODER_IDS:
