@@ -35,6 +35,7 @@ LAYERS = {
     "_paths": 0,
     "tables": 0,  # table and number formatting
     "dumps": 1,
+    "cluster": 1,  # where tasks run: in-process, a Dask LocalCluster or a scheduler
     "analysis": 2,
     "codecs": 2,
     "kernels": 2,

@@ -85,8 +85,10 @@ from .distortion import (
     snr_db,
 )
 from .engine import aggregate_slab_metrics, analyze_dump
+from .multi import analyze_dumps
 
 __all__ = [
+    "analyze_dumps",
     "entropy_discrete",
     "entropy_from_counts",
     "entropy_gaussian",

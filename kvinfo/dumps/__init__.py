@@ -13,6 +13,7 @@ from ._prompts import default_prompts
 from ._reader import Dump, open_dump
 from ._select import ResolvedSelection, Selection, check_index_list, parse_index_list
 from ._synthetic import write_synthetic_dump
+from ._dumpset import DumpSet, expand_dump_paths, open_dumps
 from ._writer import DumpWriter
 from ._zarr import ZarrDump
 
@@ -20,6 +21,9 @@ __all__ = [
     "open_dump",
     "Dump",
     "ZarrDump",
+    "DumpSet",
+    "open_dumps",
+    "expand_dump_paths",
     "DumpWriter",
     "write_synthetic_dump",
     "FORMAT",
