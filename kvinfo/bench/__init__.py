@@ -57,6 +57,7 @@ from ._reference import SlabReference
 from ._spec import CodecSpec
 from ._table import format_table
 from ._timing import GpuTimer
+from .multi import bench_dumps
 
 __all__ = [
     "PRESETS",
@@ -70,6 +71,7 @@ __all__ = [
     "GpuTimer",
     "aggregate_codec_metrics",
     "bench_dump",
+    "bench_dumps",
     "add_quality",
     "format_table",
 ]

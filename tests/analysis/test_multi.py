@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import warnings
 
 import numpy as np
@@ -25,17 +23,6 @@ def dumps(tmp_path_factory):
                                   head_dim=8, num_sequences=1 + i, seed=10 + i)
              for i in range(3)]
     return [str(p) for p in paths]
-
-
-@pytest.fixture(scope="module")
-def scheduler():
-    """One LocalCluster of 2 single-threaded worker processes, started through the same
-    TaskRunner that --workers uses, shared by the tests of this module."""
-    pytest.importorskip("distributed")
-    from kvinfo.cluster import TaskRunner
-
-    with TaskRunner(workers=2) as run:
-        yield run
 
 
 def _stats(slab, starts):
@@ -108,39 +95,6 @@ def test_skip_failed_drops_an_unreadable_dump(dumps, tmp_path):
     with pytest.warns(AnalysisWarning, match="skipped dump .*broken.h5"):
         doc = analyze_dumps([dumps[0], str(bad), dumps[1]], SEL, skip_failed=True, **OPTS)
     assert doc["source"]["dumps"] == [dumps[0], dumps[1]]
-
-
-def _strip(doc):
-    d = json.loads(json.dumps(doc))
-    d.pop("created", None)
-    d.pop("environment", None)
-    return d
-
-
-def test_two_workers_equal_in_process(dumps, scheduler):
-    from kvinfo.cluster import pinned_environment
-
-    env = [r for _, r in scheduler.map(pinned_environment, [0, 1])]
-    assert all(e["numba_threads"] == 1 and e["OPENBLAS_NUM_THREADS"] == "1" for e in env)
-    address = scheduler.client.scheduler.address
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AnalysisWarning)
-        here = analyze_dumps(dumps, SEL, **OPTS)
-        there = analyze_dumps(dumps, SEL, scheduler=address, **OPTS)
-    assert _strip(here)["records"] == _strip(there)["records"]
-
-
-def test_a_dump_failing_on_a_worker_is_named(dumps, scheduler, tmp_path):
-    from kvinfo.analysis.multi import _analysis_task
-    from kvinfo.errors import DumpFormatError
-
-    gone = str(tmp_path / "gone.h5")
-    task = ([dumps[0], gone], SEL, (1, "keys", 0), {})
-    with pytest.raises(DumpSetError, match="gone.h5") as info:
-        list(scheduler.map(_analysis_task, [task], labels=["layer 1 keys head 0"]))
-    assert info.value.dump == gone  # the client knows which dump to drop (skip_failed)
-    with pytest.raises(DumpFormatError, match="gone.h5"):
-        list(scheduler.map(_analysis_task, [([gone], SEL, (1, "keys", 0), {})]))
 
 
 def test_a_dump_failing_mid_run_is_skipped_or_stops_the_run(dumps, monkeypatch):
