@@ -27,7 +27,6 @@ from ._common import (
     add_knn_arguments,
     add_scale_arguments,
     add_selection_arguments,
-    flag_names,
     scale_options,
     selection_of,
 )
@@ -226,22 +225,19 @@ def print_analysis(doc: dict, *, per_slab: bool = False, table_snr_db: float | N
 def run_analysis(dump, selection, *, progress: bool, command=None, scale=None,
                  **options) -> dict:
     """:func:`kvinfo.analysis.analyze_dump` with its notes printed as one-line warnings and
-    its errors naming the options (shared by ``analyze`` and ``demo``). With ``scale`` (the
+    (shared by ``analyze`` and ``demo``). With ``scale`` (the
     :func:`~kvinfo.commands._common.scale_options` of several dumps, workers or a
     scheduler), :func:`kvinfo.analysis.analyze_dumps` instead."""
     from ..analysis import AnalysisWarning, analyze_dump, analyze_dumps
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AnalysisWarning)
-        with flag_names():
-            if scale is not None:
-                doc = analyze_dumps(scale["dumps"], selection, workers=scale["workers"],
-                                    scheduler=scale["scheduler"],
-                                    skip_failed=scale["skip_failed"], progress=progress,
-                                    command=command, **options)
-            else:
-                doc = analyze_dump(dump, selection, progress=progress, command=command,
-                                   **options)
+        if scale is not None:
+            doc = analyze_dumps(scale["dumps"], selection, workers=scale["workers"],
+                                scheduler=scale["scheduler"], skip_failed=scale["skip_failed"],
+                                progress=progress, command=command, **options)
+        else:
+            doc = analyze_dump(dump, selection, progress=progress, command=command, **options)
     print_notes(caught, "analyze")
     return doc
 

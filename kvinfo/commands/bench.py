@@ -86,8 +86,9 @@ def run(args) -> int:
     from .._paths import check_output_file
     from ..bench import CodecSpec, add_quality, bench_dump, preset_codecs
     from ..errors import AnalysisInputError
-    from ._common import check_knn_args, flag_names, scale_options, selection_of
-    from .eval import check_eval_options, parse_codec_args, read_text_file
+    from ..evaluate import check_eval_options
+    from ._common import check_knn_args, scale_options, selection_of
+    from .eval import parse_codec_args, read_text_file
 
     specs = parse_codec_args(args.codec)
     presets = list(args.preset) or ([] if specs else ["standard"])
@@ -110,8 +111,7 @@ def run(args) -> int:
 
         for s in specs:
             CacheCodec(s)  # eval needs a codec for keys and values
-        check_eval_options(args.eval_prefix, args.eval_max_tokens,
-                           names=("--eval-prefix", "--eval-max-tokens"))
+        check_eval_options(args.eval_prefix, args.eval_max_tokens)
         if args.eval_text:
             text = read_text_file(args.eval_text)
     model = tok = name = None
@@ -127,15 +127,14 @@ def run(args) -> int:
         repeat=args.repeat, use_gpu=not args.no_gpu, progress=not args.no_progress,
         command=recorded_command(args), preset=",".join(presets) or None,
     )
-    with flag_names():
-        if scale["multi"]:  # several dumps, or a Dask cluster (docs/scale-out.md)
-            from ..bench import bench_dumps
+    if scale["multi"]:  # several dumps, or a Dask cluster (docs/scale-out.md)
+        from ..bench import bench_dumps
 
-            doc = bench_dumps(scale["dumps"], specs, workers=scale["workers"],
-                              scheduler=scale["scheduler"], skip_failed=scale["skip_failed"],
-                              **options)
-        else:
-            doc = bench_dump(scale["inputs"][0], specs, **options)
+        doc = bench_dumps(scale["dumps"], specs, workers=scale["workers"],
+                          scheduler=scale["scheduler"], skip_failed=scale["skip_failed"],
+                          **options)
+    else:
+        doc = bench_dump(scale["inputs"][0], specs, **options)
     if args.eval:
         from ..evaluate import evaluate
 
