@@ -135,7 +135,7 @@ class TaskRunner:
             try:
                 self._cluster = LocalCluster(
                     n_workers=self.workers, threads_per_worker=1, processes=True,
-                    dashboard_address=None, env=dict(PINNED_THREADS_ENV), silence_logs=50,
+                    dashboard_address=":0", env=dict(PINNED_THREADS_ENV), silence_logs=50,
                 )
                 self.client = Client(self._cluster)
             except (OSError, RuntimeError, TimeoutError) as exc:
