@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "run codecs on a dump and compare achieved bits with the bounds"),
     "eval": ("eval", "perplexity and next-token divergence with a compressed cache"),
     "report": ("report", "figures and a report page from results JSON files"),
+    "convert": ("convert", "write a dump into a zarr store compressed with a kvinfo codec"),
     "demo": ("demo", "capture, analyze, bench, eval and report on the built-in defaults"),
 }
 

@@ -23,6 +23,8 @@ __all__ = [
     "ResultsSchemaError",
     "OutputPathError",
     "CudaUnavailableError",
+    "StorageError",
+    "DumpSetError",
 ]
 
 
@@ -139,3 +141,12 @@ class OutputPathError(KvinfoError):
 
 class CudaUnavailableError(KvinfoError):
     """``device="cuda"`` was asked for but no usable CUDA device (or simulator) is present."""
+
+
+class StorageError(KvinfoError):
+    """A zarr store or a conversion cannot be written or read (kvinfo.storage)."""
+
+
+class DumpSetError(AnalysisInputError):
+    """Several dumps cannot be combined (different models or geometries), or one of them
+    failed to read; the message names the dump and the first mismatch."""

@@ -35,11 +35,13 @@ LAYERS = {
     "_paths": 0,
     "tables": 0,  # table and number formatting
     "dumps": 1,
+    "cluster": 1,  # where tasks run: in-process, a Dask LocalCluster or a scheduler
     "analysis": 2,
     "codecs": 2,
     "remat": 2,  # rematerializing codecs (model-aware; import dumps and codecs)
     "kernels": 2,
     "results": 2,  # the one results schema
+    "storage": 2,  # numcodecs / zarr codecs and dump conversion (over dumps and codecs)
     "bench": 3,
     "evaluate": 3,
     "testing": 3,  # the reusable codec contract (kvinfo.testing)

@@ -92,8 +92,10 @@ from .gap import (
     gaussian_multi_information,
     scalar_quantizer_loss,
 )
+from .multi import analyze_dumps
 
 __all__ = [
+    "analyze_dumps",
     "entropy_discrete",
     "entropy_from_counts",
     "entropy_gaussian",

@@ -170,69 +170,106 @@ def analyze_dump(
     """
     from tqdm import tqdm
 
-    from .. import results
     from ..dumps import Dump, Selection, open_dump
     from ._stats import warmup
 
-    grid = check_analysis_options(
-        snr_db, knn_samples, knn_k, pervector_snr_db, top_tokens, outlier_rms_ratio
-    )
+    options = _options(snr_db, pervector_snr_db, knn_samples, knn_k, seed, top_tokens,
+                       outlier_rms_ratio)
     selection = Selection() if selection is None else selection
     own = not isinstance(dump, Dump)
     d = open_dump(dump) if own else dump
     try:
-        sel = selection.resolve(d)
+        sel, source, settings = _prepare(d, selection, options)
         warmup()
-        n_tok = sel.num_tokens
-        seq, pos, token_ids = sel.sequence_index, sel.positions, sel.token_ids
-        source = d.describe()
-        source["dump"] = str(d.path)
-        settings = {
-            **sel.settings(),
-            "snr_db": grid,
-            "pervector_snr_db": pervector_snr_db,
-            "knn_samples": knn_samples,
-            "knn_k": knn_k,
-            "seed": seed,
-            "top_tokens": top_tokens,
-            "outlier_rms_ratio": outlier_rms_ratio,
-            "grid_reference": "variance_per_element",
-        }
-        slab_records = []
-        slab_metrics: dict = {}
-        cost_layer: dict = {}
-        cost_kind: dict = {}
-        cost_all = TokenCost(n_tok)
+        per_slab = {}
         bar = tqdm(
             d.iter_slabs(selection=sel), total=len(sel.slabs()), desc="analyze", unit="slab",
             file=sys.stderr, disable=not progress, dynamic_ncols=True,
         )
         for lay, kind, head, slab in bar:
-            label = f"layer {lay} {kind} head {head}"
-            bar.set_postfix_str(label)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", AnalysisWarning)
-                try:
-                    res = slab_analysis(
-                        slab, snr_db=grid, sequences=list(sel.sequence_ranges),
-                        token_ids=token_ids, knn_samples=knn_samples, knn_k=knn_k, seed=seed,
-                        pervector_snr_db=pervector_snr_db, top_tokens=top_tokens,
-                        outlier_rms_ratio=outlier_rms_ratio, allow_partial=True,
-                    )
-                except AnalysisInputError as exc:
-                    raise AnalysisInputError(f"{label}: {exc}") from None
-            m, bits = res.metrics, res.token_bits
-            for note in m.get("notes", []):
-                warnings.warn(slab_warning(label, note), stacklevel=2)
-            slab_metrics[(lay, kind, head)] = m
-            slab_records.append(results.make_record("slab", m, layer=lay, kind=kind, head=head))
-            cost_layer.setdefault((lay, kind), TokenCost(n_tok)).add(bits)
-            cost_kind.setdefault(kind, TokenCost(n_tok)).add(bits)
-            cost_all.add(bits)
+            bar.set_postfix_str(f"layer {lay} {kind} head {head}")
+            per_slab[(lay, kind, head)] = analyze_one_slab(slab, sel, options, (lay, kind, head))
         bar.close()
     finally:
         if own:
             d.close()
+    return assemble_analysis(sel, per_slab, source, settings, options, command)
+
+
+def _options(snr_db, pervector_snr_db, knn_samples, knn_k, seed, top_tokens,
+             outlier_rms_ratio) -> dict:
+    grid = check_analysis_options(
+        snr_db, knn_samples, knn_k, pervector_snr_db, top_tokens, outlier_rms_ratio
+    )
+    return {"snr_db": grid, "pervector_snr_db": pervector_snr_db, "knn_samples": knn_samples,
+            "knn_k": knn_k, "seed": seed, "top_tokens": top_tokens,
+            "outlier_rms_ratio": outlier_rms_ratio}
+
+
+def _prepare(d, selection, options: dict):
+    """Resolve the selection against an open dump; the document's source and settings."""
+    sel = selection.resolve(d)
+    source = d.describe()
+    source["dump"] = str(d.path)
+    settings = {
+        **sel.settings(),
+        "snr_db": options["snr_db"],
+        "pervector_snr_db": options["pervector_snr_db"],
+        "knn_samples": options["knn_samples"],
+        "knn_k": options["knn_k"],
+        "seed": options["seed"],
+        "top_tokens": options["top_tokens"],
+        "outlier_rms_ratio": options["outlier_rms_ratio"],
+        "grid_reference": "variance_per_element",
+    }
+    return sel, source, settings
+
+
+def analyze_one_slab(slab, sel, options: dict, where: tuple) -> dict:
+    """Analyse one slab of a resolved selection: ``{"metrics", "token_bits"}`` (what a task of
+    :func:`analyze_dumps` returns; picklable). ``where`` is ``(layer, kind, head)``."""
+    label = "layer {} {} head {}".format(*where)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AnalysisWarning)
+        try:
+            res = slab_analysis(
+                slab, snr_db=options["snr_db"], sequences=list(sel.sequence_ranges),
+                token_ids=sel.token_ids, knn_samples=options["knn_samples"],
+                knn_k=options["knn_k"], seed=options["seed"],
+                pervector_snr_db=options["pervector_snr_db"], top_tokens=options["top_tokens"],
+                outlier_rms_ratio=options["outlier_rms_ratio"], allow_partial=True,
+            )
+        except AnalysisInputError as exc:
+            raise AnalysisInputError(f"{label}: {exc}") from None
+    return {"metrics": res.metrics, "token_bits": res.token_bits}
+
+
+def assemble_analysis(sel, per_slab: dict, source: dict, settings: dict, options: dict,
+                      command=None) -> dict:
+    """The analyze document from every slab's :func:`analyze_one_slab` result, in selection
+    order (so it does not depend on where or in which order the slabs were analysed). Each
+    slab's notes are issued here as :class:`~kvinfo.analysis.AnalysisWarning`."""
+    from .. import results
+
+    top_tokens = options["top_tokens"]
+    n_tok = sel.num_tokens
+    seq, pos, token_ids = sel.sequence_index, sel.positions, sel.token_ids
+    slab_records = []
+    slab_metrics: dict = {}
+    cost_layer: dict = {}
+    cost_kind: dict = {}
+    cost_all = TokenCost(n_tok)
+    for lay, kind, head in sel.slabs():
+        r = per_slab[(lay, kind, head)]
+        m, bits = r["metrics"], r["token_bits"]
+        label = f"layer {lay} {kind} head {head}"
+        for note in m.get("notes", []):
+            warnings.warn(slab_warning(label, note), stacklevel=3)
+        slab_metrics[(lay, kind, head)] = m
+        slab_records.append(results.make_record("slab", m, layer=lay, kind=kind, head=head))
+        cost_layer.setdefault((lay, kind), TokenCost(n_tok)).add(bits)
+        cost_kind.setdefault(kind, TokenCost(n_tok)).add(bits)
+        cost_all.add(bits)
 
     def group(ms: list[dict], cost: TokenCost) -> dict:
         agg = aggregate_slab_metrics(ms)

@@ -57,6 +57,7 @@ from ._reference import SlabReference
 from ._spec import CodecSpec
 from ._table import format_gap_table, format_table
 from ._timing import GpuTimer
+from .multi import bench_dumps
 
 __all__ = [
     "PRESETS",
@@ -72,6 +73,7 @@ __all__ = [
     "GpuTimer",
     "aggregate_codec_metrics",
     "bench_dump",
+    "bench_dumps",
     "add_quality",
     "format_table",
     "format_gap_table",

@@ -68,6 +68,7 @@ def bench_dump(
     progress: bool = False,
     command: list[str] | None = None,
     preset: str | None = None,
+    token_bits: dict | None = None,
 ) -> dict:
     """Bench codecs on the slabs of a dump; return a results document (``tool: "bench"``).
 
@@ -98,6 +99,9 @@ def bench_dump(
         Time GPU decoding too when a CUDA GPU is present.
     command : list of str, optional
         The command line recorded in the document (default: ``sys.argv``).
+    token_bits : dict, optional
+        If given, each slab's per-vector code lengths are stored in it under
+        ``(layer, kind, head)`` (what :func:`kvinfo.bench.bench_dumps` merges).
 
     Returns
     -------
@@ -201,6 +205,8 @@ def bench_dump(
                 results.make_record("slab", ref_metrics, layer=lay, kind=kind, head=head)
             )
             cost_kind.setdefault(kind, TokenCost(n_tok)).add(res.token_bits)
+            if token_bits is not None:  # for kvinfo.bench.bench_dumps (issue 19)
+                token_bits[(lay, kind, head)] = res.token_bits
             att = None
             if use_attention and kind in ("keys", "values"):
                 if lay not in q_cache:

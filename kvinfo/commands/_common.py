@@ -14,6 +14,8 @@ __all__ = [
     "add_knn_arguments",
     "selection_of",
     "check_knn_args",
+    "add_scale_arguments",
+    "scale_options",
 ]
 
 
@@ -61,3 +63,36 @@ def check_knn_args(args) -> None:
     from ..analysis import check_knn_options
 
     check_knn_options(args.knn_samples, args.knn_k, args.pervector_snr_db)
+
+
+def add_scale_arguments(p) -> None:
+    """``--workers``, ``--scheduler`` and ``--skip-failed`` (several dumps, Dask)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="run the slabs on a local Dask cluster of N single-threaded worker "
+                   "processes (needs kvinfo[dask]; default: in this process)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the slabs on the Dask cluster at ADDRESS (tcp://host:8786); its "
+                   "workers must see the dump paths")
+    p.add_argument("--skip-failed", action="store_true",
+                   help="with several dumps: drop a dump that cannot be read (warned) and "
+                   "finish with the others; default: stop, writing nothing")
+
+
+def scale_options(args) -> dict:
+    """The dumps (globs expanded) and where to run: ``inputs``, ``dumps``, ``workers``,
+    ``scheduler``, ``skip_failed`` and ``multi`` (several dumps, workers or a scheduler)."""
+    from ..dumps import expand_dump_paths
+    from ..errors import AnalysisInputError, DumpSetError
+
+    if args.workers is not None and args.workers < 1:
+        raise AnalysisInputError(f"--workers must be at least 1; got {args.workers}")
+    raw = args.dump if isinstance(args.dump, list) else [args.dump]
+    try:
+        inputs = [str(p) for p in expand_dump_paths(raw)]
+    except DumpSetError as exc:
+        raise DumpSetError(f"dump: {exc}") from None
+    multi = len(inputs) > 1 or args.workers is not None or args.scheduler is not None
+    return {"inputs": inputs, "dumps": inputs, "workers": args.workers,
+            "scheduler": args.scheduler, "skip_failed": bool(args.skip_failed),
+            "multi": multi}

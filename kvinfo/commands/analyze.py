@@ -23,11 +23,20 @@ import numpy as np
 from ..cli import recorded_command
 from ..errors import AnalysisInputError
 from ..tables import SMALL_DATA_MARK, format_number
-from ._common import add_knn_arguments, add_selection_arguments, selection_of
+from ._common import (
+    add_knn_arguments,
+    add_scale_arguments,
+    add_selection_arguments,
+    scale_options,
+    selection_of,
+)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("dump", help="a kvdump (.h5)")
+    p.add_argument("dump", nargs="+",
+                   help="one kvdump (.h5 or a converted .zarr store), or several, or glob "
+                   "patterns ('dumps/*.h5'): several dumps are combined per (layer, kind, head) "
+                   "as one (their statistics merged exactly; docs/scale-out.md)")
     p.add_argument("-o", "--output",
                    help="results JSON to write, replacing a results file there (never the input "
                    "dump); default: print the table only")
@@ -54,6 +63,7 @@ def add_arguments(p) -> None:
                    "R(D) of X, its cross-layer difference and K/V given the previous layer, "
                    "per selected layer, all tokens (docs/remat.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_scale_arguments(p)
 
 
 # --------------------------------------------------------------------------------------
@@ -216,14 +226,22 @@ def print_analysis(doc: dict, *, per_slab: bool = False, table_snr_db: float | N
         print(f"\nwrote {output} ({len(recs)} records)")
 
 
-def run_analysis(dump, selection, *, progress: bool, command=None, **options) -> dict:
+def run_analysis(dump, selection, *, progress: bool, command=None, scale=None,
+                 **options) -> dict:
     """:func:`kvinfo.analysis.analyze_dump` with its notes printed as one-line warnings and
-    (shared by ``analyze`` and ``demo``)."""
-    from ..analysis import AnalysisWarning, analyze_dump
+    (shared by ``analyze`` and ``demo``). With ``scale`` (the
+    :func:`~kvinfo.commands._common.scale_options` of several dumps, workers or a
+    scheduler), :func:`kvinfo.analysis.analyze_dumps` instead."""
+    from ..analysis import AnalysisWarning, analyze_dump, analyze_dumps
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AnalysisWarning)
-        doc = analyze_dump(dump, selection, progress=progress, command=command, **options)
+        if scale is not None:
+            doc = analyze_dumps(scale["dumps"], selection, workers=scale["workers"],
+                                scheduler=scale["scheduler"], skip_failed=scale["skip_failed"],
+                                progress=progress, command=command, **options)
+        else:
+            doc = analyze_dump(dump, selection, progress=progress, command=command, **options)
     print_notes(caught, "analyze")
     return doc
 
@@ -263,11 +281,12 @@ def run(args) -> int:
     snr = parse_snr_grid(args.snr_db)
     if args.table_snr_db is not None and not math.isfinite(args.table_snr_db):
         raise AnalysisInputError("--table-snr-db must be finite")
+    scale = scale_options(args)
     if args.output:
-        check_output_file(args.output, "-o", inputs=[args.dump], kind="results")
+        check_output_file(args.output, "-o", inputs=scale["inputs"], kind="results")
     doc = run_analysis(
-        args.dump, selection_of(args), progress=not args.no_progress,
-        command=recorded_command(args), snr_db=snr,
+        scale["inputs"][0], selection_of(args), progress=not args.no_progress,
+        command=recorded_command(args), scale=scale if scale["multi"] else None, snr_db=snr,
         pervector_snr_db=args.pervector_snr_db, knn_samples=args.knn_samples,
         knn_k=args.knn_k, seed=args.seed, top_tokens=args.top_tokens,
         outlier_rms_ratio=args.outlier_rms_ratio,

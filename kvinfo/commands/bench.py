@@ -20,9 +20,12 @@ from ..cli import recorded_command
 
 def add_arguments(p) -> None:
     from ..bench import PRESETS
-    from ._common import add_knn_arguments, add_selection_arguments
+    from ._common import add_knn_arguments, add_scale_arguments, add_selection_arguments
 
-    p.add_argument("dump", help="a kvdump (.h5)")
+    p.add_argument("dump", nargs="+",
+                   help="one kvdump (.h5 or a converted .zarr store), or several, or glob "
+                   "patterns: several dumps are combined per (layer, kind, head) as one "
+                   "(docs/scale-out.md)")
     p.add_argument(
         "--codec", action="append", default=[], metavar="JSON",
         help='codec config, e.g. \'{"id": "uniform", "bits": 4, "axis": "channel", '
@@ -65,6 +68,7 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-max-tokens", type=int, default=1024, metavar="N",
                    help="text cut to N tokens for --eval (default 1024)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_scale_arguments(p)
 
 
 def print_bench(doc: dict, output=None) -> None:
@@ -83,7 +87,7 @@ def run(args) -> int:
     from ..bench import CodecSpec, add_quality, bench_dump, preset_codecs
     from ..errors import AnalysisInputError
     from ..evaluate import check_eval_options
-    from ._common import check_knn_args, selection_of
+    from ._common import check_knn_args, scale_options, selection_of
     from .eval import parse_codec_args, read_text_file
 
     specs = parse_codec_args(args.codec)
@@ -95,9 +99,10 @@ def run(args) -> int:
     if args.max_queries < 0:
         raise AnalysisInputError(f"--max-queries must be >= 0; got {args.max_queries}")
     check_knn_args(args)
+    scale = scale_options(args)
     if args.output:
         check_output_file(args.output, "-o", kind="results",
-                          inputs=[args.dump, args.eval_text, args.eval and args.model])
+                          inputs=[*scale["inputs"], args.eval_text, args.eval and args.model])
     if args.repeat < 1:
         raise AnalysisInputError(f"--repeat must be at least 1; got {args.repeat}")
     text = None
@@ -115,13 +120,21 @@ def run(args) -> int:
 
         model, tok, name = load_model(args.model, dtype="float32")
 
-    doc = bench_dump(
-        args.dump, specs, selection=selection_of(args), attention=args.attention,
+    options = dict(
+        selection=selection_of(args), attention=args.attention,
         max_queries=args.max_queries or None, knn_samples=args.knn_samples,
         knn_k=args.knn_k, seed=args.seed, pervector_snr_db=args.pervector_snr_db,
         repeat=args.repeat, use_gpu=not args.no_gpu, progress=not args.no_progress,
         command=recorded_command(args), preset=",".join(presets) or None,
     )
+    if scale["multi"]:  # several dumps, or a Dask cluster (docs/scale-out.md)
+        from ..bench import bench_dumps
+
+        doc = bench_dumps(scale["dumps"], specs, workers=scale["workers"],
+                          scheduler=scale["scheduler"], skip_failed=scale["skip_failed"],
+                          **options)
+    else:
+        doc = bench_dump(scale["inputs"][0], specs, **options)
     if args.eval:
         from ..evaluate import evaluate
 

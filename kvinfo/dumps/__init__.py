@@ -8,16 +8,22 @@ once against a dump). Capture from a model lives in
 :mod:`kvinfo.dumps.capture` (it imports torch, so it is not imported here).
 """
 
+from ._dumpset import DumpSet, expand_dump_paths, open_dumps
 from ._format import FORMAT, FORMAT_VERSION, KINDS
 from ._prompts import default_prompts
 from ._reader import Dump, open_dump
 from ._select import ResolvedSelection, Selection, check_index_list, parse_index_list
 from ._synthetic import write_synthetic_dump
 from ._writer import DumpWriter
+from ._zarr import ZarrDump
 
 __all__ = [
     "open_dump",
     "Dump",
+    "ZarrDump",
+    "DumpSet",
+    "open_dumps",
+    "expand_dump_paths",
     "DumpWriter",
     "write_synthetic_dump",
     "FORMAT",

@@ -350,5 +350,12 @@ def open_dump(path: str | os.PathLike) -> Dump:
     >>> with kvinfo.open_dump(path) as d:
     ...     print(d.num_layers, d.num_kv_heads, d.num_tokens, d.slab("keys", 1, 0).shape)
     2 2 32 (32, 8)
+
+    A folder holding a zarr v3 store written by ``kvinfo convert`` opens as a
+    :class:`~kvinfo.dumps.ZarrDump` with the same accessors.
     """
+    from ._zarr import ZarrDump, is_zarr_store  # zarr store dispatch (kvinfo convert)
+
+    if is_zarr_store(path):
+        return ZarrDump(path)
     return Dump(path)

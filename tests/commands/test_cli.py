@@ -116,7 +116,7 @@ def test_awkward_values_survive_the_recorded_command(argv):
 def test_command_for_builds_the_command_of_library_runs():
     cmd = command_for("analyze", dump="d.h5", output="a.json", layers="0,10", knn_samples=500)
     ns = _reparse(cmd)
-    assert (ns.dump, ns.output, ns.layers, ns.knn_samples, ns.knn_k) == ("d.h5", "a.json",
+    assert (ns.dump, ns.output, ns.layers, ns.knn_samples, ns.knn_k) == (["d.h5"], "a.json",
                                                                         "0,10", 500, 4)
     assert "--knn-k" in cmd and "--per-slab" not in cmd
     # --attention and --no-attention share one dest whose default (None) is neither flag

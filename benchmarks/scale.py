@@ -1,0 +1,228 @@
+"""Benchmark scale-out and storage: analyze over 8 dumps on 1 vs 2 Dask workers, and
+``kvinfo convert`` throughput.
+
+Run::
+
+    python benchmarks/scale.py --dump dumps/default.h5 [--dumps 8] [--layers 0-9] [--repeats 1]
+
+What it measures (every figure a measurement on this machine, with the load average):
+
+1. **analyze over 8 dumps.** The real dump ``--dump`` (default: the default model over the
+   built-in prompts, ``kvinfo capture``) holds 8 sequences; each becomes its own dump (real
+   KV, not the test fixtures), and :func:`kvinfo.analysis.analyze_dumps` combines them. The
+   same run is timed on a ``LocalCluster`` of 1 worker and of 2 workers (single-threaded
+   processes, ``NUMBA_NUM_THREADS``/``OMP``/``MKL``/``OPENBLAS`` = 1 in both), cluster start
+   excluded, alternating ``--repeats`` times, median wall time and the ratio; the two
+   documents are compared record by record.
+2. **per-task overhead**: 200 no-op tasks through the 2-worker cluster (scheduler round trip
+   per task), and the time a task spends opening the 8 dumps (first task on a worker; later
+   tasks reuse the open set).
+3. **the scaling model** ``T(N) = T_client + ceil-ish(S / N) * (t_slab + t_task)``
+   with the measured per-slab time ``t_slab`` (in-process, one thread), so that a reader can
+   predict a run on N workers (see docs/scale-out.md).
+4. **convert**: the default dump into zarr with ``{"id": "rans"}``, and in the same run with
+   zarr's own default compressor (zstd, the peer) and with kvinfo ``lossless``: MB/s of KV
+   and bits per element.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def _load() -> str:
+    a, b, c = os.getloadavg()
+    return f"load average {a:.2f} {b:.2f} {c:.2f} on {os.cpu_count()} CPUs"
+
+
+def split_dump(src: str, out_dir: Path, count: int) -> list[str]:
+    """One dump per sequence of ``src`` (the first ``count`` sequences)."""
+    import h5py
+
+    from kvinfo.dumps import DumpWriter, open_dump
+
+    paths = []
+    with open_dump(src) as d, h5py.File(src, "r") as f:
+        seqs = d.sequences()[:count]
+        if len(seqs) < count:
+            sys.exit(f"{src} has {len(seqs)} sequences; need {count}")
+        raw = dict(f.attrs.items())
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()
+                 if k in ("weights_checksum", "rope", "capture", "model_type")}
+        for k in ("rope", "capture"):
+            if isinstance(attrs.get(k), str):
+                attrs[k] = json.loads(attrs[k])
+        for i, (a, b) in enumerate(seqs):
+            p = out_dir / f"part{i}.h5"
+            w = DumpWriter(p, model=d.meta["model"], dtype=d.dtype, num_layers=d.num_layers,
+                           num_heads=d.num_heads, num_kv_heads=d.num_kv_heads,
+                           head_dim=d.head_dim, kinds=("keys", "values"), attrs=attrs)
+            w.append(np.asarray(d.token_ids)[a:b],
+                     {k: np.asarray(f[k][:, :, a:b]) for k in ("keys", "values")})
+            paths.append(str(w.close()))
+    return paths
+
+
+def _records(doc):
+    return json.loads(json.dumps(doc["records"]))
+
+
+def bench_analyze(paths, selection, repeats, knn_samples):
+    from kvinfo.analysis import AnalysisWarning, analyze_dumps
+    from kvinfo.analysis.engine import analyze_one_slab
+    from kvinfo.analysis.multi import open_dump_set, release_dump_set
+    from kvinfo.cluster import TaskRunner, pinned_environment
+
+    opts = {"knn_samples": knn_samples}
+    warnings.simplefilter("ignore", AnalysisWarning)
+    print(f"before: {_load()}")
+    # in-process per-slab time (this process, threads as configured), the model's t_slab
+    t0 = time.perf_counter()
+    d = open_dump_set(paths)
+    t_open = time.perf_counter() - t0
+    sel = selection.resolve(d)
+    from kvinfo.analysis.engine import _options
+
+    o = _options(list(range(0, 42, 2)), 20.0, knn_samples, 4, 0, 5, 4.0)
+    w0 = sel.slabs()[0]
+    analyze_one_slab(sel.take(d.slab(w0[1], w0[0], w0[2])), sel, o, w0)  # warm
+    ts = []
+    for w in sel.slabs()[:6]:
+        t = time.perf_counter()
+        analyze_one_slab(sel.take(d.slab(w[1], w[0], w[2])), sel, o, w)
+        ts.append(time.perf_counter() - t)
+    t_slab = statistics.median(ts)
+    release_dump_set()
+    S = len(sel.slabs())
+    runners = {}
+    starts = {}
+    for n in (1, 2):
+        t = time.perf_counter()
+        runners[n] = TaskRunner(workers=n).__enter__()
+        starts[n] = time.perf_counter() - t
+        env = [r for _, r in runners[n].map(pinned_environment, list(range(n)))]
+        assert all(e["numba_threads"] == 1 and e["OPENBLAS_NUM_THREADS"] == "1" for e in env)
+        # warm every worker: imports, Numba cache loads, the open dump set
+        analyze_dumps(paths, selection, scheduler=runners[n].client.scheduler.address,
+                      **{**opts, "knn_samples": 50})
+    times = {1: [], 2: []}
+    docs = {}
+    for _ in range(repeats):
+        for n in (1, 2):
+            t = time.perf_counter()
+            docs[n] = analyze_dumps(paths, selection,
+                                    scheduler=runners[n].client.scheduler.address, **opts)
+            times[n].append(time.perf_counter() - t)
+    same = _records(docs[1]) == _records(docs[2])
+    # per-task overhead: no-op tasks through the 2-worker cluster
+    t = time.perf_counter()
+    k = 200
+    list(runners[2].map(abs, list(range(-k, 0))))
+    t_task = (time.perf_counter() - t) / k * 2  # per task per worker (2 run at once)
+    for r in runners.values():
+        r.close()
+    m1, m2 = statistics.median(times[1]), statistics.median(times[2])
+    print(f"after: {_load()}")
+    print(f"dumps: {len(paths)} (one per sequence of the source), slabs: {S}, "
+          f"tokens per slab: {sel.num_tokens}")
+    print(f"analyze, --workers 1: {m1:.2f} s (median of {repeats}: "
+          f"{', '.join(f'{v:.2f}' for v in times[1])})")
+    print(f"analyze, --workers 2: {m2:.2f} s (median of {repeats}: "
+          f"{', '.join(f'{v:.2f}' for v in times[2])})")
+    print(f"speed-up 2 vs 1 workers: {m1 / m2:.2f}x (measurement, same run); results "
+          f"identical: {same}")
+    print(f"cluster start: {starts[1]:.1f} s (1 worker), {starts[2]:.1f} s (2 workers), "
+          "not in the times above")
+    print(f"per-slab analysis in-process: t_slab = {t_slab * 1e3:.0f} ms (median of "
+          f"{len(ts)}); opening the {len(paths)} dumps: {t_open * 1e3:.0f} ms (once per worker)")
+    print(f"per-task overhead (no-op task round trip per worker): {t_task * 1e3:.1f} ms")
+    t_client = max(m1 - S * (t_slab + t_task), 0.0)
+    print(f"model: T(N) = T_client + (S / N) * (t_slab + t_task), S = {S}, "
+          f"T_client = {t_client:.2f} s (from the 1-worker run); predicts "
+          f"T(2) = {t_client + S / 2 * (t_slab + t_task):.2f} s (measured {m2:.2f}), "
+          f"T(64) = {t_client + max(S / 64, 1) * (t_slab + t_task):.2f} s with S = {S} "
+          f"(at most S workers are busy)")
+    return {"t1": m1, "t2": m2, "same": same}
+
+
+def bench_convert(dump, repeats):
+    import zarr
+
+    from kvinfo.storage import convert_dump
+
+    tmp = Path(tempfile.mkdtemp(prefix="kvinfo-scale-"))
+    print(f"convert {dump}: {_load()}")
+    rows = []
+    for label, codec in (("kvinfo rans", {"id": "rans"}),
+                         ("kvinfo lossless", {"id": "lossless"})):
+        vals = []
+        for _ in range(repeats):
+            info = convert_dump(dump, tmp / "out.zarr", codec)
+            vals.append(info)
+        best = statistics.median(v["kv_mb_per_s"] for v in vals)
+        rows.append((label, best, vals[-1]["bits_per_element"]))
+    # the peer: zarr's default compressor (zstd level 0) on the same slabs, same chunking
+    from kvinfo.dumps import open_dump
+
+    vals = []
+    with open_dump(dump) as d:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            root = zarr.open_group(str(tmp / "zstd.zarr"), mode="w")
+            kv = 0
+            for kind in ("keys", "values"):
+                a = None
+                for lay in range(d.num_layers):
+                    x = np.ascontiguousarray(d.tensor(kind, lay))
+                    if a is None:
+                        a = root.create_array(kind, shape=(d.num_layers, *x.shape),
+                                              dtype=x.dtype, chunks=(1, 1, *x.shape[1:]))
+                    a[lay] = x
+                    kv += x.nbytes
+            sec = time.perf_counter() - t
+            size = sum(f.stat().st_size for f in (tmp / "zstd.zarr").rglob("*") if f.is_file())
+            vals.append((kv / 1e6 / sec, 8 * size / (kv / x.itemsize)))
+    rows.append(("zarr default (zstd), peer", statistics.median(v[0] for v in vals),
+                 vals[-1][1]))
+    print(f"{'codec':<28} {'MB/s of KV':>11} {'bits/element':>13}")
+    for label, mbps, bpe in rows:
+        print(f"{label:<28} {mbps:>11.1f} {bpe:>13.2f}")
+    print(f"after: {_load()}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dump", required=True, help="a real dump with at least --dumps sequences")
+    p.add_argument("--dumps", type=int, default=8)
+    p.add_argument("--layers", default="0-9", help="layers analysed (default 0-9)")
+    p.add_argument("--knn-samples", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--skip-analyze", action="store_true")
+    p.add_argument("--skip-convert", action="store_true")
+    args = p.parse_args(argv)
+    from kvinfo.dumps import Selection
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"python {platform.python_version()}")
+    if not args.skip_analyze:
+        tmp = Path(tempfile.mkdtemp(prefix="kvinfo-scale-"))
+        paths = split_dump(args.dump, tmp, args.dumps)
+        bench_analyze(paths, Selection(layers=args.layers), args.repeats, args.knn_samples)
+    if not args.skip_convert:
+        bench_convert(args.dump, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
