@@ -20,6 +20,8 @@ __all__ = [
     "ResultsSchemaError",
     "OutputPathError",
     "CudaUnavailableError",
+    "PlanFormatError",
+    "AllocationError",
 ]
 
 
@@ -111,3 +113,13 @@ class OutputPathError(KvinfoError):
 
 class CudaUnavailableError(KvinfoError):
     """``device="cuda"`` was asked for but no usable CUDA device (or simulator) is present."""
+
+
+class PlanFormatError(CodecConfigError):
+    """An allocation plan file (``kvinfo allocate -o``) is missing, damaged, of an unknown
+    version, or made for another geometry than the data it is asked to code."""
+
+
+class AllocationError(KvinfoError):
+    """Inputs of an allocation that cannot work: a budget outside the family's range, an
+    unknown family, a sensitivity file of another geometry, contradictory options."""
