@@ -144,7 +144,14 @@ class CacheCodec:
 
     def apply(self, cache, start: int = 0) -> None:
         """Send tokens ``[start, end)`` of every layer of a transformers cache through the codec."""
-        for i, layer in enumerate(_layers(cache)):
+        layers = _layers(cache)
+        # -- alloc (issue 16): codecs made for one geometry (plans) refuse another --------
+        for codec in self.codecs.values():
+            if hasattr(codec, "check_geometry") and layers:
+                t = layers[0].keys
+                codec.check_geometry(len(layers), t.shape[1], t.shape[-1])
+        # -- end alloc ---------------------------------------------------------------------
+        for i, layer in enumerate(layers):
             for kind, attr in (("keys", "keys"), ("values", "values")):
                 t = getattr(layer, attr)
                 new = self.roundtrip(t[:, :, start:], kind, i, start)

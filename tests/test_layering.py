@@ -41,6 +41,7 @@ LAYERS = {
     "results": 2,  # the one results schema
     "bench": 3,
     "evaluate": 3,
+    "allocation": 3,  # adaptive bit allocation (sensitivity, R-D curves, solver, plans)
     "testing": 3,  # the reusable codec contract (kvinfo.testing)
     "report": 4,
     "commands": 5,

@@ -3,7 +3,9 @@
 For each (layer, kind, head) slab and each setting of the family, the real codec encodes the
 slab and decodes it; the curve point is the measured ``bits_per_element`` (``8 *
 len(stream) / elements``: side information included) and the measured
-``mse_per_element``, also per channel (the sensitivity weighs channels). A setting that
+``mse_per_element``, also per channel (the sensitivity weighs channels). The rate includes
+the plan codec's own framing of each slab (:func:`kvinfo.codecs.plan.framing_bytes`, 55
+bytes), so that a plan's rate on the calibration dump is the rate the solver budgeted. A setting that
 cannot code a slab (an ``ecsq`` step too fine for its index alphabet) is recorded as NaN and
 never chosen.
 
@@ -23,6 +25,7 @@ import numpy as np
 
 from .._paths import check_output_file, commit_partial, create_partial, discard_partial
 from .._paths import output_error
+from ..codecs.plan import framing_bytes
 from ..codecs.spec import KINDS
 from ..errors import AllocationError, CodecConfigError
 from .families import Family
@@ -193,7 +196,7 @@ def measure_rd_curves(dump, family: Family, *, tokens: int | None = None,
                         except CodecConfigError:
                             raise _Unusable from None
                         y = np.asarray(c.decode(data), dtype=np.float64)
-                        total_bits += 8 * len(data)
+                        total_bits += 8 * (len(data) + framing_bytes(2, 1))
                         err += np.sum((x64[a:b] - y) ** 2, axis=0)
                         used += b - a
                 except _Unusable:

@@ -9,8 +9,10 @@ Gersho: only options on each slab's lower convex hull can be optimal for some sl
 are taken in order of decreasing slope ``-delta c / delta r`` (within a slab they come in
 that order by convexity) while the budget holds. The result is optimal for its own rate among
 all allocations (it is a Lagrangian solution); the rate left unused is below one hull step of
-one slab divided by the number of slabs, and the remaining steps that still fit are then
-taken in the same order (a greedy fill, which keeps the rate at or below the budget).
+one slab divided by the number of slabs. The remaining steps that still fit are then
+taken in the same order, and last any option of any slab (on its hull or not) that lowers
+the cost and still fits, best cost decrease per bit first (a greedy fill, which keeps the
+rate at or below the budget and brings it close to it).
 
 References
 ----------
@@ -160,6 +162,20 @@ def solve_allocation(rate, cost, budget: float, *, allowed=None, elements=None) 
         else:
             stopped = True
     choice = np.array([hulls[s][pos[s]] for s in range(s_n)], dtype=np.int64)
+    # the fill: any option (hull or not) that lowers the cost and still fits, best cost
+    # decrease per bit first, until none fits
+    r_ok = np.where(np.isfinite(rate) & np.isfinite(cost), rate, np.inf)
+    rows = np.arange(s_n)
+    for _ in range(rate.size):
+        dr = w[:, None] * (r_ok - r_ok[rows, choice][:, None])
+        dc = cost[rows, choice][:, None] - cost
+        fits = (dr > 0) & (total + dr <= budget + tol) & (dc > 0)
+        if not fits.any():
+            break
+        gain = np.where(fits, dc / np.where(dr > 0, dr, 1.0), -np.inf)
+        s_best, k_best = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        total += dr[s_best, k_best]
+        choice[s_best] = k_best
     return Solution(
         choice=choice,
         rate=float(np.sum(w * rate[np.arange(s_n), choice])),

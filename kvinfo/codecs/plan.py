@@ -23,21 +23,18 @@ Plan file (JSON, ``plan_version`` 1; written by :func:`kvinfo.allocation.save_pl
 Only ``geometry``, ``settings`` and ``assignment`` decide what the codec does; the rest
 documents how the plan was made (see ``docs/allocation.md``).
 
-Stream layout (little-endian)::
+Stream: the quantizer container of :mod:`kvinfo.codecs.quant._base` (codec tag 6), with
+the input's dtype and shape, so tools that read the container (``kvinfo bench``) read it::
 
-    0    3   magic b"KVP"
-    3    1   version (1)
-    4    4   plan digest (BLAKE2b-4 of geometry, settings and assignment)
-    8    1   kind (0 keys, 1 values)
-    9    2   layer, uint16
-    11   1   bound head + 1 (0: one layer, its heads on the array's axis -3)
-    12   2   number of parts N, uint16
-    then N times: head uint16, length uint32, the part (the head's own codec stream)
-    end-4 4  CRC-32 (zlib) of every byte before it
+    params   "<4sBHBH": plan digest (BLAKE2b-4 of geometry, settings and assignment),
+             kind (0 keys, 1 values), layer, bound head + 1 (0: one layer, its heads on the
+             array's axis -3), number of parts N
+    side     N sections: KV head (uint16) + that head's own codec stream, in head order
 
 Rate accounting: the symbol bits are the parts' own symbol bits (each codec's
 :meth:`~kvinfo.codecs.abc.Codec.rate`); everything else, the plan's 20-byte framing
-included, is side information.
+included, is side information. The parts are side sections of the container, so
+``kvinfo bench``'s own-symbol entropy of a plan is its parts' coded payload, not an entropy.
 
 Examples
 --------
@@ -67,25 +64,32 @@ import hashlib
 import inspect
 import json
 import os
+import math
 import struct
-import zlib
 
 import numpy as np
 
 from ..errors import CodecConfigError, CorruptStreamError, PlanFormatError
 from .abc import RateBreakdown
-from .quant._base import QuantCodec, check_float_array
+from .limits import check_output_bytes
+from .quant._base import (
+    SIDE,
+    TAGS,
+    QuantCodec,
+    Section,
+    build_stream,
+    check_float_array,
+    parse_stream,
+    unpack_params,
+)
 from .registry import get_codec, register_codec
 
-__all__ = ["PlanCodec", "load_plan", "plan_digest", "PLAN_SCHEMA", "PLAN_VERSION", "KINDS"]
+__all__ = ["PlanCodec", "load_plan", "plan_digest", "framing_bytes", "PLAN_SCHEMA", "PLAN_VERSION", "KINDS"]
 
 PLAN_SCHEMA = "kvinfo.plan"
 PLAN_VERSION = 1
 KINDS = ("keys", "values")
-MAGIC = b"KVP"
-STREAM_VERSION = 1
-_HEAD = "<3sB4sBHBH"
-_PART = "<HI"
+_PARAMS = "<4sBHBH"
 MAX_PLAN_BYTES = 64 << 20  # a plan is a few hundred kB for a 100-layer model
 
 
@@ -93,6 +97,17 @@ def _int(v, lo: int, hi: int, what: str, where: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
         raise PlanFormatError(f"{where}: {what} must be an integer in {lo}..{hi}; found {v!r}")
     return v
+
+
+def framing_bytes(ndim: int, parts: int) -> int:
+    """Bytes a plan stream adds around its parts (container header, section headers, head
+    numbers, CRC) for an array of ``ndim`` dimensions coded in ``parts`` parts.
+
+    >>> framing_bytes(2, 1)
+    55
+    """
+    header = 7 + 8 * ndim + 2 + struct.calcsize(_PARAMS) + 1 + 4
+    return header + parts * (9 + 2) + 4
 
 
 def plan_digest(plan: dict) -> bytes:
@@ -294,39 +309,26 @@ class PlanCodec(QuantCodec):
     # -- codec ---------------------------------------------------------------------------
     def encode(self, array) -> bytes:
         array = check_float_array(array, self.codec_id)
-        parts = []
+        sections = []
         for h, x in self._heads(array):
             data = self.slab_codec(self._layer, self._kind, h).encode(np.ascontiguousarray(x))
-            if len(data) > 0xFFFFFFFF:
-                raise CodecConfigError("plan: a part of more than 4 GiB; code smaller slabs")
-            parts.append(struct.pack(_PART, h, len(data)) + data)
-        head = struct.pack(
-            _HEAD, MAGIC, STREAM_VERSION, self._digest, KINDS.index(self._kind), self._layer,
-            0 if self._head is None else self._head + 1, len(parts),
+            sections.append(Section(SIDE, struct.pack("<H", h) + data))
+        params = struct.pack(
+            _PARAMS, self._digest, KINDS.index(self._kind), self._layer,
+            0 if self._head is None else self._head + 1, len(sections),
         )
-        body = head + b"".join(parts)
-        return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+        return build_stream(TAGS["plan"], array.dtype, array.shape, params, sections)
 
-    def _parts(self, data) -> tuple[str, int, bool, list[tuple[int, bytes]]]:
-        try:
-            buf = bytes(data)
-        except TypeError:
-            raise CorruptStreamError(
-                f"expected bytes, bytearray or memoryview; found {type(data).__name__}"
-            ) from None
-        n0 = struct.calcsize(_HEAD)
-        if len(buf) < n0 + 4 or buf[:3] != MAGIC:
-            raise CorruptStreamError("not a kvinfo plan stream (bad magic or too short)")
-        (crc,) = struct.unpack_from("<I", buf, len(buf) - 4)
-        if zlib.crc32(buf[:-4]) & 0xFFFFFFFF != crc:
-            raise CorruptStreamError("plan stream checksum mismatch: damaged or truncated")
-        _, ver, digest, kind, layer, head1, n = struct.unpack_from(_HEAD, buf, 0)
-        if ver != STREAM_VERSION:
-            raise CorruptStreamError(f"unknown plan stream version {ver}; this kvinfo reads 1")
+    def _parts(self, data) -> tuple[str, int, bool, list[tuple[int, bytes]], tuple]:
+        p = parse_stream(data, TAGS["plan"])
+        digest, kind, layer, head1, n = unpack_params(_PARAMS, p.params)
         if digest != self._digest:
-            raise CorruptStreamError(
-                f"the stream was written with another plan than {self.path}"
-            )
+            raise CorruptStreamError(f"the stream was written with another plan than {self.path}")
+        g = self.plan["geometry"]
+        if kind > 1 or layer >= g["num_layers"] or head1 > g["num_kv_heads"] or n != len(
+            p.sections
+        ) or n == 0 or (head1 and n != 1):
+            raise CorruptStreamError("bad plan stream parameters")
         if self._layer is not None and (
             kind != KINDS.index(self._kind) or layer != self._layer
             or head1 != (0 if self._head is None else self._head + 1)
@@ -334,24 +336,20 @@ class PlanCodec(QuantCodec):
             raise CorruptStreamError(
                 "the stream was written for another slab than the codec is bound to"
             )
-        pos, end, out = n0, len(buf) - 4, []
-        g = self.plan["geometry"]
-        for _ in range(n):
-            if pos + 6 > end:
-                raise CorruptStreamError("plan stream truncated in a part header")
-            h, length = struct.unpack_from(_PART, buf, pos)
-            pos += 6
-            if pos + length > end or h >= g["num_kv_heads"] or layer >= g["num_layers"]:
-                raise CorruptStreamError("bad part header in plan stream")
-            out.append((h, buf[pos : pos + length]))
-            pos += length
-        if pos != end or kind > 1 or not out or (head1 and len(out) != 1):
-            raise CorruptStreamError("bad plan stream layout")
-        return KINDS[kind], layer, head1 > 0, out
+        out = []
+        for sec in p.sections:
+            if sec.kind != SIDE or len(sec.data) < 2:
+                raise CorruptStreamError("bad part section in plan stream")
+            (h,) = struct.unpack_from("<H", sec.data, 0)
+            if h >= g["num_kv_heads"]:
+                raise CorruptStreamError(f"plan stream part for KV head {h} out of range")
+            out.append((h, bytes(sec.data[2:])))
+        return KINDS[kind], layer, head1 > 0, out, p
 
     def decode(self, data, device: str = "cpu", max_output_bytes: int | None = None):
         self._check_device(device)
-        kind, layer, one_slab, parts = self._parts(data)
+        kind, layer, one_slab, parts, p = self._parts(data)
+        check_output_bytes(math.prod(p.shape) * p.dtype.itemsize, max_output_bytes)
         arrays = []
         for h, part in parts:
             codec = self._codecs[kind][self.plan["assignment"][kind][layer][h]]
@@ -363,11 +361,17 @@ class PlanCodec(QuantCodec):
                 arrays.append(codec.decode(part, max_output_bytes=max_output_bytes))
             else:
                 arrays.append(codec.decode(part))
-        return arrays[0] if one_slab else np.stack(arrays)
+        out = arrays[0] if one_slab else np.stack(arrays)
+        if out.shape != p.shape or out.dtype != p.dtype:
+            raise CorruptStreamError(
+                f"plan stream parts decode to {out.dtype}{out.shape}; the header says "
+                f"{p.dtype}{p.shape}"
+            )
+        return out
 
     def rate(self, data) -> RateBreakdown:
         symbol_bits, n = 0, 0
-        kind, layer, _, parts = self._parts(data)
+        kind, layer, _, parts, _ = self._parts(data)
         for h, part in parts:
             codec = self._codecs[kind][self.plan["assignment"][kind][layer][h]]
             r = codec.rate(part)
