@@ -16,8 +16,13 @@ import os
 
 import numpy as np
 
-from .._paths import check_output_file, commit_partial, create_partial, discard_partial
-from .._paths import output_error
+from .._paths import (
+    check_output_file,
+    commit_partial,
+    create_partial,
+    discard_partial,
+    output_error,
+)
 from .._version import __version__
 from ..codecs.plan import PLAN_SCHEMA, PLAN_VERSION, check_plan
 from ..codecs.spec import KINDS

@@ -5,8 +5,8 @@ slab and decodes it; the curve point is the measured ``bits_per_element`` (``8 *
 len(stream) / elements``: side information included) and the measured
 ``mse_per_element``, also per channel (the sensitivity weighs channels). The rate includes
 the plan codec's own framing of each slab (:func:`kvinfo.codecs.plan.framing_bytes`, 55
-bytes), so that a plan's rate on the calibration dump is the rate the solver budgeted. A setting that
-cannot code a slab (an ``ecsq`` step too fine for its index alphabet) is recorded as NaN and
+bytes), so that a plan's rate on the calibration dump is the rate the solver budgeted. A
+setting that cannot code a slab (an ``ecsq`` step too fine for its index alphabet) is recorded as NaN and
 never chosen.
 
 ``tokens`` (the dynamic mode) codes the slab in consecutive windows of that many tokens, as a
@@ -23,8 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._paths import check_output_file, commit_partial, create_partial, discard_partial
-from .._paths import output_error
+from .._paths import (
+    check_output_file,
+    commit_partial,
+    create_partial,
+    discard_partial,
+    output_error,
+)
 from ..codecs.plan import framing_bytes
 from ..codecs.spec import KINDS
 from ..errors import AllocationError, CodecConfigError

@@ -42,8 +42,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._paths import check_output_file, commit_partial, create_partial, discard_partial
-from .._paths import output_error
+from .._paths import (
+    check_output_file,
+    commit_partial,
+    create_partial,
+    discard_partial,
+    output_error,
+)
 from .._version import __version__
 from ..codecs.spec import KINDS
 from ..errors import AllocationError

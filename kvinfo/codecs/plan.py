@@ -63,8 +63,8 @@ import copy
 import hashlib
 import inspect
 import json
-import os
 import math
+import os
 import struct
 
 import numpy as np
@@ -84,7 +84,8 @@ from .quant._base import (
 )
 from .registry import get_codec, register_codec
 
-__all__ = ["PlanCodec", "load_plan", "plan_digest", "framing_bytes", "PLAN_SCHEMA", "PLAN_VERSION", "KINDS"]
+__all__ = ["PlanCodec", "load_plan", "check_plan", "plan_digest", "framing_bytes", "PLAN_SCHEMA",
+           "PLAN_VERSION", "KINDS"]
 
 PLAN_SCHEMA = "kvinfo.plan"
 PLAN_VERSION = 1
