@@ -6,8 +6,8 @@ len(stream) / elements``: side information included) and the measured
 ``mse_per_element``, also per channel (the sensitivity weighs channels). The rate includes
 the plan codec's own framing of each slab (:func:`kvinfo.codecs.plan.framing_bytes`, 55
 bytes), so that a plan's rate on the calibration dump is the rate the solver budgeted. A
-setting that cannot code a slab (an ``ecsq`` step too fine for its index alphabet) is recorded as NaN and
-never chosen.
+setting that cannot code a slab (an ``ecsq`` step too fine for its index alphabet) is
+recorded as NaN and never chosen.
 
 ``tokens`` (the dynamic mode) codes the slab in consecutive windows of that many tokens, as a
 cache of that length would be coded, so that the side information per element at that length
