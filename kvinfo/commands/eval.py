@@ -69,24 +69,6 @@ def parse_codec_args(values: list[str]) -> list[dict]:
     return out
 
 
-def check_eval_options(prefix: int, max_tokens: int, block: int = 0,
-                       names=("--prefix", "--max-tokens")) -> None:
-    """:func:`kvinfo.evaluate.check_eval_options`, its errors naming the flags ``names``.
-
-    For commands whose flags for ``prefix`` and ``max_tokens`` are not ``--prefix`` and
-    ``--max-tokens`` (``kvinfo bench`` and ``demo``: ``--eval-prefix``, ``--eval-max-tokens``).
-    """
-    from ..evaluate import EvalInputError
-    from ..evaluate import check_eval_options as check
-
-    try:
-        check(prefix, max_tokens, block)
-    except EvalInputError as exc:
-        raise exc.renamed(
-            {"prefix": names[0], "max_tokens": names[1], "block": "--block"}
-        ) from None
-
-
 def read_text_file(path) -> str:
     """The UTF-8 text of ``path`` (--text, --eval-text), with one-line errors."""
     from pathlib import Path
@@ -108,7 +90,7 @@ def run(args) -> int:
     from .._paths import check_output_file
     from ..cli import recorded_command
     from ..dumps.capture import load_model
-    from ..evaluate import eval_codec_specs, evaluate
+    from ..evaluate import check_eval_options, eval_codec_specs, evaluate
     from ..results import write_results
     from ..tables import format_number
 
