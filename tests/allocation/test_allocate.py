@@ -40,8 +40,8 @@ def calib(tmp_path_factory):
     from kvinfo.dumps import write_synthetic_dump
 
     t = tmp_path_factory.mktemp("alloc")
-    path = write_synthetic_dump(t / "calib.h5", num_layers=4, num_kv_heads=3, num_tokens=128,
-                                head_dim=16, queries=False, seed=5)
+    path = write_synthetic_dump(t / "calib.h5", num_layers=8, num_kv_heads=4, num_heads=8,
+                                num_tokens=64, head_dim=16, queries=False, seed=5)
     fam = _family()
     curves = measure_rd_curves(path, fam)
     sens = _sensitivity(curves.geometry)
@@ -143,8 +143,8 @@ def test_separate_budgets_min_max_and_memory_mode(calib):
     chosen = [r["metrics"]["setting"] for r in plan["records"]]
     assert min(chosen) >= 1 and max(chosen) <= 5
     g = c["curves"].geometry
-    nbytes = int(5.0 * 128 * 4 * 3 * 16 * 2 / 8)
-    assert memory_budget(nbytes, 128, g) == pytest.approx(5.0)
+    nbytes = int(5.0 * 64 * 8 * 4 * 16 * 2 / 8)
+    assert memory_budget(nbytes, 64, g) == pytest.approx(5.0)
     plan = allocate(c["dump"], c["sens"], c["family"], memory_bytes=nbytes, curves=c["curves"])
     assert plan["budget"]["budget"] == pytest.approx(5.0)
     assert 4.9 <= plan["predicted"]["bits_per_element"] <= 5.0 + 1e-9
@@ -179,23 +179,23 @@ def test_plan_for_another_geometry_is_refused(calib, tmp_path):
     plan = allocate(c["dump"], c["sens"], c["family"], 5.0, curves=c["curves"])
     path = save_plan(plan, tmp_path / "plan.json")
     for kw in ({"num_layers": 1}, {"num_kv_heads": 1}, {"head_dim": 8}):
-        geo = {"num_layers": 4, "num_kv_heads": 3, "head_dim": 16, **kw}
-        other = write_synthetic_dump(tmp_path / f"o{sorted(kw)[0]}.h5",
-                                     num_tokens=16, queries=False, **geo)
-        with pytest.raises(PlanFormatError, match="was made for 4 layers x 3 KV heads"):
+        geo = {"num_layers": 8, "num_kv_heads": 4, "head_dim": 16, **kw}
+        other = write_synthetic_dump(tmp_path / f"o{sorted(kw)[0]}.h5", num_tokens=16,
+                                     num_heads=2 * geo["num_kv_heads"], queries=False, **geo)
+        with pytest.raises(PlanFormatError, match="was made for 8 layers x 4 KV heads"):
             _measured_rate(path, other)
     # bench refuses before it codes a slab (its check_geometry hook)
-    with pytest.raises(PlanFormatError, match="was made for 4 layers x 3 KV heads"):
+    with pytest.raises(PlanFormatError, match="was made for 8 layers x 4 KV heads"):
         bench_dump(other, [{"id": "plan", "path": str(path)}], knn_samples=16,
                    use_gpu=False, attention=False)
     codec = get_codec({"id": "plan", "path": str(path)})
-    with pytest.raises(PlanFormatError, match="layer 4"):
-        codec.for_slab(4, "keys", 0)
+    with pytest.raises(PlanFormatError, match="layer 8"):
+        codec.for_slab(8, "keys", 0)
     bound = codec.for_slab(0, "keys", None)
     with pytest.raises(PlanFormatError, match="expected \\(num_kv_heads"):
         bound.encode(np.zeros((3, 8, 16), np.float32))
     # the sensitivity of another geometry is refused too
-    sens = _sensitivity({"num_layers": 3, "num_kv_heads": 3, "head_dim": 16})
+    sens = _sensitivity({"num_layers": 3, "num_kv_heads": 4, "head_dim": 16})
     with pytest.raises(AllocationError, match="sensitivity was measured for 3 layers"):
         allocate(c["dump"], sens, c["family"], 5.0, curves=c["curves"])
 
