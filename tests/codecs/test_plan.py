@@ -88,3 +88,23 @@ def test_bad_plan_files_are_refused(tmp_path):
         get_codec({"id": "plan", "path": str(tmp_path / "y.json")})
     with pytest.raises(PlanFormatError, match="is a folder"):
         get_codec({"id": "plan", "path": str(tmp_path)})
+
+
+def test_mutated_streams_are_refused_or_decode_to_the_stated_shape(plan_path):
+    """Random byte edits and truncations: a CorruptStreamError, never another exception."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 16, 8)).astype(np.float32)
+    plan = get_codec({"id": "plan", "path": str(plan_path)})
+    data = plan.for_slab(1, "values", None).encode(x)
+    for i in range(200):
+        buf = bytearray(data)
+        if i % 4 == 0:
+            buf = buf[: int(rng.integers(0, len(buf)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                buf[int(rng.integers(0, len(buf)))] ^= int(rng.integers(1, 256))
+        try:
+            y = plan.decode(bytes(buf), max_output_bytes=1 << 20)
+        except CorruptStreamError:
+            continue
+        assert y.shape == x.shape
