@@ -25,6 +25,10 @@ __all__ = [
     "CudaUnavailableError",
     "StorageError",
     "DumpSetError",
+
+
+    "PlanFormatError",
+    "AllocationError",
 ]
 
 
@@ -150,3 +154,13 @@ class StorageError(KvinfoError):
 class DumpSetError(AnalysisInputError):
     """Several dumps cannot be combined (different models or geometries), or one of them
     failed to read; the message names the dump and the first mismatch."""
+
+
+class PlanFormatError(CodecConfigError):
+    """An allocation plan file (``kvinfo allocate -o``) is missing, damaged, of an unknown
+    version, or made for another geometry than the data it is asked to code."""
+
+
+class AllocationError(KvinfoError):
+    """Inputs of an allocation that cannot work: a budget outside the family's range, an
+    unknown family, a sensitivity file of another geometry, contradictory options."""

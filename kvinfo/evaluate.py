@@ -153,7 +153,14 @@ class CacheCodec:
 
     def apply(self, cache, start: int = 0) -> None:
         """Send tokens ``[start, end)`` of every layer of a transformers cache through the codec."""
-        for i, layer in enumerate(_layers(cache)):
+        layers = _layers(cache)
+        # -- alloc (issue 16): codecs made for one geometry (plans) refuse another --------
+        for codec in self.codecs.values():
+            if hasattr(codec, "check_geometry") and layers:
+                t = layers[0].keys
+                codec.check_geometry(len(layers), t.shape[1], t.shape[-1])
+        # -- end alloc ---------------------------------------------------------------------
+        for i, layer in enumerate(layers):
             if i == 0:
                 self.num_tokens += int(layer.keys.shape[2]) - start
             for kind, attr in (("keys", "keys"), ("values", "values")):

@@ -27,7 +27,8 @@ def _bounded(codec_id: str) -> bool:
 
 
 def test_fuzz_every_decoder_and_the_dump_reader():
-    ids = [*list_codecs(), "dump"]
+    # "plan" needs a plan file to be built: tests/codecs/test_plan.py mutates its streams
+    ids = [*(c for c in list_codecs() if c != "plan"), "dump"]
     report = fuzzing.run(ids, examples=30, dumps=30, ci=True, timeout_s=300)
     for target in ids:  # every target ran, or is reported as failed
         assert target in report["targets"] or any(f["target"] == target

@@ -44,6 +44,7 @@ LAYERS = {
     "storage": 2,  # numcodecs / zarr codecs and dump conversion (over dumps and codecs)
     "bench": 3,
     "evaluate": 3,
+    "allocation": 3,  # adaptive bit allocation (sensitivity, R-D curves, solver, plans)
     "testing": 3,  # the reusable codec contract (kvinfo.testing)
     "report": 4,
     "commands": 5,

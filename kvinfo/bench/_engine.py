@@ -144,6 +144,13 @@ def bench_dump(
                 raise CodecConfigError(
                     f"codec {c.label!r} names none of the selected kinds {kinds}"
                 )
+        # -- alloc (issue 16): codecs made for one geometry (plans) refuse another ------
+        for c in codecs:
+            for k in kinds:
+                cc = c.for_kind(k)
+                if cc is not None and hasattr(cc, "check_geometry"):
+                    cc.check_geometry(d.num_layers, d.num_kv_heads, d.head_dim)
+        # -- end alloc ---------------------------------------------------------------------
         use_attention = d.has_queries if attention is None else bool(attention)
         warmup()
         gpu = GpuTimer(use_gpu)

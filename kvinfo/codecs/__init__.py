@@ -8,6 +8,7 @@ from . import (
     arith,  # noqa: F401  (registers 'arith')
     constriction_peers,  # noqa: F401  (registers 'constriction-ans', 'constriction-range')
     huffman,  # noqa: F401  (registers 'huffman')
+    plan,  # noqa: F401  (registers 'plan': a per-slab codec map, docs/allocation.md)
     quant,  # noqa: F401  (registers uniform, ecsq, turbo, lossless)
     rans,  # noqa: F401  (registers 'rans')
 )

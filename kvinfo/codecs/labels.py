@@ -42,6 +42,8 @@ def codec_label(config: dict) -> str:
             f"{k[0].upper()}: {codec_label(config[k])}" for k in ("keys", "values") if k in config
         ]
         return " | ".join(parts)
+    if cid == "plan":  # a per-slab codec map (kvinfo allocate): named by its file
+        return f"plan {str(config.get('path', '')).replace(chr(92), '/').rsplit('/', 1)[-1]}"
     coder = coder_label(config.get("coder"))
     if cid == "uniform":
         g = config.get("group_size")
@@ -68,6 +70,8 @@ def codec_label(config: dict) -> str:
 def codec_family(config: dict) -> str:
     """The curve a codec belongs to: its label without the parameter that sets the rate."""
     cid = config.get("id")
+    if cid == "plan":
+        return codec_label(config)
     coder = coder_label(config.get("coder"))
     if cid == "uniform":
         g = config.get("group_size")

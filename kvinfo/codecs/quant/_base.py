@@ -5,7 +5,7 @@ Stream layout (all integers little-endian), version 2::
     offset  size      field
     0       3         magic b"KVQ"
     3       1         container version (2)
-    4       1         codec tag: 1 uniform, 2 ecsq, 3 turbo, 4 lossless, 5 klt
+    4       1         codec tag: 1 uniform, 2 ecsq, 3 turbo, 4 lossless, 5 klt, 6 plan
     5       1         dtype code: 1 float16, 2 bfloat16, 3 float32, 4 float64
     6       1         ndim
     7       8*ndim    shape, uint64 each
@@ -77,7 +77,8 @@ CONTAINER_VERSION = 2
 #: container versions this kvinfo decodes
 READ_VERSIONS = (1, 2)
 SIDE, CODED, RAW = 0, 1, 2
-TAGS = {"uniform": 1, "ecsq": 2, "turbo": 3, "lossless": 4, "klt": 5}
+TAGS = {"uniform": 1, "ecsq": 2, "turbo": 3, "lossless": 4, "klt": 5,
+        "plan": 6}  # plan: kvinfo.codecs.plan (alloc, issue 16)
 TAG_NAMES = {v: k for k, v in TAGS.items()}
 
 DTYPE_CODES: dict[str, int] = {"float16": 1, "bfloat16": 2, "float32": 3, "float64": 4}
