@@ -51,7 +51,7 @@ class EvalInputError(CaptureInputError):
     """
 
     #: the parameters of ``evaluate`` that a message may name
-    PARAMETERS = ("codecs", "text", "prefix", "max_tokens", "block")
+    PARAMETERS = ("codecs", "text", "prefix", "max_tokens", "block", "context", "task")
 
     def __init__(self, message: str, *, template: str | None = None, values=None):
         super().__init__(message)
