@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("analyze", "lossless and lossy information limits per (layer, K/V, head)"),
     "bench": ("bench", "run codecs on a dump and compare achieved bits with the bounds"),
     "eval": ("eval", "perplexity and next-token divergence with a compressed cache"),
+    "capacity": ("capacity", "largest batch x context per codec within a memory budget"),
     "report": ("report", "figures and a report page from results JSON files"),
     "demo": ("demo", "capture, analyze, bench, eval and report on the built-in defaults"),
 }

@@ -69,6 +69,7 @@ __all__ = [
     "CacheInputError",
     "cache_kwargs",
     "cache_argument",
+    "cache_spec",
     "MODEL_AWARE_CODEC_IDS",
     "SUPPORTED_TRANSFORMERS",
 ]
@@ -112,7 +113,10 @@ def _check_model_free(spec: KVCodecSpec) -> None:
             )
 
 
-def _spec(codec) -> KVCodecSpec:
+def cache_spec(codec) -> KVCodecSpec:
+    """``codec`` validated for :class:`CompressedCache`: a KV codec for keys and values
+    that needs nothing but each layer's keys and values (else
+    :class:`~kvinfo.errors.CodecConfigError`)."""
     if isinstance(codec, KVCodecSpec):
         spec = codec
         if any(k not in spec.codecs for k in KINDS):
@@ -402,7 +406,7 @@ class CompressedCache(Cache):
 
     def __init__(self, codec, *, window: int = 128, block: int = 128,
                  prefill: str = "compress", config=None):
-        spec = _spec(codec)
+        spec = cache_spec(codec)
         window = _int_option("window", window, 0)
         block = _int_option("block", block, 1)
         if prefill not in PREFILL_MODES:
@@ -447,6 +451,25 @@ class CompressedCache(Cache):
             transient = (keys_out.numel() * keys_out.element_size()
                          + values_out.numel() * values_out.element_size())
         self.peak_bytes = max(self.peak_bytes, self.bytes_held + transient)
+
+    def ingest(self, cache) -> CompressedCache:
+        """Take a plain cache's tokens (a prefill) as the model's prefill would hand them
+        to this cache, layer by layer; this cache must be empty. Returns ``self``."""
+        if self.get_seq_length() or any(layer.is_initialized for layer in self.layers):
+            raise CacheInputError("ingest needs an empty CompressedCache")
+        src = getattr(cache, "layers", None)
+        if src is None:
+            raise CacheInputError(
+                f"ingest takes a transformers cache with .layers, got {type(cache).__name__}"
+            )
+        for i, layer in enumerate(src):
+            self.update(layer.keys, layer.values, i)
+        return self
+
+    def compressed_elements(self) -> int:
+        """Key and value elements held in codec streams."""
+        return sum(2 * layer._batch * layer._shape[0] * layer._shape[1]
+                   * layer.compressed_length for layer in self.layers if layer._shape)
 
     # -- accounting -------------------------------------------------------------------
     @property

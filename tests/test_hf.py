@@ -9,9 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from kvinfo.errors import CacheInputError, CodecConfigError  # noqa: E402
 from kvinfo.codecs.spec import KVCodecSpec  # noqa: E402
 from kvinfo.dumps.capture import load_model  # noqa: E402
+from kvinfo.errors import CacheInputError, CodecConfigError  # noqa: E402
 from kvinfo.hf import CompressedCache, cache_kwargs  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 3

@@ -35,12 +35,16 @@ LAYERS = {
     "_paths": 0,
     "tables": 0,  # table and number formatting
     "dumps": 1,
+    "corpus": 1,  # text corpora read from installed packages
     "analysis": 2,
     "codecs": 2,
     "kernels": 2,
     "results": 2,  # the one results schema
     "bench": 3,
     "evaluate": 3,
+    "hf": 3,  # CompressedCache, a transformers cache
+    "needle": 3,  # needle retrieval through CompressedCache
+    "capacity": 3,  # batch x context within a memory budget
     "testing": 3,  # the reusable codec contract (kvinfo.testing)
     "report": 4,
     "commands": 5,
