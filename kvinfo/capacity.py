@@ -19,7 +19,7 @@ Examples
 >>> r = capacity_table(g, {"plain bf16": 16.0, "4-bit": 4.3}, budget_bytes=80e9,
 ...                    weights_bytes=16e9, contexts=[8192], window=128)
 >>> r.rows[0]["max_batch"][0], r.rows[1]["max_batch"][0]
-(61, 220)
+(59, 212)
 """
 
 from __future__ import annotations

@@ -95,3 +95,14 @@ def test_evaluate_needle_lossless_equals_baseline(tiny):
     assert [g["label"] for g in grids][0] == "baseline (uncompressed)" and len(grids) == 3
     with pytest.raises(EvalInputError, match="longer than the model's maximum"):
         evaluate_needle(model, tok, [{"id": "lossless"}], HAY, lengths=[4096])
+
+
+def test_report_draws_the_needle_heatmap(tiny, tmp_path):
+    from kvinfo.report import build_report
+
+    model, tok = tiny
+    res = evaluate_needle(model, tok, [{"id": "lossless"}], HAY, lengths=[120, 140],
+                          depths=[0.0, 1.0], num_trials=1)
+    out = build_report([res.to_results()], tmp_path / "r", formats=("png",))
+    fig = {f["name"]: f for f in out["figures"]}["needle"]
+    assert "png" in fig and (tmp_path / "r" / fig["png"]).stat().st_size > 0

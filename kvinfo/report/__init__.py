@@ -84,9 +84,18 @@ FIGURES = {
         "Perplexity increase and mean KL divergence of the next-token distribution when the "
         "model's KV cache goes through each codec (**measured** with kvinfo eval).",
     ),
+    # hf (issue 18)
+    "needle": (
+        "Needle retrieval: depth x length",
+        "Teacher-forced log-likelihood of the pass key after the question (nats, **measured**; "
+        "0 is certain), per needle depth and prompt length, for the uncompressed cache and "
+        "each codec through CompressedCache; exact-match rates are written where the "
+        "baseline retrieves at least 50 % of the time at that length.",
+    ),
 }
 
 _MISSING = {
+    "needle": "no needle results (run kvinfo eval --task needle -o)",
     "rate_distortion": "no bench or analyze records for keys or values",
     "heatmaps_analysis": "no per-slab analyze or bench records",
     "heatmaps_gap": "no per-slab bench records with an SLB estimate",
@@ -153,6 +162,7 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
     from . import _figures as F
     from ._data import gather
     from ._page import write_html, write_markdown
+    from .needle import fig_needle_heatmap
 
     docs = _as_docs(inputs)
     data = gather(docs)
@@ -173,6 +183,8 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
         "pervector_histograms": lambda: F.fig_pervector_histograms(data),
         "throughput": lambda: F.fig_throughput(data, colors),
         "quality": lambda: F.fig_quality(data, colors),
+        # hf (issue 18): the needle heatmap (kvinfo eval --task needle)
+        "needle": lambda: fig_needle_heatmap(data.needle_docs[0]) if data.needle_docs else None,
     }
     fmts = ["png"] + [f for f in formats if f != "png"]
     files: list[Path] = []
