@@ -42,7 +42,7 @@ from .._paths import check_output_dir, make_dirs, output_error
 from ..errors import ResultsSchemaError
 from ..results import load_results, upgrade_results, validate_results
 
-__all__ = ["build_report", "FIGURES"]
+__all__ = ["build_report", "FIGURES", "EXTRA_FIGURES"]
 
 #: file stem -> (title, caption)
 FIGURES = {
@@ -84,6 +84,10 @@ FIGURES = {
         "Perplexity increase and mean KL divergence of the next-token distribution when the "
         "model's KV cache goes through each codec (**measured** with kvinfo eval).",
     ),
+}
+
+#: figures drawn only when their results are given (no "missing" note otherwise)
+EXTRA_FIGURES = {
     # hf (issue 18)
     "needle": (
         "Needle retrieval: depth x length",
@@ -95,7 +99,6 @@ FIGURES = {
 }
 
 _MISSING = {
-    "needle": "no needle results (run kvinfo eval --task needle -o)",
     "rate_distortion": "no bench or analyze records for keys or values",
     "heatmaps_analysis": "no per-slab analyze or bench records",
     "heatmaps_gap": "no per-slab bench records with an SLB estimate",
@@ -190,8 +193,10 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
     files: list[Path] = []
     figures: list[dict] = []
     for name, make in makers.items():
-        title, caption = FIGURES[name]
+        title, caption = FIGURES[name] if name in FIGURES else EXTRA_FIGURES[name]
         fig = make()
+        if fig is None and name in EXTRA_FIGURES:
+            continue
         if fig is None:
             figures.append({"name": name, "title": title, "missing": _MISSING[name]})
             continue
