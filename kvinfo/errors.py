@@ -6,6 +6,8 @@ message as one line with exit status 2, so messages must be one line and say wha
 was expected and what was found.
 """
 
+import re
+
 __all__ = [
     "KvinfoError",
     "DumpFormatError",
@@ -85,7 +87,21 @@ class CorruptStreamError(KvinfoError):
 
 
 class AnalysisInputError(KvinfoError):
-    """Data given to an analysis function cannot be analysed (NaN, too few vectors...)."""
+    """Data given to an analysis function cannot be analysed (NaN, too few vectors...).
+
+    A message that starts with a parameter's name (``knn_k must be ...``, ``layers: 7 is out
+    of range``) can be re-worded for another caller by :meth:`renamed`, which is how the
+    command line reports its flags (``--knn-k must be ...``).
+    """
+
+    def renamed(self, names) -> "AnalysisInputError":
+        """This error with its leading parameter name ``p`` called ``names[p]`` (unchanged
+        when the message does not start with one of ``names``)."""
+        msg = str(self)
+        m = re.match(r"[A-Za-z_][A-Za-z0-9_]*\b", msg)
+        if m is None or m.group(0) not in names:
+            return self
+        return type(self)(names[m.group(0)] + msg[m.end():])
 
 
 class SelectionError(AnalysisInputError):
@@ -100,6 +116,12 @@ class SelectionError(AnalysisInputError):
         super().__init__(message if parameter is None else f"{parameter}: {message}")
         self.parameter = parameter
         self.detail = message
+
+    def renamed(self, names) -> "SelectionError":
+        """This error with its parameter called ``names[parameter]``."""
+        if self.parameter is None or self.parameter not in names:
+            return self
+        return type(self)(self.detail, names[self.parameter])
 
 
 class ResultsSchemaError(KvinfoError):

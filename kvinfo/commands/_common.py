@@ -2,53 +2,19 @@
 
 One place adds the options to a parser (:func:`add_selection_arguments`,
 :func:`add_knn_arguments`), one place turns them into library arguments
-(:func:`selection_of`), and one context manager (:func:`flag_names`) rewrites a library
-error that names a parameter (``layers: 7 is out of range``, ``knn_k must be ...``) into
-one that names the command-line option (``--layers: ...``, ``--knn-k must be ...``).
+(:func:`selection_of`). A library error that names a parameter (``layers: 7 is out of
+range``, ``knn_k must be ...``) is reported with the option's name (``--layers: ...``,
+``--knn-k must be ...``) by :func:`kvinfo.cli.main`, the one place that maps them.
 """
 
 from __future__ import annotations
-
-import contextlib
-import re
-
-from ..errors import AnalysisInputError, SelectionError
 
 __all__ = [
     "add_selection_arguments",
     "add_knn_arguments",
     "selection_of",
     "check_knn_args",
-    "flag_names",
 ]
-
-#: library parameters that the commands expose as options of the same name
-_PARAMETERS = (
-    "layers", "kinds", "heads", "sequences", "knn_samples", "knn_k", "pervector_snr_db",
-    "top_tokens", "outlier_rms_ratio", "snr_db", "max_queries", "repeat", "histogram_bins",
-)
-_LEADING = re.compile(r"^({})\b".format("|".join(_PARAMETERS)))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-@contextlib.contextmanager
-def flag_names():
-    """Re-raise library errors that start with a parameter name with the option's name."""
-    try:
-        yield
-    except SelectionError as exc:
-        if exc.parameter is None:
-            raise
-        raise SelectionError(f"{_flag(exc.parameter)}: {exc.detail}") from None
-    except AnalysisInputError as exc:
-        msg = str(exc)
-        m = _LEADING.match(msg)
-        if m is None:
-            raise
-        raise type(exc)(_flag(m.group(1)) + msg[m.end():]) from None
 
 
 def add_selection_arguments(p, verb: str) -> None:
@@ -94,5 +60,4 @@ def check_knn_args(args) -> None:
     """The library's check of the kNN options, its errors naming the options."""
     from ..analysis import check_knn_options
 
-    with flag_names():
-        check_knn_options(args.knn_samples, args.knn_k, args.pervector_snr_db)
+    check_knn_options(args.knn_samples, args.knn_k, args.pervector_snr_db)

@@ -23,7 +23,7 @@ import numpy as np
 from ..cli import recorded_command
 from ..errors import AnalysisInputError
 from ..tables import SMALL_DATA_MARK, format_number
-from ._common import add_knn_arguments, add_selection_arguments, flag_names, selection_of
+from ._common import add_knn_arguments, add_selection_arguments, selection_of
 
 
 def add_arguments(p) -> None:
@@ -214,13 +214,12 @@ def print_analysis(doc: dict, *, per_slab: bool = False, table_snr_db: float | N
 
 def run_analysis(dump, selection, *, progress: bool, command=None, **options) -> dict:
     """:func:`kvinfo.analysis.analyze_dump` with its notes printed as one-line warnings and
-    its errors naming the options (shared by ``analyze`` and ``demo``)."""
+    (shared by ``analyze`` and ``demo``)."""
     from ..analysis import AnalysisWarning, analyze_dump
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AnalysisWarning)
-        with flag_names():
-            doc = analyze_dump(dump, selection, progress=progress, command=command, **options)
+        doc = analyze_dump(dump, selection, progress=progress, command=command, **options)
     print_notes(caught, "analyze")
     return doc
 

@@ -82,8 +82,9 @@ def run(args) -> int:
     from .._paths import check_output_file
     from ..bench import CodecSpec, add_quality, bench_dump, preset_codecs
     from ..errors import AnalysisInputError
-    from ._common import check_knn_args, flag_names, selection_of
-    from .eval import check_eval_options, parse_codec_args, read_text_file
+    from ..evaluate import check_eval_options
+    from ._common import check_knn_args, selection_of
+    from .eval import parse_codec_args, read_text_file
 
     specs = parse_codec_args(args.codec)
     presets = list(args.preset) or ([] if specs else ["standard"])
@@ -105,8 +106,7 @@ def run(args) -> int:
 
         for s in specs:
             CacheCodec(s)  # eval needs a codec for keys and values
-        check_eval_options(args.eval_prefix, args.eval_max_tokens,
-                           names=("--eval-prefix", "--eval-max-tokens"))
+        check_eval_options(args.eval_prefix, args.eval_max_tokens)
         if args.eval_text:
             text = read_text_file(args.eval_text)
     model = tok = name = None
@@ -115,14 +115,13 @@ def run(args) -> int:
 
         model, tok, name = load_model(args.model, dtype="float32")
 
-    with flag_names():
-        doc = bench_dump(
-            args.dump, specs, selection=selection_of(args), attention=args.attention,
-            max_queries=args.max_queries or None, knn_samples=args.knn_samples,
-            knn_k=args.knn_k, seed=args.seed, pervector_snr_db=args.pervector_snr_db,
-            repeat=args.repeat, use_gpu=not args.no_gpu, progress=not args.no_progress,
-            command=recorded_command(args), preset=",".join(presets) or None,
-        )
+    doc = bench_dump(
+        args.dump, specs, selection=selection_of(args), attention=args.attention,
+        max_queries=args.max_queries or None, knn_samples=args.knn_samples,
+        knn_k=args.knn_k, seed=args.seed, pervector_snr_db=args.pervector_snr_db,
+        repeat=args.repeat, use_gpu=not args.no_gpu, progress=not args.no_progress,
+        command=recorded_command(args), preset=",".join(presets) or None,
+    )
     if args.eval:
         from ..evaluate import evaluate
 

@@ -60,21 +60,18 @@ def run(args) -> int:
     from ..cli import command_for
     from ..dumps import Selection, check_index_list, open_dump
     from ..errors import AnalysisInputError, CaptureInputError
-    from ._common import flag_names
+    from ..evaluate import check_eval_options
     from .analyze import print_analysis, run_analysis
     from .bench import print_bench
-    from .eval import check_eval_options
 
     if args.max_tokens < 8:
         raise CaptureInputError(f"--max-tokens must be at least 8; got {args.max_tokens}")
     if args.knn_samples < 2:
         raise AnalysisInputError(f"--knn-samples must be at least 2; got {args.knn_samples}")
     if args.layers is not None:  # the syntax now; the range once the model is known
-        with flag_names():
-            check_index_list(args.layers, "layers")
+        check_index_list(args.layers, "layers")
     if not args.no_eval:
-        check_eval_options(args.eval_prefix, args.eval_max_tokens,
-                           names=("--eval-prefix", "--eval-max-tokens"))
+        check_eval_options(args.eval_prefix, args.eval_max_tokens)
     out = make_dirs(check_output_dir(args.output, "-o"), "-o")
     dump = out / "dump.h5"
     progress = not args.no_progress
@@ -122,9 +119,8 @@ def run(args) -> int:
 
         model, tok, name = load_model(args.model, dtype="float32")
     specs = preset_codecs("standard")
-    with flag_names():
-        bench = bench_dump(dump, specs, selection=selection, knn_samples=args.knn_samples,
-                           progress=progress, command=command, preset="standard")
+    bench = bench_dump(dump, specs, selection=selection, knn_samples=args.knn_samples,
+                       progress=progress, command=command, preset="standard")
     if do_eval:
         from ..evaluate import evaluate
 

@@ -99,24 +99,6 @@ def parse_codec_args(values: list[str]) -> list[dict]:
     return out
 
 
-def check_eval_options(prefix: int, max_tokens: int, block: int = 0,
-                       names=("--prefix", "--max-tokens")) -> None:
-    """:func:`kvinfo.evaluate.check_eval_options`, its errors naming the flags ``names``.
-
-    For commands whose flags for ``prefix`` and ``max_tokens`` are not ``--prefix`` and
-    ``--max-tokens`` (``kvinfo bench`` and ``demo``: ``--eval-prefix``, ``--eval-max-tokens``).
-    """
-    from ..evaluate import EvalInputError
-    from ..evaluate import check_eval_options as check
-
-    try:
-        check(prefix, max_tokens, block)
-    except EvalInputError as exc:
-        raise exc.renamed(
-            {"prefix": names[0], "max_tokens": names[1], "block": "--block"}
-        ) from None
-
-
 def read_text_file(path) -> str:
     """The UTF-8 text of ``path`` (--text, --eval-text), with one-line errors."""
     from pathlib import Path
@@ -299,7 +281,7 @@ def _run_prefix(args, specs) -> int:
     from .._paths import check_output_file
     from ..cli import recorded_command
     from ..dumps.capture import load_model
-    from ..evaluate import evaluate
+    from ..evaluate import check_eval_options, evaluate
     from ..results import write_results
 
     # validated once, by the library, before the model loads; errors are mapped to the flags

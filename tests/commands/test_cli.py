@@ -177,3 +177,32 @@ def test_library_errors_are_reported_with_each_commands_flags(argv, message):
     args = build_parser().parse_args(argv)
     assert str(_with_flags(info.value, args)) == message.replace(
         ", got 2", " to leave tokens to score, got 2")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["analyze", "{dump}", "--knn-k", "0"], "kvinfo analyze: error: --knn-k "),
+        (["analyze", "{dump}", "--layers", "99"], "kvinfo analyze: error: --layers: "),
+        (["bench", "{dump}", "--heads", "9"], "kvinfo bench: error: --heads: "),
+    ],
+)
+def test_analysis_errors_name_the_commands_flags(synthetic_dump, capsys, argv, expected):
+    """One mapper (kvinfo.cli.main) turns a library parameter into the command's option."""
+    from kvinfo.cli import main
+
+    rc = main([a.format(dump=synthetic_dump) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(expected), err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_analysis_error_renamed_only_for_a_leading_parameter():
+    from kvinfo.errors import AnalysisInputError, SelectionError
+
+    e = AnalysisInputError("knn_k must be at least 1, got 0")
+    assert str(e.renamed({"knn_k": "--knn-k"})) == "--knn-k must be at least 1, got 0"
+    assert e.renamed({"knn": "--knn"}) is e  # a prefix of a word is not a parameter
+    s = SelectionError("7 is out of range", "layers")
+    r = s.renamed({"layers": "--layers"})
+    assert str(r) == "--layers: 7 is out of range" and isinstance(r, SelectionError)
