@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "perplexity and next-token divergence with a compressed cache"),
     "sensitivity": ("sensitivity", "measure what an error in each KV slab costs the model"),
     "allocate": ("allocate", "choose a codec setting per (layer, kind, head) for a bit budget"),
+    "capacity": ("capacity", "largest batch x context per codec within a memory budget"),
     "report": ("report", "figures and a report page from results JSON files"),
     "convert": ("convert", "write a dump into a zarr store compressed with a kvinfo codec"),
     "demo": ("demo", "capture, analyze, bench, eval and report on the built-in defaults"),

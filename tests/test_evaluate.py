@@ -215,3 +215,70 @@ def test_kl_stays_readable_as_a_deprecated_alias():
     with pytest.warns(DeprecationWarning):
         res["model"] = "m"
     assert res.model == "m" and res.as_dict()["model"] == "m"
+
+
+# -- long context (evaluate_context) and the cache argument ---------------------------------
+def test_evaluate_context_segments_cis_and_lossless(tiny):
+    import warnings
+
+    from kvinfo.evaluate import bootstrap_ci, evaluate_context
+
+    model, tok, _ = tiny
+    text = TEXT * 6  # 1080 characters: 8 segments of 128 tokens
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecated cache argument (FutureWarning) either
+        res = evaluate_context(model, tok, [{"id": "lossless"}, {**U, "bits": 1}], text,
+                               context=128, min_scored_tokens=100, chunk=32)
+    assert res.num_segments == 2 and res.prefix == 64  # ceil(100 / 64) segments
+    assert res.num_scored_tokens == 2 * 64
+    lossless, one_bit = res.results
+    assert lossless.perplexity == res.baseline.perplexity and lossless.kl_nats_per_token == 0
+    assert lossless.perplexity_increase_ci == (0.0, 0.0)
+    lo, hi = one_bit.kl_ci
+    assert 0 < lo <= one_bit.kl_nats_per_token <= hi
+    lo, hi = res.baseline.perplexity_ci
+    assert lo <= res.baseline.perplexity <= hi
+    # the chunked lockstep scoring equals one segment scored by the prefix engine
+    one = evaluate(model, tok, [{**U, "bits": 1}], text, prefix=64, max_tokens=128)
+    seg0 = one_bit.segments
+    assert seg0.nll_sum[0] / 64 == pytest.approx(one.results[0].nll_nats_per_token, rel=1e-9)
+    doc = res.to_results()
+    assert {r["metrics"]["context"] for r in doc["records"]} == {128}
+    assert len(doc["settings"]["segments"]["codecs"]) == 2
+    assert bootstrap_ci(lambda i: 1.0, 1) != bootstrap_ci(lambda i: 1.0, 1)  # nan: one segment
+
+
+def test_context_longer_than_the_model_is_refused(tiny, tiny_model_dir, capsys):
+    from kvinfo.evaluate import evaluate_context
+
+    model, tok, _ = tiny
+    with pytest.raises(EvalInputError, match="longer than the model's maximum of 512"):
+        evaluate_context(model, tok, [{"id": "lossless"}], TEXT, context=1024)
+    with pytest.raises(EvalInputError, match="fewer than one segment"):
+        evaluate_context(model, tok, [{"id": "lossless"}], "short", context=256)
+    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"id":"lossless"}',
+               "--context", "4096"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--context of 4096 tokens is longer than the model's maximum" in err
+
+
+def test_eval_cli_context_and_needle(tiny_model_dir, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 4)
+    out = tmp_path / "ctx.json"
+    rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"id":"lossless"}',
+               "--text", str(text), "--context", "128", "--min-scored-tokens", "100",
+               "-o", str(out)])
+    shown = capsys.readouterr().out
+    assert rc == 0 and "95 % bootstrap CIs" in shown and "context 128" in shown
+    doc = load_results(out)
+    assert doc["settings"]["task"] == "perplexity" and doc["settings"]["num_segments"] == 2
+    rc = main(["eval", "--task", "needle", "--model", str(tiny_model_dir), "--codec",
+               '{"id":"lossless"}', "--text", str(text), "--context", "150", "--depths",
+               "0.5", "--trials", "1", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["task"] == "needle" and res["lengths"] == [150]
+    assert res["results"][0]["by_length"]["150"]["answer_logprob_change_nats"] == 0.0
+    rc = main(["eval", "--task", "needle", "--model", str(tiny_model_dir), "--codec",
+               '{"id":"lossless"}', "--depths", "2"])
+    assert rc == 2 and "--depths must be fractions" in capsys.readouterr().err

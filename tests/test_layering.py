@@ -36,6 +36,7 @@ LAYERS = {
     "tables": 0,  # table and number formatting
     "dumps": 1,
     "cluster": 1,  # where tasks run: in-process, a Dask LocalCluster or a scheduler
+    "corpus": 1,  # text corpora read from installed packages
     "analysis": 2,
     "codecs": 2,
     "remat": 2,  # rematerializing codecs (model-aware; import dumps and codecs)
@@ -45,6 +46,9 @@ LAYERS = {
     "bench": 3,
     "evaluate": 3,
     "allocation": 3,  # adaptive bit allocation (sensitivity, R-D curves, solver, plans)
+    "hf": 3,  # CompressedCache, a transformers cache
+    "needle": 3,  # needle retrieval through CompressedCache
+    "capacity": 3,  # batch x context within a memory budget
     "testing": 3,  # the reusable codec contract (kvinfo.testing)
     "report": 4,
     "commands": 5,

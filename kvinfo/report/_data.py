@@ -29,6 +29,8 @@ class ReportData:
     baseline: dict | None = None
     codecs: dict = field(default_factory=dict)  # key -> config, in first-seen order
     dump_source: dict | None = None
+    # hf (issue 18): eval documents of the needle task, drawn by report.needle
+    needle_docs: list[dict] = field(default_factory=list)
 
     def label(self, codec: dict) -> str:
         return codec_label(codec)
@@ -112,6 +114,10 @@ def gather(docs: list[tuple[str, dict]]) -> ReportData:
                 seen.add(k)
                 data.bench.append(r)
         elif tool == "eval":
+            # hf (issue 18): needle records have no perplexity; report.needle draws them
+            if doc.get("settings", {}).get("task") == "needle":
+                data.needle_docs.append(doc)
+                continue
             for r in doc["records"]:
                 if r["scope"] != "run":
                     continue
