@@ -25,9 +25,10 @@ decode throughput in M symbols/s of the full codec (``encode``/``decode`` includ
 histogram, table building, validation and CRCs), median of ``--repeats`` after warm-up,
 with the ratio to ``constriction-ans`` measured in the same run.
 A second table compares the bare coders: ``kvinfo.kernels.cpu.rans_encode/decode``
-with a prepared table against ``constriction.stream.stack.AnsCoder.encode_reverse``/
-``decode`` with a prepared model, same symbols, single thread, then kvinfo's rans with
-all threads (``numba.get_num_threads()`` at start).
+(the decoder builds its slot tables itself) against
+``constriction.stream.stack.AnsCoder.encode_reverse``/``decode`` with a prepared model,
+same symbols, single thread, then kvinfo's rans with all threads
+(``numba.get_num_threads()`` at start).
 """
 
 from __future__ import annotations
@@ -119,12 +120,14 @@ def best_time(fn, repeats):
     return float(np.median(times)), out
 
 
-def codec_table(srcs, repeats, threads_all):
+def codec_table(srcs, repeats, threads_all, emit=print):
     lines = ["| source | coder | bits/sym | vs H0 | side bits/sym | enc M/s (1 thr) | "
              f"dec M/s (1 thr) | enc / dec vs constriction-ans (1 thr) | enc M/s ({threads_all}"
              f" thr) | dec M/s ({threads_all} thr) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    emit("\n".join(lines))
     for name, x, _ in srcs:
+        start = len(lines)
         counts = np.unique(x, return_counts=True)[1]
         h0 = entropy_bits(counts) / x.size
         lines.append(f"| {name} | order-0 entropy H0 | {h0:.4f} | | | | | | | |")
@@ -155,14 +158,16 @@ def codec_table(srcs, repeats, threads_all):
                 f"{r['side_bits_per_element']:.4f} | {x.size / res[1][0] / 1e6:.1f} | "
                 f"{x.size / res[1][1] / 1e6:.1f} | {ratio} | {par} |"
             )
+        emit("\n".join(lines[start:]))
     return lines
 
 
-def coder_table(srcs, repeats, threads_all):
+def coder_table(srcs, repeats, threads_all, emit=print):
     lines = ["| source | constriction enc M/s | constriction dec M/s | rans enc M/s (1 thr) | "
              f"rans dec M/s (1 thr) | enc ratio | dec ratio | rans enc M/s ({threads_all} thr)"
              f" | rans dec M/s ({threads_all} thr) |",
              "|---|---|---|---|---|---|---|---|---|"]
+    emit("\n".join(lines))
     for name, x, _ in srcs:
         flat = x.reshape(-1)
         if flat.dtype != np.uint8:
@@ -182,7 +187,6 @@ def coder_table(srcs, repeats, threads_all):
                            constriction.stream.stack.AnsCoder(w).decode(m, k), repeats)
         assert np.array_equal(cy, sym32)
         f = tables.frequencies
-        table = cpu.rans_decode_table(f, 12)
         out = np.empty_like(flat)
         res = {}
         for thr in (1, threads_all):
@@ -190,8 +194,8 @@ def coder_table(srcs, repeats, threads_all):
             re_, (w, nw, st) = best_time(
                 lambda fl=flat, c=counts, f=f: cpu.rans_encode(fl, 0, f, 12, 1 << 16, counts=c),
                 repeats)
-            rd, _ = best_time(lambda w=w, nw=nw, st=st, f=f, o=out, t=table: cpu.rans_decode(
-                w, nw, st, f, 12, 1 << 16, 0, 1, o, table=t), repeats)
+            rd, _ = best_time(lambda w=w, nw=nw, st=st, f=f, o=out: cpu.rans_decode(
+                w, nw, st, f, 12, 1 << 16, 0, 1, o), repeats)
             assert np.array_equal(out, flat)
             res[thr] = (re_, rd)
         numba.set_num_threads(threads_all)
@@ -201,6 +205,7 @@ def coder_table(srcs, repeats, threads_all):
             f"| {ce / res[1][0]:.2f}x | {cd / res[1][1]:.2f}x | {m / res[threads_all][0]:.1f} | "
             f"{m / res[threads_all][1]:.1f} |"
         )
+        emit(lines[-1])
     return lines
 
 
@@ -221,10 +226,13 @@ def main(argv=None) -> int:
           f"load average {os.getloadavg()[0]:.2f}")
     for name, x, note in srcs:
         print(f"source {name}: {x.size} symbols, shape {x.shape}, {note}")
-    print("\nFull codecs (rate includes every byte of the stream):\n")
-    print("\n".join(codec_table(srcs, args.repeats, threads_all)))
-    print("\nBare rANS coder vs constriction AnsCoder (same symbols, same 12-bit table):\n")
-    print("\n".join(coder_table(srcs, args.repeats, threads_all)))
+    def emit(text):
+        print(text, flush=True)
+
+    emit("\nFull codecs (rate includes every byte of the stream):\n")
+    codec_table(srcs, args.repeats, threads_all, emit)
+    emit("\nBare rANS coder vs constriction AnsCoder (same symbols, same 12-bit table):\n")
+    coder_table(srcs, args.repeats, threads_all, emit)
     return 0
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "UnknownCodecError",
     "CodecConfigError",
     "CorruptStreamError",
+    "ModelMismatchError",
     "AnalysisInputError",
     "SelectionError",
     "ResultsSchemaError",
@@ -84,6 +85,11 @@ class CodecConfigError(KvinfoError):
 
 class CorruptStreamError(KvinfoError):
     """An encoded stream is damaged: truncated, altered, or not a kvinfo stream."""
+
+
+class ModelMismatchError(KvinfoError):
+    """A rematerializing stream (``kvinfo.remat``) was made with other model weights than
+    the model given to decode it: its K and V would be silently wrong, so it is refused."""
 
 
 class AnalysisInputError(KvinfoError):

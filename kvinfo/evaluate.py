@@ -27,6 +27,7 @@ the quality records (:meth:`EvalResult.records`, the one place they are built).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import remat as _remat
 from .codecs.spec import KINDS, KVCodecSpec
 from .errors import CodecConfigError, EvalInputError
 
@@ -80,6 +82,12 @@ def eval_codec_specs(codecs: Sequence[dict | KVCodecSpec]) -> list[KVCodecSpec]:
         raise CodecConfigError("codecs must be a sequence of codec specs, not one spec")
     out = []
     for c in codecs:
+        # -- remat hook (issue 17): rematerializing codecs are validated by kvinfo.remat --
+        if _remat.is_remat_spec(c):
+            _remat.get_remat_codec(c)
+            out.append(c)
+            continue
+        # -- end remat hook --
         if isinstance(c, KVCodecSpec):
             missing = [k for k in KINDS if k not in c.codecs]
             if missing:
@@ -106,6 +114,7 @@ class CacheCodec:
         self.num_elements = 0
         self.bits_by_kind = {"keys": 0, "values": 0}
         self.elements_by_kind = {"keys": 0, "values": 0}
+        self.num_tokens = 0  # cached tokens compressed (bits_per_token, issue 17)
 
     def roundtrip(self, tensor, kind: str, layer: int | None = None, start: int = 0):
         """``decode(encode(tensor))`` for a torch tensor (batch 1), counting the bits.
@@ -145,6 +154,8 @@ class CacheCodec:
     def apply(self, cache, start: int = 0) -> None:
         """Send tokens ``[start, end)`` of every layer of a transformers cache through the codec."""
         for i, layer in enumerate(_layers(cache)):
+            if i == 0:
+                self.num_tokens += int(layer.keys.shape[2]) - start
             for kind, attr in (("keys", "keys"), ("values", "values")):
                 t = getattr(layer, attr)
                 new = self.roundtrip(t[:, :, start:], kind, i, start)
@@ -153,6 +164,12 @@ class CacheCodec:
     @property
     def bits_per_element(self) -> float:
         return self.total_bits / self.num_elements if self.num_elements else float("nan")
+
+    @property
+    def bits_per_token(self) -> float:
+        """Stored bits per cached token, all layers and both kinds (side information
+        included)."""
+        return self.total_bits / self.num_tokens if self.num_tokens else float("nan")
 
 
 def _cat(a, b):
@@ -223,7 +240,10 @@ class QualityResult:
     top1_agreement : float
         Fraction of scored positions whose most likely token is the baseline's.
     bits_per_element, bits_per_element_keys, bits_per_element_values : float or None
-        The compressed cache's rate, side information included (None for the baseline).
+        The compressed cache's rate, side information included (None for the baseline;
+        the per-kind rates are None for a codec that codes both kinds in one stream).
+    bits_per_token : float or None
+        The stored bits per cached token, all layers (None for the baseline).
     extra : dict
         Further metrics (``perplexity_increase_pct``).
     """
@@ -236,6 +256,7 @@ class QualityResult:
     bits_per_element: float | None = None
     bits_per_element_keys: float | None = None
     bits_per_element_values: float | None = None
+    bits_per_token: float | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -256,13 +277,15 @@ class QualityResult:
             "bits_per_element": self.bits_per_element,
             "bits_per_element_keys": self.bits_per_element_keys,
             "bits_per_element_values": self.bits_per_element_values,
+            "bits_per_token": self.bits_per_token,
             "perplexity": self.perplexity,
             "nll_nats_per_token": self.nll_nats_per_token,
             "kl_nats_per_token": self.kl_nats_per_token,
             "top1_agreement": self.top1_agreement,
         }
         if self.codec is None:
-            for k in ("bits_per_element", "bits_per_element_keys", "bits_per_element_values"):
+            for k in ("bits_per_element", "bits_per_element_keys", "bits_per_element_values",
+                      "bits_per_token"):
                 d.pop(k)
         d.update(self.extra)
         return d
@@ -406,7 +429,11 @@ def _score(model, ids, prefix: int, block: int, cache_codec: CacheCodec | None):
     from .dumps.capture import output_cache
 
     arg = _cache_argument(model)
-    with torch.no_grad():
+    # -- remat hook (issue 17): a rematerializing codec watches the prefill --
+    watch = getattr(cache_codec, "watch", None)
+    watching = watch(model, ids[:, :prefix]) if watch else contextlib.nullcontext()
+    # -- end remat hook --
+    with torch.no_grad(), watching:
         out = model(ids[:, :prefix], use_cache=True)
         cache = output_cache(out)
         first = out.logits[0, -1:].double()
@@ -482,7 +509,10 @@ def evaluate(
         text = default_text()
     if not isinstance(text, str):
         raise EvalInputError.about("{text} must be a string, got {t}", t=type(text).__name__)
-    cache_codecs = [CacheCodec(s) for s in specs]
+    # -- remat hook (issue 17) --
+    cache_codecs = [_remat.RematCacheCodec(s, block) if _remat.is_remat_spec(s) else CacheCodec(s)
+                    for s in specs]
+    # -- end remat hook --
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_tokens]
     n = ids.shape[1]
     if n <= prefix:
@@ -513,11 +543,13 @@ def evaluate(
                 kl_nats_per_token=max(kl, 0.0),
                 top1_agreement=(logp.argmax(-1) == base_top1).double().mean().item(),
                 bits_per_element=cc.bits_per_element,
+                bits_per_token=cc.bits_per_token,
                 bits_per_element_keys=cc.bits_by_kind["keys"] / be["keys"] if be["keys"] else None,
                 bits_per_element_values=(
                     cc.bits_by_kind["values"] / be["values"] if be["values"] else None
                 ),
-                extra={"perplexity_increase_pct": 100 * (math.exp(nll - base_nll) - 1)},
+                extra={"perplexity_increase_pct": 100 * (math.exp(nll - base_nll) - 1),
+                       **(cc.extra() if hasattr(cc, "extra") else {})},  # remat hook
             )
         )
     baseline = QualityResult(codec=None, perplexity=math.exp(base_nll), nll_nats_per_token=base_nll)

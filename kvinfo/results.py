@@ -131,6 +131,10 @@ def normalize_codec(codec: dict) -> dict:
     ...      "values": {"id": "uniform", "bits": 4, "coder": {"id": "rans"}}})
     True
     """
+    from . import remat  # rematerializing codecs (issue 17) are not KV codecs
+
+    if remat.is_remat_spec(codec):
+        return remat.normalize_remat_spec(codec)
     key = json.dumps(codec, sort_keys=True, default=repr)
     cached = _NORMALIZED.get(key)
     if cached is None:

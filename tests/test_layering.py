@@ -38,6 +38,7 @@ LAYERS = {
     "cluster": 1,  # where tasks run: in-process, a Dask LocalCluster or a scheduler
     "analysis": 2,
     "codecs": 2,
+    "remat": 2,  # rematerializing codecs (model-aware; import dumps and codecs)
     "kernels": 2,
     "results": 2,  # the one results schema
     "storage": 2,  # numcodecs / zarr codecs and dump conversion (over dumps and codecs)

@@ -85,6 +85,13 @@ from .distortion import (
     snr_db,
 )
 from .engine import aggregate_slab_metrics, analyze_dump
+from .gap import (
+    HIGH_RATE_ECSQ_LOSS_BITS,
+    allocation_loss,
+    ecsq_gaussian_rate,
+    gaussian_multi_information,
+    scalar_quantizer_loss,
+)
 from .multi import analyze_dumps
 
 __all__ = [
@@ -106,6 +113,11 @@ __all__ = [
     "attention_metric_eigenvalues",
     "attention_weighting",
     "query_second_moment",
+    "ecsq_gaussian_rate",
+    "scalar_quantizer_loss",
+    "allocation_loss",
+    "gaussian_multi_information",
+    "HIGH_RATE_ECSQ_LOSS_BITS",
     "LOWER_MODELS",
     "entropy_lower_estimate",
     "entropy_marginals_lower",

@@ -50,12 +50,12 @@ from __future__ import annotations
 from ..codecs.labels import codec_family, codec_label
 from ._aggregate import aggregate_codec_metrics
 from ._engine import bench_dump
-from ._measure import measure_codec, symbol_entropy
+from ._measure import GAP_TERMS, gap_decomposition, measure_codec, symbol_entropy
 from ._presets import PRESETS, preset_codecs
 from ._quality import add_quality
 from ._reference import SlabReference
 from ._spec import CodecSpec
-from ._table import format_table
+from ._table import format_gap_table, format_table
 from ._timing import GpuTimer
 from .multi import bench_dumps
 
@@ -67,6 +67,8 @@ __all__ = [
     "codec_family",
     "symbol_entropy",
     "measure_codec",
+    "gap_decomposition",
+    "GAP_TERMS",
     "SlabReference",
     "GpuTimer",
     "aggregate_codec_metrics",
@@ -74,4 +76,5 @@ __all__ = [
     "bench_dumps",
     "add_quality",
     "format_table",
+    "format_gap_table",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..analysis import aggregate_metrics, is_defined
 from ..analysis.aggregate import null_reasons
-from ._measure import pct
+from ._measure import GAP_TERMS, pct
 
 __all__ = ["aggregate_codec_metrics"]
 
@@ -47,11 +47,13 @@ _WEIGHTED = (
     "attention_kl_nats",
     "attention_top1_agreement",
     "attention_output_relative_error",
+    "attention_logit_mse_pooled",
+    "rd_gaussian_attention_bits_per_element",
 )
 _GAPS = tuple(
     f"gap_to_{name}_bits_per_element"
-    for name in ("rd_gaussian", "slb_estimate", "own_symbols_entropy")
-)
+    for name in ("rd_gaussian", "slb_estimate", "own_symbols_entropy", "rd_gaussian_attention")
+) + GAP_TERMS
 #: (numerator metric, scale, seconds metric, throughput metric)
 _THROUGHPUTS = (
     ("input_bytes", 1e6, "encode_seconds", "encode_mbytes_per_s"),
@@ -86,6 +88,8 @@ def aggregate_codec_metrics(slabs: Sequence[dict]) -> dict:
     out["own_symbols_entropy_is_bound"] = all(
         bool(s.get("own_symbols_entropy_is_bound")) for s in slabs
     )
+    used = {s.get("gap_coder_model") for s in slabs} - {None}
+    out["gap_coder_model"] = (next(iter(used)) if len(used) == 1 else "mixed") if used else None
     out["max_abs_error"] = max(s.get("max_abs_error", 0.0) for s in slabs)
     if out.get("coder_overhead_bits_per_element") is not None:
         h = out["coded_blob_bits_per_element"] - out["coder_overhead_bits_per_element"]
@@ -98,6 +102,12 @@ def aggregate_codec_metrics(slabs: Sequence[dict]) -> dict:
         gap = out.get(f"gap_to_{name}_bits_per_element")
         if gap is not None or bound in out:
             out[f"gap_to_{name}_pct"] = pct(gap, out.get(bound))
+    # the decomposition's terms are defined on the same slabs as the gap to R_G (all or
+    # none): the residual is recomputed so that the aggregated terms add up exactly
+    total = out.get("gap_to_rd_gaussian_bits_per_element")
+    named = [out.get(k) for k in GAP_TERMS[:-1]]
+    if total is not None and all(v is not None for v in named):
+        out["gap_residual_bits_per_element"] = total - sum(named)
     for num, scale, sec, name in _THROUGHPUTS:
         timed = [s for s in slabs if sec in s]
         if not timed:

@@ -16,7 +16,22 @@ import numpy as np
 from ._reference import BOUND_METRICS, SlabReference
 from ._timing import GpuTimer, best_time
 
-__all__ = ["symbol_entropy", "measure_codec", "gaps", "throughputs", "pct"]
+__all__ = [
+    "symbol_entropy", "measure_codec", "gaps", "gap_decomposition", "throughputs", "pct",
+    "GAP_TERMS",
+]
+
+#: the named terms of ``bits - R_G(D)`` (``docs/analysis.md``, "Gap decomposition"), in the
+#: order they are stacked; they add up to ``gap_to_rd_gaussian_bits_per_element``
+GAP_TERMS = (
+    "gap_side_information_bits_per_element",
+    "gap_coder_overhead_bits_per_element",
+    "gap_modelling_bits_per_element",
+    "gap_decorrelation_bits_per_element",
+    "gap_allocation_bits_per_element",
+    "gap_scalar_quantizer_bits_per_element",
+    "gap_residual_bits_per_element",
+)
 
 
 def symbol_entropy(symbols: np.ndarray) -> tuple[float, float]:
@@ -96,6 +111,7 @@ def measure_codec(
     and ``max_queries``.
     """
     from ..analysis import attention_output_error, attention_score_errors
+    from ..analysis.gap import allocation_loss, gaussian_multi_information
     from ..codecs.abc import Codec
     from ..codecs.quant import CODED, parse_stream
 
@@ -137,6 +153,17 @@ def measure_codec(
     t_cenc = 0.0
     gpu_coder_t = 0.0
     gpu_coder_ok = gpu is not None and gpu.available
+    mi_bits = 0.0  # Gaussian multi-information of the symbols, bits (decorrelation loss)
+    mi_missing = False
+    # the model the coder actually used (per_channel="auto" picks pooled or per-channel
+    # tables per stream: it picked pooled iff its stream is the pooled coder's stream)
+    h_used_bits = 0.0
+    used_models: set = set()
+    pooled_twin = None
+    if coder_cfg.get("per_channel") == "auto":
+        from ..codecs import get_codec
+
+        pooled_twin = get_codec({**coder_cfg, "per_channel": False})
     for sec in parsed.sections:
         if sec.kind != CODED:
             continue
@@ -148,6 +175,16 @@ def measure_codec(
         h_pooled_bits += hp * sym.size
         h_chan_bits += hc * sym.size
         h_bits += (hc if model == "per_channel" else hp) * sym.size
+        used = model
+        if pooled_twin is not None:
+            used = "pooled" if pooled_twin.encode(sym) == bytes(sec.data) else "per_channel"
+        used_models.add(used)
+        h_used_bits += (hc if used == "per_channel" else hp) * sym.size
+        mi = gaussian_multi_information(sym) if sym.size else 0.0
+        if mi is None:
+            mi_missing = True
+        else:
+            mi_bits += mi * sym.size
         coded_payload_bits += (
             int(coder.rate(sec.data)["symbol_bits"]) if coder_rate else 8 * len(sec.data)
         )
@@ -178,11 +215,29 @@ def measure_codec(
     b = reference.bounds(mse) if mse > 0 else dict.fromkeys(BOUND_METRICS)
     m.update(b)
     gaps(m)
+    m["gap_coder_model"] = (
+        next(iter(used_models)) if len(used_models) == 1 else ("mixed" if used_models else None)
+    )
+    m.update(gap_decomposition(
+        m, coder_model_entropy_bits_per_element=(h_used_bits + raw_bits) / n,
+        per_channel_entropy_bits_per_element=(h_chan_bits + raw_bits) / n,
+        decorrelation_bits_per_element=None if mi_missing else mi_bits / n,
+        eigenvalues=reference.eigenvalues,
+        allocation_bits_per_element=None if reference.eigenvalues is None or mse <= 0
+        else allocation_loss(reference.eigenvalues, reference.eigenvectors, x64 - y64),
+    ))
+    if mse > 0 and reference.eigenvalues is not None and mi_missing:
+        m.setdefault("notes", []).append(
+            "gap decomposition: the decorrelation loss of these symbols could not be estimated "
+            "(too few rows or too many channels); it is counted in the residual"
+        )
     if mse > 0 and reference.reason is not None:
         reasons = {k: reference.reason for k in BOUND_METRICS}
         for name in ("rd_gaussian", "slb_estimate"):
             for unit in ("bits_per_element", "pct"):
                 reasons[f"gap_to_{name}_{unit}"] = reference.reason
+        for name in GAP_TERMS:
+            reasons[name] = reference.reason
         m["null_reasons"] = reasons
         m.setdefault("notes", []).append(f"bounds null: {reference.reason}")
     # ---- throughput ------------------------------------------------------------------
@@ -211,6 +266,10 @@ def measure_codec(
             m["attention_kl_nats"] = r["kl_nats"]
             m["attention_top1_agreement"] = r["top1_agreement"]
             m["attention_num_queries"] = r["num_queries"]
+            m.update(_attention_bound(q, x64, y64, reference.covariance))
+            m["gap_to_rd_gaussian_attention_bits_per_element"] = _sub(
+                m["bits_per_element"], m["rd_gaussian_attention_bits_per_element"]
+            )
         else:
             r = attention_output_error(
                 q, attention["keys"], x64, y64, sequences=seqs, max_queries=mq
@@ -218,6 +277,78 @@ def measure_codec(
             m["attention_output_relative_error"] = r["relative_error"]
             m["attention_num_queries"] = r["num_queries"]
     return m
+
+
+def _attention_bound(q: np.ndarray, x64: np.ndarray, y64: np.ndarray, cov) -> dict:
+    """The keys' pooled logit error and the Gaussian R(D) of keys in the attention metric."""
+    from ..analysis import query_second_moment, rd_gaussian_attention
+
+    d = x64.shape[-1]
+    mq = query_second_moment(q)
+    e = (x64 - y64).reshape(-1, d)
+    scale = 1.0 / math.sqrt(d)
+    pooled = float(scale * scale * np.mean(np.einsum("ti,ij,tj->t", e, mq, e)))
+    out = {"attention_logit_mse_pooled": pooled, "rd_gaussian_attention_bits_per_element": None}
+    if cov is not None and pooled > 0:
+        bound = float(rd_gaussian_attention(cov, mq, pooled, scale=scale))
+        out["rd_gaussian_attention_bits_per_element"] = bound
+    return out
+
+
+def gap_decomposition(
+    m: dict, *, coder_model_entropy_bits_per_element: float | None = None,
+    per_channel_entropy_bits_per_element: float,
+    decorrelation_bits_per_element: float | None, eigenvalues,
+    allocation_bits_per_element: float | None = None,
+) -> dict:
+    """The named terms of ``bits - R_G(D)`` for one record (formulas: ``docs/analysis.md``).
+
+    ``m`` holds the record's rates (``bits_per_element``, ``side_bits_per_element``,
+    ``symbol_bits_per_element``), ``own_symbols_entropy_bits_per_element``,
+    ``mse_per_element`` and ``gap_to_rd_gaussian_bits_per_element``;
+    ``coder_model_entropy_bits_per_element`` is the ideal code length of the symbols under
+    the model the coder used (pooled or per-channel tables, as it chose; literal bits
+    included; default ``own_symbols_entropy_bits_per_element``),
+    ``per_channel_entropy_bits_per_element`` is the same ideal code length with one order-0
+    table per channel, ``decorrelation_bits_per_element`` the symbols' Gaussian
+    multi-information (None: not estimable, counted in the residual), ``eigenvalues`` the
+    slab's covariance eigenvalues, ``allocation_bits_per_element`` the distortion-allocation
+    loss of the codec's error (:func:`kvinfo.analysis.gap.allocation_loss`; None: 0). All
+    terms are None when the gap is. The residual is the total minus the named terms, so the
+    terms add up to the total exactly.
+
+    Examples
+    --------
+    >>> m = {"bits_per_element": 3.0, "side_bits_per_element": 0.25,
+    ...      "symbol_bits_per_element": 2.75, "own_symbols_entropy_bits_per_element": 2.7,
+    ...      "mse_per_element": 1e-3, "gap_to_rd_gaussian_bits_per_element": 0.6}
+    >>> t = gap_decomposition(m, per_channel_entropy_bits_per_element=2.6,
+    ...                       decorrelation_bits_per_element=0.05, eigenvalues=[1.0])
+    >>> [round(t[k], 3) for k in GAP_TERMS]
+    [0.25, 0.05, 0.1, 0.05, 0.0, 0.255, -0.105]
+    >>> abs(sum(t[k] for k in GAP_TERMS) - 0.6) < 1e-12
+    True
+    """
+    from ..analysis.gap import scalar_quantizer_loss
+
+    total = m.get("gap_to_rd_gaussian_bits_per_element")
+    if total is None or eigenvalues is None or not math.isfinite(total):
+        return dict.fromkeys(GAP_TERMS)
+    own = coder_model_entropy_bits_per_element
+    if own is None:
+        own = m["own_symbols_entropy_bits_per_element"]
+    terms = {
+        "gap_side_information_bits_per_element": float(m["side_bits_per_element"]),
+        "gap_coder_overhead_bits_per_element": float(m["symbol_bits_per_element"] - own),
+        "gap_modelling_bits_per_element": float(own - per_channel_entropy_bits_per_element),
+        "gap_decorrelation_bits_per_element": float(decorrelation_bits_per_element or 0.0),
+        "gap_allocation_bits_per_element": float(allocation_bits_per_element or 0.0),
+        "gap_scalar_quantizer_bits_per_element": float(
+            scalar_quantizer_loss(eigenvalues, m["mse_per_element"])
+        ),
+    }
+    terms["gap_residual_bits_per_element"] = float(total) - sum(terms.values())
+    return terms
 
 
 def gaps(m: dict) -> None:

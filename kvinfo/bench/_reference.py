@@ -45,9 +45,12 @@ class SlabReference:
         )
         if g is None:
             self.eigenvalues = self.sorted_variance = None
+            self.eigenvectors = self.covariance = None
             self.h_slb = None
             return
         self.eigenvalues = g.eigenvalues
+        self.eigenvectors = g.eigenvectors
+        self.covariance = g.covariance
         self.sorted_variance = np.sort(g.channel_variance)
         h_knn = m.get("h_knn_estimate_bits_per_element")
         h_g = g.h_gaussian_bits_per_element

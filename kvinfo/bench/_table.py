@@ -7,7 +7,43 @@ import json
 from ..codecs.labels import codec_label
 from ..tables import SMALL_DATA_MARK, format_number, truncate
 
-__all__ = ["format_table"]
+__all__ = ["format_table", "format_gap_table"]
+
+#: (metric, column header) of the gap-decomposition table
+_GAP_COLUMNS = (
+    ("gap_to_rd_gaussian_bits_per_element", "gapR_G"),
+    ("gap_side_information_bits_per_element", "side"),
+    ("gap_coder_overhead_bits_per_element", "coder"),
+    ("gap_modelling_bits_per_element", "model"),
+    ("gap_decorrelation_bits_per_element", "decor"),
+    ("gap_allocation_bits_per_element", "alloc"),
+    ("gap_scalar_quantizer_bits_per_element", "scalQ"),
+    ("gap_residual_bits_per_element", "resid"),
+)
+
+
+def format_gap_table(doc: dict, scopes=("kind", "overall")) -> str | None:
+    """The gap to the Gaussian R(D) split into its named terms (docs/analysis.md section 7),
+    one row per aggregate codec record; None when no record has the terms."""
+    rows = [r for r in doc["records"] if r["scope"] in scopes and r["codec"] is not None
+            and r["metrics"].get("gap_residual_bits_per_element") is not None]
+    if not rows:
+        return None
+    width = min(max([len(codec_label(r["codec"])) for r in rows] + [10]), 44)
+    head = f"{'codec':<{width}} {'kind':<6} " + " ".join(f"{h:>6}" for _, h in _GAP_COLUMNS)
+    lines = [
+        "gap to R_G (bits - Gaussian R(D), bits per element) = side information + coder "
+        "overhead + modelling (pooled tables) + decorrelation + distortion allocation + scalar "
+        "quantizer + residual (docs/analysis.md section 7)",
+        head,
+        "-" * len(head),
+    ]
+    for r in rows:
+        m = r["metrics"]
+        cells = " ".join(_cell(m, k, 6, 3) for k, _ in _GAP_COLUMNS)
+        lines.append(f"{truncate(codec_label(r['codec']), width):<{width}} "
+                     f"{(r['kind'] or 'all'):<6} {cells}")
+    return "\n".join(lines)
 
 
 def _cell(m: dict, key: str, width: int, prec: int) -> str:
@@ -69,6 +105,9 @@ def format_table(doc: dict, scopes=("kind", "overall")) -> str:
             f"{SMALL_DATA_MARK}: bound null, the slabs have no more vectors than dimensions (the "
             "reason is in the JSON's null_reasons); aggregates use the slabs where it is defined"
         )
+    gap = format_gap_table(doc, scopes)
+    if gap:
+        lines += ["", gap, ""]
     gpu = doc["settings"].get("gpu", {})
     if gpu.get("available"):
         lines.append(f"GPU decode timed on {gpu.get('device')} (see gpu_* metrics in the JSON)")

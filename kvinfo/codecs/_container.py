@@ -598,11 +598,23 @@ class ContainerCoder(Codec):
 
     Their rate split is the same: the ``payload`` section is symbol bits, everything else
     (header, meta JSON, model tables, chunk index, lane states, checksums) is side
-    information.
+    information. The split also records the model the encoder chose: ``model_bits`` (the
+    bits of its tables or code lengths, part of the side bits; 0 for an adaptive model)
+    and ``num_tables`` (1 for one pooled table, the channel count for per-channel
+    tables; for ``arith`` its number of adaptive contexts per tree level,
+    channels times previous-symbol classes).
     """
 
     def rate(self, data) -> RateBreakdown:
         c = unpack(data, self.codec_id)
-        return RateBreakdown.from_bits(
+        r = RateBreakdown.from_bits(
             8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
         )
+        model = c.sections.get("tables", c.sections.get("lengths", b""))
+        r["model_bits"] = 8 * len(model)
+        p = c.params
+        if "num_tables" in p:
+            r["num_tables"] = int(p["num_tables"])
+        elif "num_channel_contexts" in p:
+            r["num_tables"] = int(p["num_channel_contexts"]) << int(p.get("prev_bits", 0))
+        return r

@@ -59,6 +59,8 @@ def codec_label(config: dict) -> str:
         return f"turbo {config.get('bits')}b{extra} +{coder}"
     if cid == "lossless":
         return f"lossless +{coder}"
+    if cid == "klt":  # klt (issue 15): its rate parameter is snr_db
+        return f"klt {config.get('snr_db', 20):g}dB {_klt_traits(config)}+{coder}"
     rest = {k: v for k, v in config.items() if k not in ("id", "coder")}
     return f"{cid} {json.dumps(rest, separators=(',', ':'))} +{coder}"
 
@@ -76,4 +78,24 @@ def codec_family(config: dict) -> str:
         return f"turbo +{coder}"
     if cid == "per-kind":
         return codec_label(config)
+    if cid == "klt":
+        return f"klt {_klt_traits(config)}+{coder}"
     return f"{cid} +{coder}"
+
+
+def _klt_traits(config: dict) -> str:
+    """``cal``/``in-stream`` and the klt options that differ from the defaults."""
+    out = ["cal" if config.get("basis") else "in-stream"]
+    if config.get("rope_theta"):
+        out.append("preRoPE")
+    if config.get("metric") == "attention":
+        out.append("att")
+    if config.get("sink_tokens"):
+        out.append(f"s{config['sink_tokens']}")
+    if config.get("recent_tokens"):
+        out.append(f"r{config['recent_tokens']}")
+    if config.get("predict") == "none":
+        out.append("nopred")
+    if config.get("basis") and config.get("rotations") == 0:
+        out.append("rot0")
+    return " ".join(out) + " "

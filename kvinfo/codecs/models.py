@@ -191,8 +191,9 @@ def decode_uints(buf: bytes, pos: int, end: int, out: np.ndarray, max_value: int
     return pos
 
 
-def _eg_lengths(v: np.ndarray, k: int) -> np.ndarray:
-    """Bits of the exp-Golomb-``k`` codes of non-negative ints ``v``."""
+def _eg_lengths(v: np.ndarray, k) -> np.ndarray:
+    """Bits of the exp-Golomb-``k`` codes of non-negative ints ``v`` (``k`` an int or an
+    array like ``v``)."""
     u = v.astype(np.int64) + (1 << k)
     nb = np.floor(np.log2(u)).astype(np.int64)
     nb += (u >> (nb + 1)) > 0  # guard float rounding
@@ -207,26 +208,30 @@ def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
     ``EG0(m - 1)`` for the ``m`` used symbols, then for each used symbol ``EG0(gap)``
     (unused symbols skipped since the previous used one) and ``EGk(f - 1)``. The whole
     table is zero-padded to a byte. ``EGk(v)``: with ``u = v + 2**k`` of ``b + 1`` bits,
-    ``b - k`` zero bits then ``u``.
+    ``b - k`` zero bits then ``u``. (All rows at once; every row has a used symbol.)
     """
-    codes, lens = [], []
-    for row in np.atleast_2d(np.asarray(frequencies, dtype=np.int64)):
-        used = np.flatnonzero(row)
-        f = row[used] - 1
-        gaps = np.diff(np.concatenate(([-1], used))) - 1
-        ks = np.arange(16)[:, None]
-        u = f[None, :] + (1 << ks)
-        best = int(np.argmin((2 * (np.frexp(u)[1] - 1) - ks + 1).sum(axis=1)))
-        codes += [np.array([best]), np.array([used.size])]  # k; EG0(m - 1) has u = m
-        lens += [np.array([4]), _eg_lengths(np.array([used.size - 1]), 0)]
-        inter_c = np.empty(2 * used.size, np.int64)
-        inter_l = np.empty(2 * used.size, np.int64)
-        inter_c[0::2], inter_l[0::2] = gaps + 1, _eg_lengths(gaps, 0)
-        inter_c[1::2], inter_l[1::2] = f + (1 << best), _eg_lengths(f, best)
-        codes.append(inter_c)
-        lens.append(inter_l)
-    code = np.concatenate(codes)
-    ln = np.concatenate(lens)
+    F = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
+    T = F.shape[0]
+    r, col = np.nonzero(F)  # row-major: row by row, symbols in order
+    f = F[r, col] - 1
+    m = np.bincount(r, minlength=T)
+    first = np.cumsum(m) - m  # index of each row's first used symbol
+    prev = np.empty_like(col)
+    prev[1:] = col[:-1]
+    prev[first[m > 0]] = -1
+    gaps = col - prev - 1
+    cost = np.stack([np.bincount(r, 2 * (np.frexp(f + (1 << k))[1] - 1) - k + 1, minlength=T)
+                     for k in range(16)], axis=1)
+    best = np.argmin(cost, axis=1)
+    code = np.empty(2 * T + 2 * r.size, np.int64)
+    ln = np.empty_like(code)
+    head = 2 * np.arange(T) + 2 * first
+    code[head], ln[head] = best, 4
+    code[head + 1], ln[head + 1] = m, _eg_lengths(m - 1, 0)
+    pos = head[r] + 2 + 2 * (np.arange(r.size) - first[r])
+    code[pos], ln[pos] = gaps + 1, _eg_lengths(gaps, 0)
+    kr = best[r]
+    code[pos + 1], ln[pos + 1] = f + (1 << kr), _eg_lengths(f, kr)
     total = int(ln.sum())
     # bit j of code i (MSB first within its field): (code >> (ln - 1 - j)) & 1
     rep = np.repeat(np.arange(code.size), ln)
@@ -321,7 +326,11 @@ class PerChannelTables:
         or with ``packed`` the exp-Golomb bit packing of format version 2
         (:func:`pack_frequency_tables`), about half the size for 256-symbol tables."""
         if packed:
-            return pack_frequency_tables(self.frequencies)
+            cached = self.__dict__.get("_packed")
+            if cached is None:
+                cached = pack_frequency_tables(self.frequencies)
+                object.__setattr__(self, "_packed", cached)
+            return cached
         return b"".join(encode_uints(row) for row in self.frequencies)
 
     @classmethod

@@ -58,6 +58,10 @@ def add_arguments(p) -> None:
         help="a channel whose RMS exceeds this multiple of the median is an outlier (default 4)",
     )
     p.add_argument("--per-slab", action="store_true", help="print one table row per slab")
+    p.add_argument("--inputs", action="store_true",  # remat hook (issue 17)
+                   help="also bound caching the layer inputs X (dumps from capture --inputs): "
+                   "R(D) of X, its cross-layer difference and K/V given the previous layer, "
+                   "per selected layer, all tokens (docs/remat.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_scale_arguments(p)
 
@@ -287,9 +291,21 @@ def run(args) -> int:
         knn_k=args.knn_k, seed=args.seed, top_tokens=args.top_tokens,
         outlier_rms_ratio=args.outlier_rms_ratio,
     )
+    # -- remat hook (issue 17): bounds of caching the layer inputs X --
+    if getattr(args, "inputs", False):
+        from ..analysis.inputs import analyze_inputs, format_inputs_table
+        from ..dumps import open_dump
+
+        with open_dump(args.dump) as d:
+            sel = selection_of(args).resolve(d)
+            inputs_records = analyze_inputs(d, layers=sel.layers)
+        doc["records"].extend(inputs_records)
+    # -- end remat hook --
     if args.output:
         results.write_results(doc, args.output)
     print_analysis(doc, per_slab=args.per_slab, table_snr_db=args.table_snr_db,
                    output=args.output)
+    if getattr(args, "inputs", False):  # remat hook (issue 17)
+        print(format_inputs_table(inputs_records, args.table_snr_db or 20.0))
     return 0
 

@@ -45,6 +45,9 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--queries", action="store_true", help="also store post-RoPE queries")
     p.add_argument("--pre-rope", action="store_true", help="also store keys before RoPE")
+    p.add_argument("--inputs", action="store_true",
+                   help="also store per layer the input of the K/V projections (X, the normed "
+                   "hidden state) and the residual stream (dump format version 2)")
     p.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -88,6 +91,7 @@ def run(args) -> int:
         generate=args.generate,
         queries=args.queries,
         pre_rope=args.pre_rope,
+        inputs=args.inputs,
         progress=not args.no_progress,
     )
     from ..dumps import open_dump

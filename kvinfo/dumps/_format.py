@@ -16,7 +16,13 @@ import numpy as np
 from ..errors import DumpFormatError
 
 FORMAT = "kvinfo.kvdump"
-FORMAT_VERSION = 1
+#: the newest format version this kvinfo reads and writes. A writer records the lowest
+#: version that describes its file: 1 for keys, values, queries and pre-RoPE keys only (so
+#: that older kvinfo still reads such dumps), 2 once the file holds layer inputs
+#: (:data:`INPUT_DATASETS`).
+FORMAT_VERSION = 2
+#: the format version that introduced each optional dataset (absent: version 1)
+DATASET_VERSIONS = {"inputs": 2, "residual": 2}
 
 #: datasets of shape (num_layers, heads, num_tokens, head_dim); value: which head count applies
 TENSOR_DATASETS = {
@@ -26,6 +32,10 @@ TENSOR_DATASETS = {
     "keys_pre_rope": "num_kv_heads",
 }
 KINDS = tuple(TENSOR_DATASETS)
+#: per-layer activation datasets of shape (num_layers, num_tokens, hidden_size), format 2:
+#: ``inputs`` is what enters the attention projections (the normed hidden state X),
+#: ``residual`` the residual stream entering the layer (before its input norm)
+INPUT_DATASETS = ("inputs", "residual")
 
 #: logical dtype name -> (numpy storage dtype, how it is stored)
 DTYPES = {
@@ -44,6 +54,7 @@ TOKENS_PER_CHUNK = 1024
 MAX_LAYERS = 4096
 MAX_HEADS = 4096
 MAX_HEAD_DIM = 65536
+MAX_HIDDEN = 1 << 20
 MAX_TOKENS = 1 << 40
 
 REQUIRED_ATTRS = (
@@ -143,6 +154,7 @@ ATTRIBUTES: dict[str, AttrSpec] = {
     "num_heads": AttrSpec("int", True, 1, MAX_HEADS),
     "num_kv_heads": AttrSpec("int", True, 1, MAX_HEADS),
     "head_dim": AttrSpec("int", True, 1, MAX_HEAD_DIM),
+    "hidden_size": AttrSpec("int", False, 1, MAX_HIDDEN),
     "num_tokens": AttrSpec("int", False, 1, MAX_TOKENS),
     "num_sequences": AttrSpec("int", False, 1, MAX_TOKENS),
     "rope": AttrSpec("json"),
@@ -166,9 +178,11 @@ class DatasetSpec:
     shape: tuple
     dtype: str
     required: bool = False
+    axes: str = "layer,head,token,channel"
 
 
 _TENSOR_SHAPE = ("num_layers", "num_kv_heads", "num_tokens", "head_dim")
+_INPUT_SHAPE = ("num_layers", "num_tokens", "hidden_size")
 
 #: every dataset kvinfo knows. A dataset another feature adds is declared here and is then
 #: validated by the same rules, before any of it is read.
@@ -179,6 +193,8 @@ DATASETS: dict[str, DatasetSpec] = {
     "keys_pre_rope": DatasetSpec(_TENSOR_SHAPE, "tensor"),
     "token_ids": DatasetSpec(("num_tokens",), "int64", True),
     "sequence_offsets": DatasetSpec(("num_sequences+1",), "int64", True),
+    "inputs": DatasetSpec(_INPUT_SHAPE, "tensor", axes="layer,token,channel"),
+    "residual": DatasetSpec(_INPUT_SHAPE, "tensor", axes="layer,token,channel"),
 }
 
 
@@ -332,7 +348,7 @@ def check_dataset(obj, name: str, spec: DatasetSpec, dims: dict, dtype: str, whe
             f"{nominal}; expected every element written (truncated or not written by kvinfo)"
         )
     if spec.dtype == "tensor":
-        for key, want in (("dtype", dtype), ("axes", "layer,head,token,channel")):
+        for key, want in (("dtype", dtype), ("axes", spec.axes)):
             if key in obj.attrs:
                 got = obj.attrs[key]
                 got = got.decode("utf-8", "replace") if isinstance(got, bytes) else got

@@ -12,8 +12,10 @@ import numpy as np
 from ..errors import DumpFormatError
 from ._format import (
     BITS_VIEW,
+    DATASET_VERSIONS,
     DATASETS,
     DTYPES,
+    INPUT_DATASETS,
     KINDS,
     TENSOR_DATASETS,
     check_attributes,
@@ -40,6 +42,11 @@ class Dump:
         ``"float32"``, ``"float16"`` or ``"bfloat16"``.
     kinds : tuple of str
         The tensor datasets present, in the order keys, values, queries, keys_pre_rope.
+    input_kinds : tuple of str
+        The layer-input datasets present (format version 2, ``kvinfo capture --inputs``):
+        ``"inputs"`` (X, what enters the attention projections) and ``"residual"``.
+    hidden_size : int or None
+        The width of the layer inputs (None when the dump has none).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -99,14 +106,29 @@ class Dump:
                             "dataset"
                         ) from None
                     check_dataset(present[name], name, spec, None, self.dtype, where)
+            version = int(attrs["format_version"])
+            for name, since in DATASET_VERSIONS.items():
+                if name in present and version < since:
+                    raise DumpFormatError(
+                        f"{where}: dataset {name!r} needs format version {since}; the file "
+                        f"says {version}"
+                    )
+            if any(n in present for n in INPUT_DATASETS) and "hidden_size" not in attrs:
+                raise DumpFormatError(
+                    f"{where}: datasets {[n for n in INPUT_DATASETS if n in present]} need "
+                    "the root attribute 'hidden_size'; it is missing"
+                )
             tid, offs = present["token_ids"], present["sequence_offsets"]
             T = int(tid.shape[0])
             dims = {**{k: attrs[k] for k in ("num_layers", "num_heads", "num_kv_heads",
                                               "head_dim")},
+                    "hidden_size": attrs.get("hidden_size"),
                     "num_tokens": T, "num_sequences+1": int(offs.shape[0])}
             for name, obj in present.items():  # then shapes against the attributes
                 check_dataset(obj, name, DATASETS[name], dims, self.dtype, where)
             self.kinds = tuple(k for k in KINDS if k in names)
+            self.input_kinds = tuple(k for k in INPUT_DATASETS if k in names)
+            self.hidden_size = attrs.get("hidden_size") if self.input_kinds else None
             self._offsets = np.asarray(offs[...], dtype=np.int64)
         except OSError as exc:
             raise DumpFormatError(f"{where}: damaged file ({exc})") from None
@@ -134,6 +156,11 @@ class Dump:
         return "keys_pre_rope" in self.kinds
 
     @property
+    def has_inputs(self) -> bool:
+        """Whether the dump holds the layer inputs X (``kvinfo capture --inputs``)."""
+        return "inputs" in self.input_kinds
+
+    @property
     def token_ids(self) -> np.ndarray:
         return self._read(self._f["token_ids"], ...)
 
@@ -156,7 +183,7 @@ class Dump:
 
     def nbytes(self, kind: str | None = None) -> int:
         """Bytes of the stored tensors (one kind, or all)."""
-        kinds = [kind] if kind else self.kinds
+        kinds = [kind] if kind else (*self.kinds, *self.input_kinds)
         return sum(int(np.prod(self._f[k].shape)) * DTYPES[self.dtype].itemsize for k in kinds)
 
     # -- tensor access ------------------------------------------------------------------
@@ -209,6 +236,30 @@ class Dump:
     def keys_pre_rope(self, layer: int, head: int | None = None) -> np.ndarray:
         return self.tensor("keys_pre_rope", layer, head)
 
+    def layer_input(self, kind: str, layer: int) -> np.ndarray:
+        """One layer's ``inputs`` or ``residual``, shape ``(num_tokens, hidden_size)``."""
+        if kind not in INPUT_DATASETS:
+            raise DumpFormatError(f"unknown layer-input kind {kind!r}; expected one of "
+                                  f"{list(INPUT_DATASETS)}")
+        if kind not in self.input_kinds:
+            raise DumpFormatError(
+                f"{self.path}: this dump has no {kind!r} (capture with --inputs); has "
+                f"{list(self.kinds + self.input_kinds)}"
+            )
+        if not 0 <= int(layer) < self.num_layers:
+            raise DumpFormatError(f"layer {layer} out of range [0, {self.num_layers})")
+        return from_storage(self._read(self._f[kind], int(layer)), self.dtype)
+
+    def inputs(self, layer: int) -> np.ndarray:
+        """X of one layer (the normed hidden state entering its attention projections),
+        shape ``(num_tokens, hidden_size)``."""
+        return self.layer_input("inputs", layer)
+
+    def residual(self, layer: int) -> np.ndarray:
+        """The residual stream entering one layer (before its input norm),
+        shape ``(num_tokens, hidden_size)``."""
+        return self.layer_input("residual", layer)
+
     def iter_slabs(
         self,
         kinds: Sequence[str] | None = None,
@@ -251,8 +302,10 @@ class Dump:
             "num_tokens": self.num_tokens,
             "num_sequences": self.num_sequences,
             "kinds": list(self.kinds),
-            "shapes": {k: list(self._f[k].shape) for k in self.kinds},
-            "tensor_bytes": {k: self.nbytes(k) for k in self.kinds},
+            "input_kinds": list(self.input_kinds),
+            "hidden_size": self.hidden_size,
+            "shapes": {k: list(self._f[k].shape) for k in (*self.kinds, *self.input_kinds)},
+            "tensor_bytes": {k: self.nbytes(k) for k in (*self.kinds, *self.input_kinds)},
             "file_bytes": self.path.stat().st_size,
             "rope": m.get("rope"),
             "kvinfo_version": m.get("kvinfo_version"),

@@ -38,6 +38,7 @@ from ._format import (
     DTYPES,
     FORMAT,
     FORMAT_VERSION,
+    INPUT_DATASETS,
     TENSOR_DATASETS,
     TOKENS_PER_CHUNK,
     to_storage,
@@ -65,6 +66,12 @@ class DumpWriter:
     attrs : dict, optional
         Further root attributes (``weights_checksum``, ``rope``...). Dicts and lists are
         stored as JSON text.
+    input_kinds : sequence of str
+        Layer-input datasets to write too, from ``("inputs", "residual")``, each of shape
+        ``(num_layers, T, hidden_size)`` per sequence. With any, the file is format
+        version 2 (else version 1, which older kvinfo reads).
+    hidden_size : int, optional
+        Width of the layer inputs; required with ``input_kinds``.
     """
 
     def __init__(
@@ -79,6 +86,8 @@ class DumpWriter:
         head_dim: int,
         kinds=("keys", "values"),
         attrs: dict | None = None,
+        input_kinds=(),
+        hidden_size: int | None = None,
     ):
         if dtype not in DTYPES:
             raise DumpFormatError(
@@ -98,6 +107,17 @@ class DumpWriter:
             head_dim=int(head_dim),
         )
         self.kinds = tuple(k for k in TENSOR_DATASETS if k in kinds)
+        if set(input_kinds) - set(INPUT_DATASETS):
+            raise DumpFormatError(
+                f"input_kinds must be from {list(INPUT_DATASETS)}, got {list(input_kinds)}"
+            )
+        self.input_kinds = tuple(k for k in INPUT_DATASETS if k in input_kinds)
+        if self.input_kinds and (isinstance(hidden_size, bool) or not isinstance(hidden_size, int)
+                                 or hidden_size < 1):
+            raise DumpFormatError(
+                f"input_kinds need a positive integer hidden_size, got {hidden_size!r}"
+            )
+        self.hidden_size = int(hidden_size) if self.input_kinds else None
         check_output_file(self.path, kind="kvdump")
         make_dirs(self.path.parent)
         self._closed = False
@@ -125,11 +145,13 @@ class DumpWriter:
         f = self._f
         g = self.geometry
         f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format_version"] = FORMAT_VERSION if self.input_kinds else 1
         f.attrs["model"] = str(model)
         f.attrs["dtype"] = self.dtype
         for k, v in g.items():
             f.attrs[k] = v
+        if self.input_kinds:
+            f.attrs["hidden_size"] = self.hidden_size
         f.attrs["kvinfo_version"] = __version__
         f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         for k, v in attrs.items():
@@ -157,6 +179,14 @@ class DumpWriter:
             )
             ds.attrs["dtype"] = self.dtype
             ds.attrs["axes"] = "layer,head,token,channel"
+        for kind in self.input_kinds:
+            H = self.hidden_size
+            ds = self._f.create_dataset(
+                kind, shape=(L, 0, H), maxshape=(L, None, H), dtype=DTYPES[self.dtype],
+                chunks=(1, chunk_tokens, H),
+            )
+            ds.attrs["dtype"] = self.dtype
+            ds.attrs["axes"] = "layer,token,channel"
 
     @property
     def num_tokens(self) -> int:
@@ -167,7 +197,9 @@ class DumpWriter:
 
         ``token_ids`` has shape ``(T,)``; ``tensors[kind]`` has shape
         ``(num_layers, heads, T, head_dim)`` in the writer's dtype (bfloat16 arrays may be
-        given as ``ml_dtypes.bfloat16`` or as their ``uint16`` bit patterns).
+        given as ``ml_dtypes.bfloat16`` or as their ``uint16`` bit patterns);
+        ``tensors["inputs"]`` and ``tensors["residual"]`` (when the writer has them) have
+        shape ``(num_layers, T, hidden_size)``.
         """
         if self._closed:
             raise DumpFormatError("this DumpWriter is already closed")
@@ -175,8 +207,10 @@ class DumpWriter:
         T = token_ids.shape[0]
         if T == 0:
             raise DumpFormatError("cannot append an empty sequence")
-        if set(tensors) != set(self.kinds):
-            raise DumpFormatError(f"expected tensors {list(self.kinds)}, got {sorted(tensors)}")
+        if set(tensors) != set(self.kinds + self.input_kinds):
+            raise DumpFormatError(
+                f"expected tensors {list(self.kinds + self.input_kinds)}, got {sorted(tensors)}"
+            )
         g = self.geometry
         start = self.num_tokens
         if start == 0:
@@ -192,6 +226,17 @@ class DumpWriter:
             ds = self._f[kind]
             ds.resize(start + T, axis=2)
             ds[:, :, start : start + T, :] = stored.view(DTYPES[self.dtype])
+        for kind in self.input_kinds:
+            arr = np.asarray(tensors[kind])
+            want = (g["num_layers"], T, self.hidden_size)
+            if arr.shape != want:
+                raise DumpFormatError(f"{kind}: expected shape {want}, got {arr.shape}")
+            stored = to_storage(arr, self.dtype)
+            if stored.dtype.itemsize != DTYPES[self.dtype].itemsize:
+                raise DumpFormatError(f"{kind}: expected {self.dtype} data, got {arr.dtype}")
+            ds = self._f[kind]
+            ds.resize(start + T, axis=1)
+            ds[:, start : start + T, :] = stored.view(DTYPES[self.dtype])
         tid = self._f["token_ids"]
         tid.resize(start + T, axis=0)
         tid[start:] = token_ids.astype("<i8")
@@ -256,6 +301,8 @@ def capture_writer(
     rope: dict,
     capture: dict,
     model_type: str | None = None,
+    inputs: bool = False,
+    hidden_size: int | None = None,
     **writer_args,
 ) -> DumpWriter:
     """The one set-up of a :class:`DumpWriter` for a cache capture (real or synthetic).
@@ -265,7 +312,8 @@ def capture_writer(
     (made JSON-safe), ``capture`` (the settings) and, for a real model, ``model_type``.
     ``writer_args`` are :class:`DumpWriter`'s ``model``, ``dtype`` and geometry. Use it as
     a context manager: the file appears at ``path`` when the block ends without an error
-    and is discarded otherwise.
+    and is discarded otherwise. ``inputs`` adds the layer inputs and the residual stream
+    (``hidden_size`` wide; format version 2).
     """
     kinds = (
         ["keys", "values"]
@@ -279,4 +327,6 @@ def capture_writer(
     }
     if model_type is not None:
         attrs["model_type"] = model_type
-    return DumpWriter(path, kinds=kinds, attrs=attrs, **writer_args)
+    return DumpWriter(path, kinds=kinds, attrs=attrs,
+                      input_kinds=INPUT_DATASETS if inputs else (),
+                      hidden_size=hidden_size, **writer_args)

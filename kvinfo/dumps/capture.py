@@ -30,7 +30,16 @@ from ._model import load_model, weights_checksum
 from ._prompts import default_prompts, default_prompts_source
 from ._writer import capture_writer
 
-__all__ = ["capture", "capture_model", "read_prompts", "load_model", "output_cache"]
+__all__ = [
+    "capture",
+    "capture_model",
+    "read_prompts",
+    "load_model",
+    "output_cache",
+    "InputHooks",
+    "decoder_layers",
+    "weights_checksum",
+]
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -100,6 +109,74 @@ def _attention_modules(model):
             f"(Llama-style); {type(model).__name__} has none"
         )
     return mods
+
+
+def decoder_layers(model) -> list:
+    """``[(decoder_layer, attention_module), ...]`` of a Llama-style model, in layer order.
+
+    The decoder layer is the parent of each ``self_attn`` module; the attention module must
+    have ``k_proj`` and ``v_proj`` (the projections that K and V are computed by).
+    """
+    out = []
+    for name, m in model.named_modules():
+        if name.endswith("self_attn") and hasattr(m, "k_proj") and hasattr(m, "v_proj"):
+            parent = model.get_submodule(name[: -len(".self_attn")]) if "." in name else model
+            out.append((parent, m))
+    if not out:
+        raise CaptureInputError(
+            f"--inputs needs attention modules with k_proj/v_proj (Llama-style); "
+            f"{type(model).__name__} has none"
+        )
+    return out
+
+
+class InputHooks:
+    """Hooks that record, per decoder layer, the residual stream entering the layer and the
+    input X of its key/value projections (the normed hidden state), for one forward.
+
+    X is taken as the very tensor handed to ``k_proj`` (a forward pre-hook), so it is what
+    the model multiplies by W_k and W_v, bit for bit; the residual is the first argument of
+    the decoder layer. Use :meth:`clear` before a forward, :meth:`tensors` after it, and
+    :meth:`remove` at the end.
+    """
+
+    def __init__(self, model):
+        self.layers = decoder_layers(model)
+        self.rec = [{} for _ in self.layers]
+        self.handles = []
+        for i, (layer, attn) in enumerate(self.layers):
+            self.handles.append(layer.register_forward_pre_hook(self._res(i), with_kwargs=True))
+            self.handles.append(attn.k_proj.register_forward_pre_hook(self._x(i)))
+
+    def _res(self, i):
+        def hook(module, args, kwargs):
+            h = args[0] if args else kwargs.get("hidden_states")
+            self.rec[i]["residual"] = h.detach()
+
+        return hook
+
+    def _x(self, i):
+        def hook(module, args):
+            self.rec[i]["inputs"] = args[0].detach()
+
+        return hook
+
+    def clear(self) -> None:
+        for r in self.rec:
+            r.clear()
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def tensors(self) -> tuple[list, list]:
+        """``(inputs, residual)``: per layer, torch tensors of shape ``(T, hidden_size)``
+        (batch 1)."""
+        for i, r in enumerate(self.rec):
+            if "inputs" not in r or "residual" not in r:
+                raise CaptureInputError(f"layer {i}: its inputs were not seen by the hooks")
+        return [r["inputs"][0] for r in self.rec], [r["residual"][0] for r in self.rec]
 
 
 class _QKHooks:
@@ -180,6 +257,7 @@ def capture_model(
     generate: int = 0,
     queries: bool = False,
     pre_rope: bool = False,
+    inputs: bool = False,
     progress: bool = True,
     extra_settings: dict | None = None,
 ) -> Path:
@@ -201,6 +279,11 @@ def capture_model(
         tokens together is captured.
     queries, pre_rope : bool
         Also write ``queries`` (post-RoPE) and ``keys_pre_rope``.
+    inputs : bool
+        Also write, per layer, ``inputs`` (X, the normed hidden state that enters the key
+        and value projections) and ``residual`` (the residual stream entering the layer);
+        the dump is then format version 2. The projection weights are not copied: they
+        are read from the model (the dump records its ``weights_checksum``).
 
     Returns
     -------
@@ -236,6 +319,7 @@ def capture_model(
         "generate": generate,
         "queries": queries,
         "pre_rope": pre_rope,
+        "inputs": inputs,
         "dtype": dtype,
         "num_prompts": len(prompts),
         "prompts": default_prompts_source() if using_default else "user",
@@ -243,6 +327,7 @@ def capture_model(
         **(extra_settings or {}),
     }
     hooks = None
+    in_hooks = None
     try:
         with capture_writer(
             out,
@@ -258,8 +343,11 @@ def capture_model(
             rope=rope,
             capture=settings,
             model_type=getattr(cfg, "model_type", ""),
+            inputs=inputs,
+            hidden_size=cfg.hidden_size if inputs else None,
         ) as writer:
             hooks = _QKHooks(model) if (queries or pre_rope) else None
+            in_hooks = InputHooks(model) if inputs else None
             bar = tqdm(prompts, desc="capture", unit="seq", disable=not progress,
                        file=sys.stderr)
             for i, prompt in enumerate(bar):
@@ -280,6 +368,8 @@ def capture_model(
                     if hooks is not None:
                         for r in hooks.rec:
                             r.clear()
+                    if in_hooks is not None:
+                        in_hooks.clear()
                     outputs = model(ids, use_cache=True)
                 layers = _cache_layers(output_cache(outputs))
                 tensors = {
@@ -292,12 +382,18 @@ def capture_model(
                         tensors["queries"] = _to_numpy(q, dtype)
                     if pre_rope:
                         tensors["keys_pre_rope"] = _to_numpy(pre, dtype)
+                if in_hooks is not None:
+                    x, res = in_hooks.tensors()
+                    tensors["inputs"] = _to_numpy(x, dtype)
+                    tensors["residual"] = _to_numpy(res, dtype)
                 writer.append(ids[0].numpy(), tensors)
                 bar.set_postfix(tokens=writer.num_tokens)
         return writer.path
     finally:
         if hooks is not None:
             hooks.remove()
+        if in_hooks is not None:
+            in_hooks.remove()
 
 
 def capture(

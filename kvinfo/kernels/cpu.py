@@ -42,6 +42,8 @@ __all__ = [
     "rans_encode",
     "rans_decode",
     "rans_decode_table",
+    "rans_slot_symbols",
+    "RANS_DIRECT_TABLE_BYTES",
     "huffman_encode",
     "huffman_decode",
     "arith_encode",
@@ -52,14 +54,10 @@ __all__ = [
 
 RANS_LANES = 32
 RANS_STATE_LOWER = 1 << 16
-_L = np.uint64(RANS_STATE_LOWER)
-_U16 = np.uint64(0xFFFF)
 _U32 = np.uint64(0xFFFFFFFF)
-_ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 _S16 = np.uint64(16)
 _S32 = np.uint64(32)
-_S48 = np.uint64(48)
 
 _SYMBOL_DTYPES = (np.uint8, np.uint16, np.int32)
 
@@ -104,24 +102,53 @@ def _threads_for(num_tasks: int):
 # ---------------------------------------------------------------------------------------
 # histogram
 # ---------------------------------------------------------------------------------------
+#: interleaved sub-histograms of a single-table count (consecutive equal symbols would
+#: otherwise wait on each other's increments: store-to-load forwarding)
+_HIST_WAYS = 4
+
+
 @njit(cache=True, parallel=True, nogil=True)
-def _histogram_kernel(sym, min_symbol, period, counts):  # pragma: no cover - numba
+def _histogram_kernel(sym, min_symbol, period, alphabet, counts, bad):  # pragma: no cover
+    # counts: (nparts, ways, num_tables * alphabet), flat per part; a symbol outside
+    # [min_symbol, min_symbol + alphabet) is not counted and sets bad[p]
     n = sym.shape[0]
     nparts = counts.shape[0]
-    num_tables = counts.shape[1]
+    ways = counts.shape[1]
+    cells = np.uint64(counts.shape[2])
+    A = np.uint64(alphabet)
     for p in prange(nparts):
         a = p * n // nparts
         b = (p + 1) * n // nparts
-        if num_tables == 1:
-            for j in range(a, b):
-                counts[p, 0, np.int64(sym[j]) - min_symbol] += 1
+        c = counts[p]
+        nbad = 0
+        if cells == A:
+            m = a + (b - a) // ways * ways
+            for j in range(a, m, ways):
+                for w in range(ways):
+                    s = np.uint64(np.int64(sym[j + w]) - min_symbol)
+                    if s < A:
+                        c[w, s] += 1
+                    else:
+                        nbad += 1
+            for j in range(m, b):
+                s = np.uint64(np.int64(sym[j]) - min_symbol)
+                if s < A:
+                    c[0, s] += 1
+                else:
+                    nbad += 1
         else:
-            ch = a % period
+            off = np.uint64(a % period) * A
+            c0 = c[0]
             for j in range(a, b):
-                counts[p, ch, np.int64(sym[j]) - min_symbol] += 1
-                ch += 1
-                if ch == period:
-                    ch = 0
+                s = np.uint64(np.int64(sym[j]) - min_symbol)
+                if s < A:
+                    c0[off + s] += 1
+                else:
+                    nbad += 1
+                off += A
+                if off == cells:
+                    off = np.uint64(0)
+        bad[p] = nbad
 
 
 def histogram(symbols: np.ndarray, min_symbol: int, alphabet_size: int, period: int = 1,
@@ -130,97 +157,141 @@ def histogram(symbols: np.ndarray, min_symbol: int, alphabet_size: int, period: 
 
     With ``per_channel`` the table of element ``j`` of the flat array is ``j % period``
     (``period`` = size of the last axis), else everything goes to table 0.
-    ``symbols`` must lie in ``[min_symbol, min_symbol + alphabet_size)``.
+    ``symbols`` must lie in ``[min_symbol, min_symbol + alphabet_size)`` (checked in the
+    same pass).
     """
     _check_array(symbols, "symbols", _SYMBOL_DTYPES, 1)
     _check(1 <= alphabet_size <= 1 << 16, f"alphabet_size must be in [1, 65536], found "
            f"{alphabet_size}")
     _check(period >= 1, f"period must be >= 1, found {period}")
-    if symbols.size:
-        lo, hi = int(symbols.min()), int(symbols.max())
-        _check(lo >= min_symbol and hi < min_symbol + alphabet_size,
-               f"symbols must lie in [{min_symbol}, {min_symbol + alphabet_size}), "
-               f"found [{lo}, {hi}]")
     num_tables = period if per_channel else 1
     cells = num_tables * alphabet_size
-    nparts = int(max(1, min(numba.get_num_threads() * 2, (1 << 24) // cells,
+    ways = _HIST_WAYS if num_tables == 1 and alphabet_size <= 1 << 12 else 1
+    nparts = int(max(1, min(numba.get_num_threads() * 2, (1 << 24) // (ways * cells),
                             symbols.size // (1 << 16) + 1)))
-    counts = np.zeros((nparts, num_tables, alphabet_size), dtype=np.int64)
-    with _threads_for(nparts):
-        _histogram_kernel(symbols, np.int64(min_symbol), np.int64(period), counts)
-    return counts.sum(axis=0)
+    counts = np.zeros((nparts, ways, cells), dtype=np.int64)
+    bad = np.zeros(nparts, dtype=np.int64)
+    if symbols.size:
+        with _threads_for(nparts):
+            _histogram_kernel(symbols, np.int64(min_symbol), np.int64(period),
+                              np.int64(alphabet_size), counts, bad)
+    if bad.any():
+        lo, hi = int(symbols.min()), int(symbols.max())
+        raise CodecConfigError(f"symbols must lie in [{min_symbol}, "
+                               f"{min_symbol + alphabet_size}), found [{lo}, {hi}]")
+    return counts.sum(axis=(0, 1)).reshape(num_tables, alphabet_size)
 
 
 # ---------------------------------------------------------------------------------------
 # rANS
 # ---------------------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _rans_put(x, f, c, shift, P, scratch, ptr):  # pragma: no cover - numba
-    scratch[ptr - 1] = np.uint16(x & 0xFFFF)
-    if x >= (f << shift):
-        x = x >> 16
-        ptr -= 1
-    q = np.uint64(x) // np.uint64(f)
-    return (np.int64(q) << P) + (x - np.int64(q) * f) + c, ptr
+# Both kernels keep the lane states as uint32 values in [2**16, 2**32) and index every
+# array with unsigned integers (Numba adds a negative-index wrap-around to each signed
+# index); the renormalisation is branch-free (a select and a pointer increment), since
+# whether a lane needs a word is a coin toss the branch predictor cannot learn.
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _rans_encode_kernel(sym, min_symbol, period, freq, cum, precision, chunk_size,
-                        num_lanes, scratch, word_start, num_words, states):  # pragma: no cover
+@njit(cache=True, inline="always", error_model="numpy")
+def _rans_put(x, s, t, xmax, rcp, cum, cmpl, scratch, ptr):  # pragma: no cover - numba
+    # one encoder step of lane state x for symbol index s of table t; returns the new
+    # state, the new word pointer and whether the symbol was codable (f > 0)
+    xm = xmax[t, s]
+    scratch[ptr - np.uint64(1)] = np.uint16(x & np.uint64(0xFFFF))
+    m = np.uint64(x >= xm)
+    ptr -= m
+    x = x >> (m << np.uint64(4))
+    q = np.uint64(np.int64((np.float64(np.int64(x)) + 0.5) * rcp[t, s]))
+    return x + cum[t, s] + q * cmpl[t, s], ptr, xm != 0
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_size,
+                        num_lanes, scratch, word_start, num_words, states,
+                        status):  # pragma: no cover - numba
+    # Per (table, symbol index s): xmax = f << (32 - P) (the renormalisation bound),
+    # rcp = 1 / f as float64, cum = cumulative frequency, cmpl = 2**P - f. The step
+    # x -> (x // f) << P | (x % f) + cum is written x + cum + q * cmpl with
+    # q = floor((x + 1/2) * rcp): x < 2**32 and f <= 2**16, so (x + 1/2) / f lies at least
+    # 2**-17 from an integer while the float64 error stays below 2**-20, and q is exact.
+    # A symbol outside the alphabet or with frequency 0 sets status[k] and stops the chunk.
+    # Deliberate twins: the step (_rans_put) runs in four loops (the partial last step;
+    # one table with 32 lanes; one table or a period that is a multiple of the lane
+    # count; any period, with a channel counter), as in the decoder.
     n = sym.shape[0]
     nchunks = states.shape[0]
-    num_tables = freq.shape[0]
+    num_tables = xmax.shape[0]
+    A = np.uint64(xmax.shape[1])
     K = num_lanes
-    P = np.int64(precision)
-    shift = np.int64(32 - precision)
+    up = np.uint64(period)
+    zero = np.uint64(0)
     for k in prange(nchunks):
         start = k * chunk_size
         stop = min(n, start + chunk_size)
-        region_end = stop + k + 1
+        region_end = np.uint64(stop + k + 1)
         ptr = region_end
-        st = np.empty(32, np.int64)
+        st = np.empty(32, np.uint64)
         for l in range(32):
             st[l] = RANS_STATE_LOWER
         nfull = (stop - start) // K
+        ok = True
+        ch = np.uint64((stop - 1) % period)
+        tb = zero
         # the partial last step first (the encoder walks backwards)
-        ch = (stop - 1) % period
         for j in range(stop - 1, start + K * nfull - 1, -1):
-            l = j - start - K * nfull
-            t = ch if num_tables > 1 else 0
-            s = np.int64(sym[j]) - min_symbol
-            st[l], ptr = _rans_put(st[l], np.int64(freq[t, s]), np.int64(cum[t, s]),
-                                   shift, P, scratch, ptr)
-            ch = ch - 1 if ch > 0 else period - 1
+            l = np.uint64(j - start - K * nfull)
+            if num_tables > 1:
+                tb = ch
+            ch = ch - np.uint64(1) if ch > 0 else up - np.uint64(1)
+            s = np.uint64(np.int64(sym[np.uint64(j)]) - min_symbol)
+            ok = ok and s < A
+            st[l], ptr, good = _rans_put(st[l], s if s < A else zero, tb, xmax, rcp, cum,
+                                         cmpl, scratch, ptr)
+            ok = ok and good
         if num_tables == 1 and K == 32:
             for step in range(nfull - 1, -1, -1):
-                base = start + 32 * step
+                if not ok:
+                    break
+                base = np.uint64(start + 32 * step)
                 for l in range(31, -1, -1):
-                    s = np.int64(sym[base + l]) - min_symbol
-                    st[l], ptr = _rans_put(st[l], np.int64(freq[0, s]), np.int64(cum[0, s]),
-                                           shift, P, scratch, ptr)
+                    ul = np.uint64(l)
+                    s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
+                    ok = ok and s < A
+                    st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, zero, xmax,
+                                                  rcp, cum, cmpl, scratch, ptr)
+                    ok = ok and good
+        elif num_tables == 1 or period % K == 0:
+            for step in range(nfull - 1, -1, -1):
+                if not ok:
+                    break
+                base = np.uint64(start + K * step)
+                cb = np.uint64((start + K * step) % period) if num_tables > 1 else zero
+                for l in range(K - 1, -1, -1):
+                    ul = np.uint64(l)
+                    s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
+                    ok = ok and s < A
+                    tb = cb + ul if num_tables > 1 else zero
+                    st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, tb, xmax, rcp,
+                                                  cum, cmpl, scratch, ptr)
+                    ok = ok and good
         else:
             for step in range(nfull - 1, -1, -1):
-                base = start + K * step
+                if not ok:
+                    break
+                base = np.uint64(start + K * step)
                 for l in range(K - 1, -1, -1):
-                    t = ch if num_tables > 1 else 0
-                    s = np.int64(sym[base + l]) - min_symbol
-                    st[l], ptr = _rans_put(st[l], np.int64(freq[t, s]), np.int64(cum[t, s]),
-                                           shift, P, scratch, ptr)
-                    ch = ch - 1 if ch > 0 else period - 1
+                    ul = np.uint64(l)
+                    tb = ch
+                    ch = ch - np.uint64(1) if ch > 0 else up - np.uint64(1)
+                    s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
+                    ok = ok and s < A
+                    st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, tb, xmax,
+                                                  rcp, cum, cmpl, scratch, ptr)
+                    ok = ok and good
+        status[k] = 0 if ok else 1
         word_start[k] = ptr
         num_words[k] = region_end - ptr
         for l in range(K):
             states[k, l] = np.uint32(st[l])
-
-
-@njit(cache=True, nogil=True)
-def _gather_words(scratch, word_start, num_words, out):  # pragma: no cover - numba
-    pos = 0
-    for k in range(word_start.shape[0]):
-        a = word_start[k]
-        for i in range(num_words[k]):
-            out[pos + i] = scratch[a + i]
-        pos += num_words[k]
 
 
 def _rans_tables(frequencies: np.ndarray, precision_bits: int) -> None:
@@ -247,13 +318,14 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
         Rows sum to ``2**precision_bits``; every symbol that occurs in the rows it is
         coded with must have a non-zero frequency (checked).
     precision_bits, chunk_size : int
-        ``chunk_size`` is a positive multiple of 32.
+        ``chunk_size`` is a positive multiple of ``num_lanes``.
     period : int
         With ``num_tables > 1`` element ``j`` uses row ``j % period``; ``num_tables``
         must equal ``period``.
-    counts : int64 array like ``frequencies``, optional
-        The histogram of ``symbols`` (:func:`histogram`) if the caller has it; it is
-        computed otherwise. Used to check that no occurring symbol has frequency 0.
+    counts : optional
+        Accepted for compatibility and ignored: the kernel checks every symbol against
+        its table as it codes it (a symbol outside the table's range or of frequency 0
+        raises :class:`CodecConfigError`).
     num_lanes : int
         Interleaved lanes per chunk, 1..32 (element ``i`` of a chunk belongs to lane
         ``i % num_lanes``); ``chunk_size`` must be a multiple of it.
@@ -264,6 +336,7 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     num_words : uint32 array (num_chunks,)
     states : uint32 array (num_chunks, num_lanes), the final encoder states
     """
+    del counts
     _check_array(symbols, "symbols", _SYMBOL_DTYPES, 1)
     _rans_tables(frequencies, precision_bits)
     _check(1 <= num_lanes <= RANS_LANES, f"num_lanes must be in [1, 32], found {num_lanes}")
@@ -273,131 +346,187 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     _check(num_tables == 1 or num_tables == period,
            f"num_tables must be 1 or period={period}, found {num_tables}")
     n = symbols.shape[0]
-    if n:
+    nchunks = _num_chunks(n, chunk_size)
+    scratch = np.empty(n + nchunks, dtype=np.uint16)
+    word_start = np.empty(nchunks, dtype=np.uint64)
+    num_words = np.empty(nchunks, dtype=np.uint64)
+    states = np.empty((nchunks, num_lanes), dtype=np.uint32)
+    status = np.zeros(nchunks, dtype=np.int64)
+    f = frequencies.astype(np.uint64)
+    xmax = f << np.uint64(32 - precision_bits)
+    with np.errstate(divide="ignore"):
+        rcp = 1.0 / frequencies
+    cum = np.zeros_like(f)
+    np.cumsum(f[:, :-1], axis=1, out=cum[:, 1:])
+    cmpl = np.uint64(1 << precision_bits) - f
+    if nchunks:
+        with _threads_for(nchunks):
+            _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), xmax, rcp,
+                                cum, cmpl, np.int64(chunk_size), np.int64(num_lanes), scratch,
+                                word_start, num_words, states, status)
+    if status.any():
         lo, hi = int(symbols.min()), int(symbols.max())
         _check(lo >= min_symbol and hi < min_symbol + a,
                f"symbols must lie in [{min_symbol}, {min_symbol + a}), found [{lo}, {hi}]")
-        if counts is None:
-            counts = histogram(symbols, min_symbol, a, period, per_channel=num_tables > 1)
-        _check(isinstance(counts, np.ndarray) and counts.shape == frequencies.shape,
-               f"counts must have shape {frequencies.shape}")
-        _check(not np.any((counts > 0) & (frequencies == 0)),
-               "a symbol that occurs has frequency 0 in its table")
-    nchunks = _num_chunks(n, chunk_size)
-    scratch = np.empty(n + nchunks, dtype=np.uint16)
-    word_start = np.empty(nchunks, dtype=np.int64)
-    num_words = np.empty(nchunks, dtype=np.int64)
-    states = np.empty((nchunks, num_lanes), dtype=np.uint32)
-    freq = frequencies.astype(np.uint32)
-    cum = np.zeros_like(freq)
-    np.cumsum(freq[:, :-1], axis=1, out=cum[:, 1:])
-    if nchunks:
-        with _threads_for(nchunks):
-            _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), freq, cum,
-                                np.int64(precision_bits), np.int64(chunk_size),
-                                np.int64(num_lanes), scratch, word_start, num_words, states)
-    words = np.empty(int(num_words.sum()), dtype=np.uint16)
-    if nchunks:
-        _gather_words(scratch, word_start, num_words, words)
+        raise CodecConfigError("a symbol that occurs has frequency 0 in its table")
+    if nchunks == 1:
+        words = scratch[int(word_start[0]) : int(word_start[0] + num_words[0])].copy()
+    else:
+        words = np.concatenate([scratch[int(s) : int(s + w)]
+                                for s, w in zip(word_start, num_words, strict=True)])
     return words, num_words.astype(np.uint32), states
 
 
-def rans_decode_table(frequencies: np.ndarray, precision_bits: int) -> np.ndarray:
-    """The combined slot table: ``uint64`` per (table, slot) packing
-    ``freq | (slot - cum) << 32 | symbol_index << 48``."""
+#: decode tables up to this many bytes use the direct slot table (entry and symbol value per
+#: slot); larger ones, which would leave the L1 cache, map a slot to a symbol index (one or
+#: two bytes per slot) and look the frequency up per symbol
+RANS_DIRECT_TABLE_BYTES = 24 << 10
+
+
+def rans_decode_table(frequencies: np.ndarray, precision_bits: int, min_symbol: int = 0,
+                      dtype=np.int32) -> tuple[np.ndarray, np.ndarray]:
+    """The decoder's direct slot tables, two arrays of shape ``(num_tables, 2**precision_bits)``.
+
+    ``entries`` (uint32) packs ``(freq - 1) | (slot - cum) << 16`` of the symbol that owns
+    each slot; ``symbols`` (of ``dtype``) holds that symbol's value, ``min_symbol`` plus
+    its index (so the decoder stores it as it is).
+    """
     _rans_tables(frequencies, precision_bits)
     num_tables, a = frequencies.shape
     m = 1 << precision_bits
-    out = np.empty((num_tables, m), dtype=np.uint64)
-    slots = np.arange(m, dtype=np.uint64)
-    for t in range(num_tables):
-        f = frequencies[t]
-        sym = np.repeat(np.arange(a, dtype=np.uint64), f)
-        cum = np.concatenate(([0], np.cumsum(f)[:-1])).astype(np.uint64)
-        out[t] = (f.astype(np.uint64)[sym] | ((slots - cum[sym]) << np.uint64(32))
-                  | (sym << np.uint64(48)))
-    return out
+    values = np.arange(a, dtype=np.int64) + int(min_symbol)
+    info = np.iinfo(dtype)
+    _check(info.min <= values[0] and values[-1] <= info.max,
+           f"symbols {values[0]}..{values[-1]} do not fit {np.dtype(dtype).name}")
+    sym = rans_slot_symbols(frequencies, precision_bits).astype(np.int64)
+    f = frequencies
+    cum = np.cumsum(f, axis=1) - f
+    rows = np.arange(num_tables)[:, None]
+    slots = np.arange(m, dtype=np.int64)[None, :]
+    entries = ((f[rows, sym] - 1) | ((slots - cum[rows, sym]) << 16)).astype(np.uint32)
+    return entries, values[sym].astype(dtype)
 
 
-@njit(cache=True, inline="always")
-def _rans_get(x, e, P, mask, words, ptr):  # pragma: no cover - numba
-    x = (e & _U32) * (x >> P) + ((e >> _S32) & _U16)
-    w = np.uint64(words[ptr])
-    if x < _L:
-        x = (x << _S16) | w
-        ptr += 1
-    return x, ptr
+def rans_slot_symbols(frequencies: np.ndarray, precision_bits: int) -> np.ndarray:
+    """Symbol index of every slot, ``(num_tables, 2**precision_bits)`` uint8 (alphabets up to
+    256) or uint16."""
+    _rans_tables(frequencies, precision_bits)
+    num_tables, a = frequencies.shape
+    dt = np.uint8 if a <= 256 else np.uint16
+    reps = frequencies.reshape(-1)
+    idx = np.tile(np.arange(a, dtype=dt), num_tables)
+    return np.repeat(idx, reps).reshape(num_tables, 1 << precision_bits)
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _rans_decode_kernel(words, word_off, num_words, states, table, precision, chunk_size,
-                        min_symbol, period, out, status):  # pragma: no cover - numba
+@njit(cache=True, inline="always", error_model="numpy")
+def _rans_renorm(x, words, ptr):  # pragma: no cover - numba
+    # branch-free: whether a lane needs a word is a coin toss the predictor cannot learn
+    # (arithmetic, not a select: LLVM turns a select around the word load into a branch)
+    m = np.uint64(x < np.uint64(RANS_STATE_LOWER))
+    w = np.uint64(words[ptr]) & (np.uint64(0) - m)
+    return np.uint32((x << (m << np.uint64(4))) | w), ptr + m
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rans_step_indirect(x, t, sidx, info, mask, P):  # pragma: no cover - numba
+    slot = x & mask
+    s = sidx[t, slot]
+    e = info[t, s]
+    return ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + slot - (e >> np.uint32(16)), s
+
+
+@njit(cache=True, parallel=True, nogil=True, error_model="numpy")
+def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, values, sidx,
+                        info, precision, chunk_size, min_symbol, period, out,
+                        status):  # pragma: no cover - numba
     # ``words`` is padded with at least 32 words after the last chunk, and the pointer is
     # checked once per step of K symbols (a step reads at most K words), so no read leaves
-    # the array however damaged the stream is. K = 32 with one table has its own loop
-    # with a constant trip count, which LLVM unrolls (lane states stay in registers).
+    # the array however damaged the stream is. Tables: ``direct`` (one table that fits
+    # L1): entries[0, slot] = (f - 1) | (slot - cum) << 16 and values[0, slot] the output
+    # value; else sidx[t, slot] = symbol index and info[t, s] = (f - 1) | cum << 16.
+    # Deliberate kernel twins: the step is written out in three loops (one direct table
+    # with 32 lanes, unrolled; one table or a period that is a multiple of the lane count,
+    # a step of K lanes at a time; any period and the partial last step, symbol by symbol)
+    # so that the hot loops carry no channel counter; a change to the step goes into all.
     n = out.shape[0]
     nchunks = states.shape[0]
     K = states.shape[1]
-    num_tables = table.shape[0]
+    num_tables = sidx.shape[0]
     P = np.uint64(precision)
-    mask = (_ONE << P) - _ONE
+    mask = np.uint64((1 << precision) - 1)
+    lower = np.uint64(RANS_STATE_LOWER)
+    up = np.uint64(period)
+    zero = np.uint64(0)
     for k in prange(nchunks):
         start = k * chunk_size
         stop = min(n, start + chunk_size)
-        ptr = word_off[k]
-        end = ptr + num_words[k]
-        st = np.empty(32, np.uint64)
+        ptr = np.uint64(word_off[k])
+        end = ptr + np.uint64(num_words[k])
+        st = np.empty(32, np.uint32)
         for l in range(K):
-            st[l] = np.uint64(states[k, l])
+            st[l] = states[k, l]
         nfull = (stop - start) // K
         bad = 0
-        ch = start % period
-        # Deliberate kernel twins: the decode step is written out three times (one table
-        # with 32 lanes, any lane count / per-channel tables, the partial last step) so
-        # that the hot loop carries no channel counter; a change to the step goes into all.
-        if num_tables == 1 and K == 32:
+        done = start
+        if K == 32 and direct:
             for t in range(nfull):
                 if ptr > end:
                     bad = 1
                     break
-                base = start + 32 * t
+                base = np.uint64(start + 32 * t)
                 for l in range(32):
-                    x = st[l]
-                    e = table[0, x & mask]
-                    out[base + l] = np.int64(e >> _S48) + min_symbol
-                    st[l], ptr = _rans_get(x, e, P, mask, words, ptr)
-        else:
+                    ul = np.uint64(l)
+                    x = st[ul]
+                    slot = x & mask
+                    e = entries[0, slot]
+                    out[base + ul] = values[0, slot]
+                    x = ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
+                    st[ul], ptr = _rans_renorm(x, words, ptr)
+            done = start + 32 * nfull
+        elif num_tables == 1 or period % K == 0:
+            cb = np.uint64(start % period) if num_tables > 1 else zero
+            uk = np.uint64(K)
             for t in range(nfull):
                 if ptr > end:
                     bad = 1
                     break
-                base = start + K * t
+                base = np.uint64(start + K * t)
                 for l in range(K):
-                    x = st[l]
-                    e = table[ch if num_tables > 1 else 0, x & mask]
-                    ch += 1
-                    if ch == period:
-                        ch = 0
-                    out[base + l] = np.int64(e >> _S48) + min_symbol
-                    st[l], ptr = _rans_get(x, e, P, mask, words, ptr)
-            if num_tables == 1:
-                ch = 0
-        if bad == 0 and ptr <= end:
-            base = start + K * nfull
-            for l in range(stop - base):
-                x = st[l]
-                e = table[ch if num_tables > 1 else 0, x & mask]
-                ch += 1
-                if ch == period:
-                    ch = 0
-                out[base + l] = np.int64(e >> _S48) + min_symbol
-                st[l], ptr = _rans_get(x, e, P, mask, words, ptr)
+                    ul = np.uint64(l)
+                    tb = cb + ul if num_tables > 1 else zero
+                    x, s = _rans_step_indirect(np.uint64(st[ul]), tb, sidx, info, mask, P)
+                    out[base + ul] = np.int64(s) + min_symbol
+                    st[ul], ptr = _rans_renorm(x, words, ptr)
+                if num_tables > 1:
+                    cb += uk
+                    if cb == up:
+                        cb = zero
+            done = start + K * nfull
+        if bad == 0:
+            ch = np.uint64(done % period)
+            tb = zero
+            lane = np.uint64((done - start) % K)
+            uk = np.uint64(K)
+            for j in range(done, stop):
+                if lane == 0 and ptr > end:
+                    bad = 1
+                    break
+                if num_tables > 1:
+                    tb = ch
+                    ch += np.uint64(1)
+                    if ch == up:
+                        ch = zero
+                x, s = _rans_step_indirect(np.uint64(st[lane]), tb, sidx, info, mask, P)
+                out[np.uint64(j)] = np.int64(s) + min_symbol
+                st[lane], ptr = _rans_renorm(x, words, ptr)
+                lane += np.uint64(1)
+                if lane == uk:
+                    lane = zero
         if bad == 0 and ptr != end:
             bad = 1
         if bad == 0:
             for l in range(K):
-                if st[l] != _L:
+                if st[l] != lower:
                     bad = 2
         status[k] = bad
 
@@ -411,9 +540,10 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     encoder's initial state ``2**16``; 1 means a word-count mismatch; 2 a state
     mismatch. ``states`` has one column per lane (1..32); element ``i`` of a chunk
     belongs to lane ``i % num_lanes``. ``words`` must hold ``num_words.sum()`` words (a
-    padded copy is made).
-    ``table`` may pass a precomputed :func:`rans_decode_table`.
+    padded copy is made). ``table`` is accepted for compatibility and ignored (the
+    tables are built here, in the form that suits their size).
     """
+    del table
     # words may be an unaligned view of the stream: they are copied into a padded buffer
     _check(isinstance(words, np.ndarray) and words.ndim == 1 and words.dtype == np.uint16,
            "words: expected a 1-D uint16 array")
@@ -429,25 +559,36 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
            f"chunk_size must be a multiple of the {K} lanes")
     _check(num_words.shape[0] == nchunks and states.shape[0] == nchunks,
            f"expected {nchunks} chunks, found {num_words.shape[0]} and {states.shape}")
-    total = int(num_words.astype(np.int64).sum())
+    total = int(num_words.sum(dtype=np.int64))
     _check(total == words.shape[0], f"expected {total} words, found {words.shape[0]}")
     _check(bool(np.all(states >= RANS_STATE_LOWER)), "final states must be >= 2**16")
-    num_tables = frequencies.shape[0]
+    num_tables, a = frequencies.shape
     _check(num_tables == 1 or num_tables == period, "num_tables must be 1 or period")
-    if table is None:
-        table = rans_decode_table(frequencies, precision_bits)
-    _check_array(table, "table", (np.uint64,), 2)
-    _check(table.shape == (num_tables, 1 << precision_bits), "decode table has the wrong shape")
-    padded = np.zeros(total + 2 * RANS_LANES, dtype=np.uint16)
+    info_t = np.iinfo(out.dtype)
+    _check(info_t.min <= min_symbol and min_symbol + a - 1 <= info_t.max,
+           f"symbols {min_symbol}..{min_symbol + a - 1} do not fit {out.dtype}")
+    m = 1 << precision_bits
+    # the indirect tables serve every loop (the direct one only the 32-lane single table)
+    direct = (num_tables == 1 and K == RANS_LANES
+              and m * (4 + out.dtype.itemsize) <= RANS_DIRECT_TABLE_BYTES)
+    sidx = rans_slot_symbols(frequencies, precision_bits)
+    cum = np.cumsum(frequencies, axis=1) - frequencies
+    info = ((frequencies - 1) | (cum << 16)).astype(np.uint32)
+    if direct:
+        entries, values = rans_decode_table(frequencies, precision_bits, min_symbol, out.dtype)
+    else:
+        entries, values = np.zeros((1, 1), np.uint32), np.zeros((1, 1), out.dtype)
+    padded = np.empty(total + 2 * RANS_LANES, dtype=np.uint16)
     padded[:total] = words
-    offsets = np.zeros(nchunks, dtype=np.int64)
+    padded[total:] = 0
+    offsets = np.zeros(nchunks, dtype=np.uint64)
     if nchunks > 1:
         np.cumsum(num_words[:-1], out=offsets[1:])
     status = np.zeros(nchunks, dtype=np.int64)
     if nchunks:
         with _threads_for(nchunks):
-            _rans_decode_kernel(padded, offsets, num_words.astype(np.int64), states, table,
-                                np.int64(precision_bits), np.int64(chunk_size),
+            _rans_decode_kernel(padded, offsets, num_words, states, direct, entries, values,
+                                sidx, info, np.int64(precision_bits), np.int64(chunk_size),
                                 np.int64(min_symbol), np.int64(period), out, status)
     return status
 

@@ -9,10 +9,15 @@
 * ``heatmaps_analysis.{png,svg}`` -- per (layer, head): lossless entropy, transform gain and
   prediction gain;
 * ``heatmaps_gap.{png,svg}`` -- per (layer, head): each codec's gap to the SLB estimate;
+* ``gap_decomposition.{png,svg}`` -- each codec's gap to the Gaussian R(D) split into named
+  terms (side information, coder overhead, modelling, decorrelation, distortion allocation,
+  scalar quantizer, residual), stacked bars, keys and values;
 * ``pervector_histograms.{png,svg}`` -- per-vector code lengths with the most expensive tokens;
 * ``throughput.{png,svg}`` -- bits against decode throughput (coders and whole codecs; CPU,
   and GPU when measured);
 * ``quality.{png,svg}`` -- perplexity increase and KL against bits (when eval results exist);
+* ``frontier.{png,svg}`` -- stored bits per token against rematerialization FLOPs per token,
+  coloured by KL (eval results; :mod:`kvinfo.report.frontier`);
 * ``report.md`` and a self-contained ``report.html`` (images embedded) with the summary
   tables and a statement of which numbers are bounds and which are estimates.
 
@@ -67,6 +72,17 @@ FIGURES = {
         "Bits per element above the Shannon lower bound **estimate** at the codec's own "
         "distortion in each slab. Where the SLB estimate is unavailable the cell is blank.",
     ),
+    "gap_decomposition": (
+        "Where each codec's bits go",
+        "Each codec's gap to the Gaussian R(D) at its own distortion (bits per element, mean "
+        "over the benched slabs; the black tick is the total, a **measurement** minus a "
+        "**bound**) split into terms that add up to it: side information and coder overhead "
+        "(**measured** on the stream), modelling loss of pooled tables (**exact** entropies "
+        "of the codec's symbols), decorrelation and distortion-allocation losses (Gaussian-"
+        "model **estimates** from the symbols and the error), the scalar-quantizer loss of "
+        "an ideal ECSQ on the Gaussian model (**computed**) and the residual; formulas in "
+        "docs/analysis.md, section 7. The largest bar is the part of the codec to improve.",
+    ),
     "pervector_histograms": (
         "Per-vector code lengths",
         "Histogram over tokens of the ideal code length of each vector (mean over the benched "
@@ -84,12 +100,21 @@ FIGURES = {
         "Perplexity increase and mean KL divergence of the next-token distribution when the "
         "model's KV cache goes through each codec (**measured** with kvinfo eval).",
     ),
+    "frontier": (  # remat (issue 17): kvinfo/report/frontier.py
+        "Rematerialization frontier: bits per token against FLOPs per token",
+        "Stored bits per cached token (**measured**, all layers, side information included; "
+        "log scale) against the FLOPs per token to get K and V back (an **estimate** from the "
+        "model's shapes; K/V codecs need none), coloured by the **measured** KL divergence "
+        "(nats per token); stars: KL exactly 0.",
+    ),
 }
 
 _MISSING = {
+    "frontier": "no eval records with bits_per_token",  # remat (issue 17)
     "rate_distortion": "no bench or analyze records for keys or values",
     "heatmaps_analysis": "no per-slab analyze or bench records",
     "heatmaps_gap": "no per-slab bench records with an SLB estimate",
+    "gap_decomposition": "no bench records with the gap decomposition (an older bench)",
     "pervector_histograms": "no bench results (bench records the per-vector histograms)",
     "throughput": "no bench results",
     "quality": "no eval results (run kvinfo bench --eval or kvinfo eval -o)",
@@ -151,7 +176,9 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
     import matplotlib.pyplot as plt
 
     from . import _figures as F
+    from . import frontier
     from ._data import gather
+    from ._gap_bars import fig_gap_decomposition
     from ._page import write_html, write_markdown
 
     docs = _as_docs(inputs)
@@ -170,9 +197,11 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
         "rate_distortion": lambda: F.fig_rate_distortion(data, colors),
         "heatmaps_analysis": lambda: F.fig_analysis_heatmaps(data),
         "heatmaps_gap": lambda: F.fig_gap_heatmaps(data),
+        "gap_decomposition": lambda: fig_gap_decomposition(data),
         "pervector_histograms": lambda: F.fig_pervector_histograms(data),
         "throughput": lambda: F.fig_throughput(data, colors),
         "quality": lambda: F.fig_quality(data, colors),
+        "frontier": lambda: frontier.fig_frontier(data),  # remat (issue 17)
     }
     fmts = ["png"] + [f for f in formats if f != "png"]
     files: list[Path] = []

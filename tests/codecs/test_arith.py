@@ -48,6 +48,8 @@ def test_previous_symbol_context_goes_below_order0_entropy():
     assert 0.98 * h0 <= rates["none"] < 1.01 * h0
     assert rates["channel+prev"] < 0.5 * h0
     assert rates["auto"] == rates["channel+prev"]  # the measured choice finds the context
+    r = get_codec({"id": "arith"}).rate(get_codec({"id": "arith"}).encode(x))
+    assert r["num_tables"] > 4 and r["model_bits"] == 0  # recorded in the rate split
 
 
 def test_layout_caps_adaptive_probabilities():

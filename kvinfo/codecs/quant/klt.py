@@ -56,7 +56,8 @@ information, counted in the rate) and not transformed.
 Stream sections (container of :mod:`kvinfo.codecs.quant._base`, codec tag 5)::
 
     params  "<dddBBBBBBBiiiI": step Delta (float64), rounding (float64), rope_theta (float64, 0 =
-            off), mode (0 in-stream, 1 calibrated), reconstruction (0 midpoint, 1 centroid),
+            off), mode (0 in-stream, 1 calibrated, 2 calibrated and refined by Givens
+            rotations), reconstruction (0 midpoint, 1 centroid),
             side dtype (1 float16, 3 float32), kind (0 keys, 1 values, 2 unbound, 3 pre-RoPE
             keys), RoPE inverse-frequency dtype (1 float32, 2 bfloat16, 3 float16; 0 off),
             prediction (0 none, 1 lag-1), metric (0 MSE, 1 attention),
@@ -72,6 +73,9 @@ Stream sections (container of :mod:`kvinfo.codecs.quant._base`, codec tag 5)::
     side    centroid offsets: int8 per active component, all slabs concatenated
     side    per-slab steps, float64
     side    lag-1 prediction coefficients: int8 / 127 per active component (lag-1 only)
+    side    (mode 2 only) Givens rotations: per slab a uint16 count, then per rotation the
+            components i < j (uint8 each) and the angle code (int8, angle code/127 pi/4):
+            the basis is the calibrated one with columns i, j rotated in order
     then per slab one section: coded symbols int32 (coded tokens, m), or an empty side
             section when the slab has no active component
 
@@ -585,6 +589,123 @@ def _dpcm_decode(k, rho, reset, step, delta):  # pragma: no cover - compiled
     return yh
 
 
+_ROT_DTYPE = np.dtype([("i", "u1"), ("j", "u1"), ("code", "i1")])
+#: bits one stored Givens rotation costs (two component indices and the angle code)
+ROTATION_BITS = 8 * _ROT_DTYPE.itemsize
+
+
+def _givens_fit(y: np.ndarray, noise: float, max_rotations: int) -> np.ndarray:
+    """Greedy Jacobi rotations that decorrelate the coordinates ``y`` (rows = tokens).
+
+    Works on ``C = y^T y / n + noise I`` (the quantization noise ``noise`` per component
+    discounts the correlation of weak components). Each step rotates the pair with the
+    largest Gaussian decorrelation gain ``n/2 log2(1 / (1 - rho^2))`` bits by the Jacobi
+    angle, quantized to ``code / 127 * pi / 4``; it stops when a rotation would save less
+    than twice its own cost (:data:`ROTATION_BITS`) or after ``max_rotations``.
+    """
+    n, d = y.shape
+    if d < 2 or n < 2 or max_rotations <= 0 or d > 256:
+        return np.zeros(0, _ROT_DTYPE)
+    cc = (y.T @ y) / n + noise * np.eye(d)
+    # gain > 2 * cost  <=>  1 - rho^2 < 2^(-4 cost / n)
+    r2_min = 1.0 - 2.0 ** (-2.0 * ROTATION_BITS / n)
+    ii, jj, codes = _givens_kernel(np.ascontiguousarray(cc), int(max_rotations), r2_min)
+    out = np.zeros(ii.size, _ROT_DTYPE)
+    out["i"], out["j"], out["code"] = ii, jj, codes
+    return out
+
+
+@numba.njit(cache=True)
+def _givens_kernel(cc, max_rot, r2_min):  # pragma: no cover - compiled
+    d = cc.shape[0]
+    ii = np.zeros(max_rot, np.int64)
+    jj = np.zeros(max_rot, np.int64)
+    codes = np.zeros(max_rot, np.int64)
+    r2 = np.zeros((d, d))
+    for a in range(d):
+        for b in range(a + 1, d):
+            r2[a, b] = cc[a, b] * cc[a, b] / max(cc[a, a] * cc[b, b], 1e-300)
+    cnt = 0
+    q = math.pi / 4.0
+    while cnt < max_rot:
+        best, bi, bj = -1.0, 0, 1
+        for a in range(d):
+            for b in range(a + 1, d):
+                if r2[a, b] > best:
+                    best, bi, bj = r2[a, b], a, b
+        if best < r2_min:
+            break
+        den = cc[bj, bj] - cc[bi, bi]
+        if den != 0.0:
+            th = 0.5 * math.atan(2.0 * cc[bi, bj] / den)
+        else:
+            th = q if cc[bi, bj] > 0 else -q
+        code = int(round(th / q * 127.0))
+        code = max(-127, min(127, code))
+        if code == 0:
+            break
+        ii[cnt], jj[cnt], codes[cnt] = bi, bj, code
+        cnt += 1
+        t = code / 127.0 * q
+        c, s = math.cos(t), math.sin(t)
+        for k in range(d):
+            xi, xj = cc[k, bi], cc[k, bj]
+            cc[k, bi] = c * xi - s * xj
+            cc[k, bj] = s * xi + c * xj
+        for k in range(d):
+            xi, xj = cc[bi, k], cc[bj, k]
+            cc[bi, k] = c * xi - s * xj
+            cc[bj, k] = s * xi + c * xj
+        for k in range(d):
+            for m in (bi, bj):
+                a, b = (k, m) if k < m else (m, k)
+                if a != b:
+                    r2[a, b] = cc[a, b] * cc[a, b] / max(cc[a, a] * cc[b, b], 1e-300)
+    return ii[:cnt], jj[:cnt], codes[:cnt]
+
+
+def _rotate(a: np.ndarray, i: int, j: int, code: int, both: bool = False) -> None:
+    """Rotate columns ``i, j`` of ``a`` in place (and rows, ``both``) by ``code``'s angle."""
+    th = code / 127.0 * (math.pi / 4)
+    c, s = math.cos(th), math.sin(th)
+    ai, aj = a[:, i].copy(), a[:, j].copy()
+    a[:, i] = c * ai - s * aj
+    a[:, j] = s * ai + c * aj
+    if both:
+        ri, rj = a[i, :].copy(), a[j, :].copy()
+        a[i, :] = c * ri - s * rj
+        a[j, :] = s * ri + c * rj
+
+
+def _parse_rotations(buf: bytes, slabs: int, d: int) -> list:
+    """The per-slab rotation lists of a mode-2 stream (uint16 count, then the triples)."""
+    out, pos, buf = [], 0, bytes(buf)
+    for _ in range(slabs):
+        if pos + 2 > len(buf):
+            raise CorruptStreamError("klt: truncated Givens rotation section")
+        (cnt,) = struct.unpack_from("<H", buf, pos)
+        pos += 2
+        end = pos + cnt * _ROT_DTYPE.itemsize
+        if end > len(buf):
+            raise CorruptStreamError("klt: truncated Givens rotation section")
+        r = np.frombuffer(buf[pos:end], _ROT_DTYPE)
+        if cnt and (np.any(r["i"] >= r["j"]) or np.any(r["j"] >= d)
+                    or np.any(r["code"] == -128)):
+            raise CorruptStreamError("klt: bad Givens rotation in stream")
+        out.append(r)
+        pos = end
+    if pos != len(buf):
+        raise CorruptStreamError("klt: trailing bytes in the Givens rotation section")
+    return out
+
+
+def _apply_givens(v: np.ndarray, rots: np.ndarray) -> np.ndarray:
+    v = np.array(v, dtype=np.float64, copy=True)
+    for r in rots:
+        _rotate(v, int(r["i"]), int(r["j"]), int(r["code"]))
+    return v
+
+
 def _check_num(name, value, lo, hi, *, integer=False, open_lo=False):
     ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value):
@@ -627,6 +748,12 @@ class KltCodec(QuantCodec):
         token earlier (DPCM), ``y_t - rho_i y_hat_{t-1}`` is quantized; ``rho_i`` (int8 / 127,
         side information) is the lag-1 correlation shrunk by ``lambda_i / (lambda_i +
         theta)`` for the quantization noise of the reference. Reset at every sequence start.
+    rotations : int
+        With a calibration file (and ``metric="mse"``): at most this many Givens rotations
+        per slab refine the calibrated basis towards the slab's own principal axes (greedy
+        Jacobi steps on the slab's covariance in the calibrated basis, each stored in 3 bytes
+        of side information and kept only while it saves at least twice that); 0 uses the
+        calibrated basis as it is. No effect on an in-stream basis (already the slab's own).
     coder : dict
         Coder of the indices; default ``{"id": "rans", "per_channel": true}``.
 
@@ -649,6 +776,7 @@ class KltCodec(QuantCodec):
         side_dtype: str = "float16",
         metric: str = "mse",
         predict: str = "lag1",
+        rotations: int = 1024,
         coder: dict | None = None,
     ):
         self.snr_db = _check_num("snr_db", snr_db, -20.0, 80.0)
@@ -682,6 +810,7 @@ class KltCodec(QuantCodec):
         if predict not in _PREDICT:
             raise CodecConfigError(f"klt: predict must be one of {_PREDICT}; found {predict!r}")
         self.predict = predict
+        self.rotations = _check_num("rotations", rotations, 0, 65535, integer=True)
         self.reconstruction = reconstruction
         self.side_dtype = side_dtype
         self.metric = metric
@@ -706,6 +835,7 @@ class KltCodec(QuantCodec):
             "side_dtype": self.side_dtype,
             "metric": self.metric,
             "predict": self.predict,
+            "rotations": self.rotations,
             "coder": self.coder_config,
         }
 
@@ -857,7 +987,8 @@ class KltCodec(QuantCodec):
         xw = rope_rotate(x3, pos, self.rope_theta, True, rdt) if rope else x3
         masks, means, vec_parts, off_parts, coded, steps = [], [], [], [], [], []
         predict = self.predict == "lag1"
-        rho_parts = []
+        refine = calibrated and not attention and self.rotations > 0 and 2 <= d <= 256
+        rho_parts, rot_parts = [], []
         cpos = pos[coded_rows]
         reset = np.ones(tc, dtype=np.bool_)
         if tc > 1:
@@ -872,6 +1003,8 @@ class KltCodec(QuantCodec):
                 masks.append(np.zeros(d, bool))
                 means.append(np.zeros(d))
                 steps.append(None)
+                if refine:
+                    rot_parts.append(struct.pack("<H", 0))
                 continue
             mu_store = round_side(xs.mean(axis=0), sd, "means", "klt")
             mu = mu_store.astype(np.float64)
@@ -880,6 +1013,12 @@ class KltCodec(QuantCodec):
             else:
                 _, v, _ = _pca(xs)
             y = (xs - mu) @ v
+            if refine:
+                rots = _givens_fit(y, target, self.rotations)
+                rot_parts.append(struct.pack("<H", rots.size) + rots.tobytes())
+                if rots.size:
+                    v = _apply_givens(v, rots)
+                    y = (xs - mu) @ v
             lam = np.mean(y * y, axis=0)
             theta = water_level_from_eigenvalues(lam, target)
             active = lam > theta
@@ -929,6 +1068,8 @@ class KltCodec(QuantCodec):
             Section(SIDE, to_le_bytes(np.array([s or 0.0 for s in steps], "<f8"))),
             Section(SIDE, b"".join(rho_parts)),
         ]
+        if refine:  # mode 2: the calibrated basis refined by Givens rotations
+            sections.append(Section(SIDE, b"".join(rot_parts)))
         by_slab = dict(coded)
         for s in range(b):
             if s in by_slab:
@@ -937,7 +1078,8 @@ class KltCodec(QuantCodec):
                 sections.append(Section(SIDE, b""))
         params = struct.pack(
             _PARAMS, float(params_step), self.rounding, self.rope_theta if rope else 0.0,
-            int(calibrated), _RECON.index(self.reconstruction), DTYPE_CODES[self.side_dtype],
+            2 if refine else int(calibrated), _RECON.index(self.reconstruction),
+            DTYPE_CODES[self.side_dtype],
             kind_code, _ROPE_CODES.index(rdt) if rope else 0, int(predict), int(attention),
             -1 if self._layer is None else self._layer,
             -1 if self._head is None else self._head, self.recent_tokens, crc,
@@ -1007,20 +1149,26 @@ class KltCodec(QuantCodec):
         (step0, rounding, theta, mode, recon, sd_code, kind_code, rope_code, pred_code,
          metric_code, layer, head, recent, crc) = unpack_params(_PARAMS, p.params)
         if (
-            mode > 1 or recon > 1 or sd_code not in (1, 3) or kind_code > 3
+            mode > 2 or recon > 1 or sd_code not in (1, 3) or kind_code > 3
             or not math.isfinite(theta) or theta < 0 or not math.isfinite(step0)
             or rope_code > 3 or (theta > 0) != (rope_code > 0) or pred_code > 1
             or metric_code > 1 or (metric_code and (mode != 1 or kind_code not in (0, 3)))
+            or (mode == 2 and metric_code)
         ):
             raise CorruptStreamError("bad klt parameter block")
         t, d = p.shape[-2:]
         b = int(np.prod(p.shape[:-2], dtype=np.int64))
-        if b > MAX_SLABS or len(p.sections) != 9 + b:
+        n_side = 10 if mode == 2 else 9
+        if b > MAX_SLABS or len(p.sections) != n_side + b:
             raise CorruptStreamError("bad klt stream layout")
         sd = SIDE_DTYPES["float16" if sd_code == 1 else "float32"]
         secs = p.sections
-        if any(s.kind != SIDE for s in secs[:9]):
+        if any(s.kind != SIDE for s in secs[:n_side]):
             raise CorruptStreamError("bad klt stream layout")
+        rots = [np.zeros(0, _ROT_DTYPE)] * b
+        if mode == 2:
+            rots = _parse_rotations(secs[9].data, b, d)
+            secs = secs[:9] + secs[10:]
         n_verb = len(secs[0].data) // 4
         rows = side_array(secs[0], np.uint32, n_verb).astype(np.int64)
         if n_verb and (np.any(np.diff(rows) <= 0) or rows[-1] >= b * t):
@@ -1049,7 +1197,7 @@ class KltCodec(QuantCodec):
         means = finite_side(side_array(secs[4], sd, b * d).reshape(b, d), "means")
         counts = masks.sum(axis=1)
         steps = finite_side(side_array(secs[7], np.dtype("<f8"), b), "steps", nonnegative=True)
-        if mode == 1:
+        if mode >= 1:
             if self._bases is None:
                 raise CorruptStreamError(
                     "klt: this stream was coded with a calibrated basis; decode it with a codec "
@@ -1072,6 +1220,7 @@ class KltCodec(QuantCodec):
             if metric_code:  # reconstruction matrix W^-1 U
                 vs = [np.linalg.solve(w, v) for w, v in zip(ws, vs, strict=True)]
                 vs = [np.linalg.solve(w, v) for w, v in zip(ws, vs, strict=True)]
+            vs = [_apply_givens(v, rots[s]) if rots[s].size else v for s, v in enumerate(vs)]
             bases = [v[:, masks[s]] for s, v in enumerate(vs)]
         else:
             total = int(counts.sum()) * d

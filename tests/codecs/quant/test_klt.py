@@ -473,3 +473,52 @@ def test_calibration_stores_the_attention_metric(dumps):
     # values are always coded for MSE, even with metric 'attention'
     v = c.for_slab(0, "values", 1)
     assert abs(_snr(x, v.decode(v.encode(x))) - 15) < 0.3
+
+
+def test_givens_refinement_recovers_a_mismatched_basis(tmp_path):
+    """A basis calibrated on a source whose axes moved: the in-stream Givens rotations win
+    back most of the decorrelation the calibrated basis loses, for their side bits."""
+    from scipy.linalg import expm
+
+    x_cal, q = _gauss(8192, LAM, seed=5)
+    a = np.random.default_rng(6).standard_normal((16, 16))
+    q2 = expm(0.15 * (a - a.T)) @ q  # the test source's axes: a small rotation away
+    x, _ = _gauss(4096, LAM, seed=7, q=q2)
+    path = tmp_path / "b.npz"
+    save_klt_bases(_bases_from_array(x_cal), path)
+    rates = {}
+    for rot in (0, 1024):
+        c = get_codec({"id": "klt", "snr_db": 25, "basis": str(path), "rotations": rot,
+                       "predict": "none"}).for_slab(0, "values", 0)
+        data = c.encode(x)
+        y = c.decode(data)
+        assert abs(_snr(x, y) - 25) < 0.2
+        p = parse_stream(data)
+        assert len(p.sections) == (10 if rot else 9) + 1
+        rates[rot] = c.rate(data)["bits_per_element"]
+        if rot:
+            mse = float(np.mean((x - y) ** 2))
+            bound = float(rd_gaussian_eigenvalues(np.sort(LAM), mse))
+            rot_sec = p.sections[9].data
+            n_rot = struct.unpack_from("<H", rot_sec)[0]
+            assert 0 < n_rot <= rot and len(rot_sec) == 2 + 3 * n_rot
+            refined = data
+    assert rates[1024] < rates[0] - 0.05
+    assert rates[1024] - bound < 0.45
+    # a damaged rotation (component index out of range) is refused with the specific error
+    c = get_codec({"id": "klt", "snr_db": 25, "basis": str(path), "predict": "none"}
+                  ).for_slab(0, "values", 0)
+    from kvinfo.codecs.quant._base import Section, build_stream
+
+    p = parse_stream(refined)
+    sec = bytearray(p.sections[9].data)
+    for pos, value, what in ((3, 200, "bad Givens rotation"), (1, 0xFF, "truncated Givens")):
+        bad = bytearray(sec)
+        bad[pos] = value  # the first rotation's j; the count's high byte
+        secs = list(p.sections)
+        secs[9] = Section(secs[9].kind, bytes(bad))
+        stream = build_stream(p.tag, p.dtype, p.shape, p.params, secs)
+        with pytest.raises(CorruptStreamError, match=what):
+            c.decode(stream)
+    with pytest.raises(CodecConfigError):
+        get_codec({"id": "klt", "rotations": -1})
