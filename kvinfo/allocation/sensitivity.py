@@ -28,8 +28,9 @@ scalar weight is ``w_s = mean_c fisher_per_channel[c] / tokens_per_slab`` in the
 ``0.5 * w_s * D_s * n_s`` (``n_s`` elements).
 
 Cost: one no-grad prefill plus ``samples`` forward-and-backward passes over each sequence's
-second half; on SmolLM2-135M and the default dump (8 sequences, about 2,300 tokens) with 4
-samples, a few minutes on 2 CPU cores (stated in the file as ``seconds``).
+second half (stated in the file as ``seconds``); on SmolLM2-135M and the default dump cut to
+256 tokens per sequence (975 scored tokens) with 2 samples: 1,151 s measured on a shared,
+heavily loaded 2-core machine (docs/benchmarks.md).
 """
 
 from __future__ import annotations
