@@ -104,6 +104,8 @@ def bench_analyze(paths, selection, repeats, knn_samples):
         ts.append(time.perf_counter() - t)
     t_slab = statistics.median(ts)
     release_dump_set()
+    print(f"per-slab analysis in-process: t_slab = {t_slab * 1e3:.0f} ms (median of "
+          f"{len(ts)}); opening the {len(paths)} dumps: {t_open * 1e3:.0f} ms", flush=True)
     S = len(sel.slabs())
     runners = {}
     starts = {}
@@ -111,6 +113,7 @@ def bench_analyze(paths, selection, repeats, knn_samples):
         t = time.perf_counter()
         runners[n] = TaskRunner(workers=n).__enter__()
         starts[n] = time.perf_counter() - t
+        print(f"  cluster of {n} started in {starts[n]:.1f} s", flush=True)
         env = [r for _, r in runners[n].map(pinned_environment, list(range(n)))]
         assert all(e["numba_threads"] == 1 and e["OPENBLAS_NUM_THREADS"] == "1" for e in env)
         # warm every worker: imports, Numba cache loads, the open dump set
@@ -124,6 +127,7 @@ def bench_analyze(paths, selection, repeats, knn_samples):
             docs[n] = analyze_dumps(paths, selection,
                                     scheduler=runners[n].client.scheduler.address, **opts)
             times[n].append(time.perf_counter() - t)
+            print(f"  --workers {n}: {times[n][-1]:.2f} s ({_load()})", flush=True)
     same = _records(docs[1]) == _records(docs[2])
     # per-task overhead: no-op tasks through the 2-worker cluster
     t = time.perf_counter()
