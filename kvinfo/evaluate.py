@@ -915,6 +915,13 @@ def evaluate_context(
     from tqdm.auto import tqdm
 
     specs = eval_codec_specs(codecs)
+    for s in specs:
+        if _remat.is_remat_spec(s):
+            raise CodecConfigError(
+                f"codec {s.get('id')!r} rematerializes the cache from the model; the "
+                "context-length evaluation does not run model-aware codecs yet: use kvinfo "
+                "eval without --context (prefix mode)"
+            )
     context = check_context(context, model)
     if prefix is None:
         prefix = context // 2

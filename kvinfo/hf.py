@@ -78,7 +78,7 @@ __all__ = [
 SUPPORTED_TRANSFORMERS = ">=4.56,<6"
 
 #: codec ids that rematerialize the cache from more than K and V (kvinfo.remat)
-MODEL_AWARE_CODEC_IDS = frozenset({"xquant", "xquant-cl", "latent", "tokens"})
+MODEL_AWARE_CODEC_IDS = frozenset({"xquant", "xquant-cl", "xquant-latent", "latent", "tokens"})
 
 PREFILL_MODES = ("compress", "keep")
 
@@ -113,10 +113,30 @@ def _check_model_free(spec: KVCodecSpec) -> None:
             )
 
 
+def _remat_ids() -> set:
+    from . import remat
+
+    return set(MODEL_AWARE_CODEC_IDS) | set(remat.REMAT_CODECS)
+
+
+def _refuse_remat_config(codec) -> None:
+    if not isinstance(codec, dict):
+        return
+    configs = [codec] if "id" in codec else [v for v in codec.values() if isinstance(v, dict)]
+    for cfg in configs:
+        if cfg.get("id") in _remat_ids():
+            raise CodecConfigError(
+                f"codec {cfg.get('id')!r} rematerializes the cache from the model's layer "
+                "inputs or tokens; CompressedCache stores each layer's keys and values only "
+                "and cannot run it (use kvinfo eval without --context for model-aware codecs)"
+            )
+
+
 def cache_spec(codec) -> KVCodecSpec:
     """``codec`` validated for :class:`CompressedCache`: a KV codec for keys and values
     that needs nothing but each layer's keys and values (else
     :class:`~kvinfo.errors.CodecConfigError`)."""
+    _refuse_remat_config(codec)
     if isinstance(codec, KVCodecSpec):
         spec = codec
         if any(k not in spec.codecs for k in KINDS):

@@ -254,6 +254,8 @@ def test_context_longer_than_the_model_is_refused(tiny, tiny_model_dir, capsys):
     model, tok, _ = tiny
     with pytest.raises(EvalInputError, match="longer than the model's maximum of 512"):
         evaluate_context(model, tok, [{"id": "lossless"}], TEXT, context=1024)
+    with pytest.raises(CodecConfigError, match="rematerializes"):  # model-aware: not here
+        evaluate_context(model, tok, [{"id": "xquant", "bits": 4}], TEXT, context=128)
     with pytest.raises(EvalInputError, match="fewer than one segment"):
         evaluate_context(model, tok, [{"id": "lossless"}], "short", context=256)
     rc = main(["eval", "--model", str(tiny_model_dir), "--codec", '{"id":"lossless"}',

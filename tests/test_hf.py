@@ -85,6 +85,10 @@ def test_refusals():
     spec.codecs["values"].needs_model = True  # what a rematerializing codec declares
     with pytest.raises(CodecConfigError, match="rematerializes"):
         CompressedCache(spec)
+    for remat in ({"id": "xquant", "bits": 4}, {"keys": {"id": "tokens"},
+                                                 "values": {"id": "lossless"}}):
+        with pytest.raises(CodecConfigError, match="rematerializes"):
+            CompressedCache(remat)
     with pytest.raises(CodecConfigError):
         CompressedCache({"keys": {"id": "lossless"}})
     with pytest.raises(CacheInputError, match="window"):
