@@ -23,7 +23,7 @@ Examples
 >>> b = write_synthetic_dump(os.path.join(tmp, "b.h5"), num_tokens=48, head_dim=8, seed=2)
 >>> with open_dumps([a, b]) as s:
 ...     print(s.num_tokens, s.num_sequences, s.slab("keys", 0, 0).shape)
-80 2 (80, 8)
+80 4 (80, 8)
 """
 
 from __future__ import annotations
