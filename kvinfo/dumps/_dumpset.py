@@ -23,7 +23,7 @@ Examples
 >>> b = write_synthetic_dump(os.path.join(tmp, "b.h5"), num_tokens=48, head_dim=8, seed=2)
 >>> with open_dumps([a, b]) as s:
 ...     print(s.num_tokens, s.num_sequences, s.slab("keys", 0, 0).shape)
-80 2 (80, 8)
+80 4 (80, 8)
 """
 
 from __future__ import annotations
@@ -136,6 +136,8 @@ class DumpSet(Dump):
         self.num_kv_heads = first.num_kv_heads
         self.head_dim = first.head_dim
         self.kinds = tuple(k for k in first.kinds if all(k in d.kinds for d in self.dumps))
+        self.input_kinds = ()  # the model inputs of the members are not combined
+        self.hidden_size = None
         counts = [d.num_tokens for d in self.dumps]
         self.token_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.num_tokens = int(self.token_starts[-1])

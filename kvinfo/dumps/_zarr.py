@@ -117,6 +117,8 @@ class ZarrDump(Dump):
                 f"{where}: array 'sequence_offsets' is inconsistent with {T} tokens"
             )
         self.kinds = tuple(k for k in KINDS if k in arrays)
+        self.input_kinds = ()  # a converted store holds the KV tensors only
+        self.hidden_size = None
         self.num_tokens = T
         self.num_sequences = o.size - 1
 

@@ -28,7 +28,7 @@ Examples
 ...                            head_dim=8)
 >>> info = convert_dump(src, os.path.join(tmp, "a.zarr"), {"id": "lossless"})
 >>> info["lossy"], info["chunks"]
-(False, 8)
+(False, 16)
 >>> with open_dump(src) as a, open_dump(os.path.join(tmp, "a.zarr")) as b:
 ...     bool((a.raw_bits("keys", 1, 0) == b.raw_bits("keys", 1, 0)).all())
 True
