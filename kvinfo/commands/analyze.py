@@ -296,7 +296,10 @@ def run(args) -> int:
         from ..analysis.inputs import analyze_inputs, format_inputs_table
         from ..dumps import open_dump
 
-        with open_dump(args.dump) as d:
+        if len(scale["inputs"]) > 1:
+            raise AnalysisInputError("--inputs analyzes one dump; got "
+                                     f"{len(scale['inputs'])}")
+        with open_dump(scale["inputs"][0]) as d:
             sel = selection_of(args).resolve(d)
             inputs_records = analyze_inputs(d, layers=sel.layers)
         doc["records"].extend(inputs_records)

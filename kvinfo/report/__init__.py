@@ -100,6 +100,10 @@ FIGURES = {
         "Perplexity increase and mean KL divergence of the next-token distribution when the "
         "model's KV cache goes through each codec (**measured** with kvinfo eval).",
     ),
+}
+
+#: figures drawn only when their results are given (no "missing" note otherwise)
+EXTRA_FIGURES = {
     "frontier": (  # remat (issue 17): kvinfo/report/frontier.py
         "Rematerialization frontier: bits per token against FLOPs per token",
         "Stored bits per cached token (**measured**, all layers, side information included; "
@@ -107,10 +111,6 @@ FIGURES = {
         "model's shapes; K/V codecs need none), coloured by the **measured** KL divergence "
         "(nats per token); stars: KL exactly 0.",
     ),
-}
-
-#: figures drawn only when their results are given (no "missing" note otherwise)
-EXTRA_FIGURES = {
     # hf (issue 18)
     "needle": (
         "Needle retrieval: depth x length",
@@ -122,7 +122,6 @@ EXTRA_FIGURES = {
 }
 
 _MISSING = {
-    "frontier": "no eval records with bits_per_token",  # remat (issue 17)
     "rate_distortion": "no bench or analyze records for keys or values",
     "heatmaps_analysis": "no per-slab analyze or bench records",
     "heatmaps_gap": "no per-slab bench records with an SLB estimate",

@@ -65,5 +65,5 @@ def test_demo_without_eval(tiny_model_dir, tmp_path, capsys, flag):
     for name in ("analyze", "bench"):
         cmd = load_results(out / f"{name}.json")["command"]
         args = build_parser().parse_args(cmd[1:])
-        assert cmd[:2] == ["kvinfo", name] and args.dump == str(out / "dump.h5")
+        assert cmd[:2] == ["kvinfo", name] and args.dump == [str(out / "dump.h5")]
         assert (args.layers, args.knn_samples, args.output) == ("1", 100, str(out / f"{name}.json"))
