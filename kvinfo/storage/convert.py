@@ -236,7 +236,7 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
             root.attrs.update(attrs)
             seconds = time.perf_counter() - t0
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove_partial(partial)
             raise
     finally:
         if own:
@@ -260,6 +260,18 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
 
 
 STORE_ATTR = "zarr_store"
+
+
+def _remove_partial(partial: Path, settle_s: float = 0.05, limit_s: float = 5.0) -> None:
+    """Remove a failed store. zarr writes chunks concurrently: when one chunk's encode fails,
+    chunks already in flight may still land after a first removal and re-create the folder,
+    so remove until it stays absent for ``settle_s`` (at most ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        shutil.rmtree(partial, ignore_errors=True)
+        time.sleep(settle_s)
+        if not partial.exists() or time.monotonic() > deadline:
+            return
 
 
 def _commit(partial: Path, p: Path) -> None:
