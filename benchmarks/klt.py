@@ -31,6 +31,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", default="0,10,20,29")
     ap.add_argument("--heads", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--only", default=None,
+                    help="run only the settings whose label matches this regular expression")
     args = ap.parse_args(argv)
     bases = load_klt_bases(args.basis)
     with open_dump(args.dump) as d:
@@ -109,6 +112,8 @@ def main(argv=None) -> int:
         info = d.describe()
     rows = []
     for label, cfg in settings(args.basis, theta):
+        if args.only and not re.search(args.only, label):
+            continue
         codec = get_codec(cfg)
         gaps = {"keys": [], "values": []}
         gaps_pre, snrs, bits_all, side = [], [], [], []
