@@ -27,6 +27,7 @@ The rules every output follows (``docs/cli.md`` and each ``-o`` help say so):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import fnmatch
@@ -47,6 +48,7 @@ __all__ = [
     "create_partial",
     "commit_partial",
     "discard_partial",
+    "atomic_write",
     "partial_name",
     "remove_stale_partials",
     "OutputLock",
@@ -306,6 +308,31 @@ def discard_partial(partial: str | os.PathLike) -> None:
     """Remove a partial file after a failure (missing is fine)."""
     _OPEN_PARTIALS.discard(str(Path(partial).absolute()))
     Path(partial).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", option: str | None = None):
+    """Write ``path`` through a partial file opened with ``mode`` (``"w"`` or ``"wb"``),
+    renamed onto ``path`` when the block ends; after a failure the partial is removed (an
+    OSError becomes :class:`OutputPathError`), so ``path`` never looks complete early.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
+    >>> with atomic_write(out) as f:
+    ...     _ = f.write("done")
+    >>> out.read_text()
+    'done'
+    """
+    fd, tmp = create_partial(path, option)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        commit_partial(tmp, path)
+    except BaseException as exc:
+        discard_partial(tmp)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc, option) from None
+        raise
 
 
 def _pid_alive(pid: int) -> bool:

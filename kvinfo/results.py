@@ -34,12 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from ._paths import (
+    atomic_write,
     check_output_file,
-    commit_partial,
-    create_partial,
-    discard_partial,
     make_dirs,
-    output_error,
     remove_stale_partials,
 )
 from ._version import __version__
@@ -264,17 +261,9 @@ def write_results(doc: dict, path: str | os.PathLike) -> Path:
     path = check_output_file(path, kind="results")
     make_dirs(path.parent)
     remove_stale_partials(path)
-    fd, tmp = create_partial(path)  # <name>.kvinfo-partial-<pid>, mode 0o666 minus the umask
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(to_jsonable(doc), f, indent=1, allow_nan=False)
-            f.write("\n")
-        commit_partial(tmp, path)
-    except BaseException as exc:
-        discard_partial(tmp)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from None
-        raise
+    with atomic_write(path) as f:  # <name>.kvinfo-partial-<pid>, mode 0o666 minus the umask
+        json.dump(to_jsonable(doc), f, indent=1, allow_nan=False)
+        f.write("\n")
     return path
 
 

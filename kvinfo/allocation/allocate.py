@@ -17,11 +17,8 @@ import os
 import numpy as np
 
 from .._paths import (
+    atomic_write,
     check_output_file,
-    commit_partial,
-    create_partial,
-    discard_partial,
-    output_error,
 )
 from .._version import __version__
 from ..codecs.plan import PLAN_SCHEMA, PLAN_VERSION, check_plan
@@ -244,15 +241,7 @@ def save_plan(plan: dict, path, *, inputs=()) -> os.PathLike:
     """Write a plan atomically (temporary name, then rename); never onto one of ``inputs``."""
     check_plan(plan)
     p = check_output_file(path, inputs=[i for i in inputs if i is not None])
-    fd, tmp = create_partial(p)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(plan, f, indent=1, allow_nan=False)
-            f.write("\n")
-        commit_partial(tmp, p)
-    except BaseException as exc:
-        discard_partial(tmp)
-        if isinstance(exc, OSError):
-            raise output_error(p, exc) from None
-        raise
+    with atomic_write(p) as f:
+        json.dump(plan, f, indent=1, allow_nan=False)
+        f.write("\n")
     return p

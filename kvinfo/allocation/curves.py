@@ -24,11 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._paths import (
+    atomic_write,
     check_output_file,
-    commit_partial,
-    create_partial,
-    discard_partial,
-    output_error,
 )
 from ..codecs.plan import framing_bytes
 from ..codecs.spec import KINDS
@@ -90,17 +87,9 @@ class RDCurves:
             "num_tokens": self.num_tokens, "tokens": self.tokens, "seconds": self.seconds,
             "source": self.source,
         }
-        fd, tmp = create_partial(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(meta)), bits=self.bits_per_element,
-                         mse=self.mse_per_element, mse_channel=self.mse_per_channel)
-            commit_partial(tmp, path)
-        except BaseException as exc:
-            discard_partial(tmp)
-            if isinstance(exc, OSError):
-                raise output_error(path, exc) from None
-            raise
+        with atomic_write(path, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), bits=self.bits_per_element,
+                     mse=self.mse_per_element, mse_channel=self.mse_per_channel)
 
 
 def load_rd_curves(path) -> RDCurves:

@@ -44,11 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._paths import (
+    atomic_write,
     check_output_file,
-    commit_partial,
-    create_partial,
-    discard_partial,
-    output_error,
 )
 from .._version import __version__
 from ..codecs.spec import KINDS
@@ -115,16 +112,8 @@ class Sensitivity:
     def save(self, path) -> None:
         """Write the JSON file (temporary name, then rename)."""
         path = check_output_file(path)
-        fd, tmp = create_partial(path)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f)
-            commit_partial(tmp, path)
-        except BaseException as exc:
-            discard_partial(tmp)
-            if isinstance(exc, OSError):
-                raise output_error(path, exc) from None
-            raise
+        with atomic_write(path) as f:
+            json.dump(self.to_json(), f)
 
 
 def load_sensitivity(path) -> Sensitivity:
