@@ -15,12 +15,13 @@ from ._reader import Dump, open_dump
 from ._select import ResolvedSelection, Selection, check_index_list, parse_index_list
 from ._synthetic import write_synthetic_dump
 from ._writer import DumpWriter
-from ._zarr import ZarrDump
+from ._zarr import ZarrDump, store_bytes
 
 __all__ = [
     "open_dump",
     "Dump",
     "ZarrDump",
+    "store_bytes",
     "DumpSet",
     "open_dumps",
     "expand_dump_paths",

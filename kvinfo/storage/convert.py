@@ -167,7 +167,7 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
     from tqdm import tqdm
 
     from ..codecs import get_codec
-    from ..dumps import Dump, open_dump
+    from ..dumps import Dump, open_dump, store_bytes
 
     cfg = _codec_config(codec)
     kv_codec = get_codec(cfg)  # validates every parameter before any work
@@ -242,7 +242,7 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
         if own:
             d.close()
     _commit(partial, p)
-    size = _store_bytes(p)
+    size = store_bytes(p)
     itemsize = storage.itemsize
     elements = kv_bytes // itemsize
     return {
@@ -289,17 +289,6 @@ def _commit(partial: Path, p: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _store_bytes(path: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
 
 
 def format_summary(info: dict) -> str:
