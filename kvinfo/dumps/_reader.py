@@ -72,6 +72,23 @@ class Dump:
             self._f.close()
             raise
 
+    def _set_geometry(self, attrs: dict) -> None:
+        """Adopt the checked root attributes (shared with the zarr reader)."""
+        self.meta = attrs
+        self.dtype = attrs["dtype"]
+        self.num_layers = attrs["num_layers"]
+        self.num_heads = attrs["num_heads"]
+        self.num_kv_heads = attrs["num_kv_heads"]
+        self.head_dim = attrs["head_dim"]
+
+    def _dims(self, num_tokens: int, num_offsets: int) -> dict:
+        """The size of every named axis of :data:`DATASETS` (``hidden_size`` is None in a
+        dump without layer inputs)."""
+        return {"num_layers": self.num_layers, "num_heads": self.num_heads,
+                "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
+                "hidden_size": self.meta.get("hidden_size"),
+                "num_tokens": num_tokens, "num_sequences+1": num_offsets}
+
     def _load_meta(self, where: str) -> None:
         """Validate the whole layout (docs/dump-format.md, "Validation") before any data."""
         f = self._f
@@ -84,12 +101,7 @@ class Dump:
         attrs = check_attributes(raw, where)
         if not attrs.get("complete", False):
             raise DumpFormatError(f"{where}: incomplete dump (the writer did not finish)")
-        self.meta = attrs
-        self.dtype = attrs["dtype"]
-        self.num_layers = attrs["num_layers"]
-        self.num_heads = attrs["num_heads"]
-        self.num_kv_heads = attrs["num_kv_heads"]
-        self.head_dim = attrs["head_dim"]
+        self._set_geometry(attrs)
         try:
             names = set(f.keys())
             for name, spec in DATASETS.items():
@@ -120,10 +132,7 @@ class Dump:
                 )
             tid, offs = present["token_ids"], present["sequence_offsets"]
             T = int(tid.shape[0])
-            dims = {**{k: attrs[k] for k in ("num_layers", "num_heads", "num_kv_heads",
-                                              "head_dim")},
-                    "hidden_size": attrs.get("hidden_size"),
-                    "num_tokens": T, "num_sequences+1": int(offs.shape[0])}
+            dims = self._dims(T, int(offs.shape[0]))
             for name, obj in present.items():  # then shapes against the attributes
                 check_dataset(obj, name, DATASETS[name], dims, self.dtype, where)
             self.kinds = tuple(k for k in KINDS if k in names)

@@ -67,13 +67,8 @@ class ZarrDump(Dump):
         attrs = check_attributes(raw, where)
         if not attrs.get("complete", False):
             raise DumpFormatError(f"{where}: incomplete store (the conversion did not finish)")
-        self.meta = attrs
+        self._set_geometry(attrs)
         self.store = store if isinstance(store, dict) else {}
-        self.dtype = attrs["dtype"]
-        self.num_layers = attrs["num_layers"]
-        self.num_heads = attrs["num_heads"]
-        self.num_kv_heads = attrs["num_kv_heads"]
-        self.head_dim = attrs["head_dim"]
         try:
             names = set(g.array_keys())
         except Exception as exc:
@@ -97,8 +92,7 @@ class ZarrDump(Dump):
                                           ) from None
         self._offsets = np.asarray(self._read(arrays["sequence_offsets"], ...), dtype=np.int64)
         T = int(arrays["token_ids"].shape[0])
-        dims = {**{k: attrs[k] for k in ("num_layers", "num_heads", "num_kv_heads", "head_dim")},
-                "num_tokens": T, "num_sequences+1": int(self._offsets.size)}
+        dims = self._dims(T, int(self._offsets.size))
         for name, arr in arrays.items():
             spec = DATASETS[name]
             want_dtype = DTYPES[self.dtype] if spec.dtype == "tensor" else np.dtype("<i8")

@@ -100,3 +100,16 @@ def test_incomplete_store_is_refused(synthetic_dump, tmp_path):
     g.attrs["complete"] = False
     with pytest.raises(DumpFormatError, match="incomplete"):
         open_dump(out)
+
+
+def test_store_with_layer_inputs_but_no_hidden_size_is_refused(synthetic_dump, tmp_path):
+    """The axis sizes come from the same place as the HDF5 reader's: an ``inputs`` array
+    without the ``hidden_size`` attribute is a format error, not a KeyError."""
+    import zarr
+
+    out = tmp_path / "x.zarr"
+    convert_dump(synthetic_dump, out, {"id": "rans"})
+    g = zarr.open_group(str(out), mode="r+")
+    g.create_array("inputs", shape=(2, 4, 8), dtype="float32")
+    with pytest.raises(DumpFormatError, match="'inputs'"):
+        open_dump(out)
