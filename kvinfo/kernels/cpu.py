@@ -28,6 +28,7 @@ Bit-stream layouts are specified in ``docs/container-format.md``:
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numba
 import numpy as np
@@ -49,6 +50,7 @@ __all__ = [
     "arith_encode",
     "arith_decode",
     "unpack_frequency_tables",
+    "quantize_rows",
     "warmup",
 ]
 
@@ -1045,6 +1047,119 @@ def arith_decode(payload: np.ndarray, num_bytes: np.ndarray, n: int, chunk_size:
 
 
 # ---------------------------------------------------------------------------------------
+# frequency-table quantization
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _heap_less(key, idx, a, b):  # pragma: no cover - numba
+    # the order of Python tuples (key, index): ties in the key go to the smaller index
+    return key[a] < key[b] or (key[a] == key[b] and idx[a] < idx[b])
+
+
+@njit(cache=True, nogil=True)
+def _heap_sift_down(key, idx, size, pos):  # pragma: no cover - numba
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            return
+        if c + 1 < size and _heap_less(key, idx, c + 1, c):
+            c += 1
+        if not _heap_less(key, idx, c, pos):
+            return
+        key[pos], key[c] = key[c], key[pos]
+        idx[pos], idx[c] = idx[c], idx[pos]
+        pos = c
+
+
+@njit(cache=True, nogil=True)
+def _quantize_rows_kernel(counts, m, out, key, idx):  # pragma: no cover - numba
+    # Greedy unit placement of models.quantize_counts, row by row, with a binary min-heap
+    # of (key, symbol) pairs: (key, symbol) pairs are distinct, so any heap pops them in
+    # the same order as Python's heapq and the frequencies are identical. Keys are the
+    # same float64 expressions: -c * log2((f + 1) / f) for a unit added, c * log2(f /
+    # (f - 1)) for a unit removed. Rows with no count get all the mass on symbol 0.
+    T, A = counts.shape
+    for t in range(T):
+        row = counts[t]
+        f = out[t]
+        total = np.int64(0)
+        for s in range(A):
+            total += row[s]
+        if total == 0:
+            f[0] = m
+            continue
+        fsum = np.int64(0)
+        for s in range(A):
+            c = row[s]
+            if c > 0:
+                v = (c * m) // total
+                f[s] = v if v > 1 else 1
+                fsum += f[s]
+        diff = m - fsum
+        size = 0
+        if diff > 0:
+            for s in range(A):
+                c = row[s]
+                if c > 0:
+                    key[size] = -c * math.log2(np.float64(f[s] + 1) / np.float64(f[s]))
+                    idx[size] = s
+                    size += 1
+            for p in range(size // 2 - 1, -1, -1):
+                _heap_sift_down(key, idx, size, p)
+            for _ in range(diff):
+                s = idx[0]
+                f[s] += 1
+                key[0] = -row[s] * math.log2(np.float64(f[s] + 1) / np.float64(f[s]))
+                _heap_sift_down(key, idx, size, 0)
+        elif diff < 0:
+            for s in range(A):
+                c = row[s]
+                if c > 0 and f[s] > 1:
+                    key[size] = c * math.log2(np.float64(f[s]) / np.float64(f[s] - 1))
+                    idx[size] = s
+                    size += 1
+            for p in range(size // 2 - 1, -1, -1):
+                _heap_sift_down(key, idx, size, p)
+            for _ in range(-diff):
+                s = idx[0]
+                f[s] -= 1
+                if f[s] > 1:
+                    key[0] = row[s] * math.log2(np.float64(f[s]) / np.float64(f[s] - 1))
+                else:  # pop: the last leaf replaces the root
+                    size -= 1
+                    key[0] = key[size]
+                    idx[0] = idx[size]
+                _heap_sift_down(key, idx, size, 0)
+
+
+def quantize_rows(counts: np.ndarray, precision_bits: int) -> np.ndarray:
+    """Quantized frequencies of every row of ``counts`` (int64, ``(num_tables,
+    alphabet_size)``), each row summing to ``2**precision_bits``.
+
+    The greedy of :func:`kvinfo.codecs.models.quantize_counts` (start from the rounded-down
+    scaling with every used symbol at least 1, then add or remove single units where they
+    change the cross-entropy most or least), compiled; the result is identical to it. A
+    row of zeros gets all its mass on symbol 0. Raises :class:`CodecConfigError` on a
+    negative count or a row with more used symbols than ``2**precision_bits`` slots.
+    """
+    _check_array(counts, "counts", (np.int64,), 2)
+    _check(1 <= precision_bits <= 30, f"precision_bits must be in [1, 30], found "
+           f"{precision_bits}")
+    _check(counts.shape[0] >= 1 and counts.shape[1] >= 1, "counts must be non-empty")
+    _check(not bool((counts < 0).any()), "counts must be non-negative")
+    m = 1 << precision_bits
+    used = int((counts > 0).sum(axis=1).max())
+    _check(used <= m, f"{used} distinct symbols do not fit a table of precision "
+           f"{precision_bits} bits (at most {m})")
+    # (c * m) must not overflow int64
+    _check(int(counts.max()) < (1 << 62) >> precision_bits, "counts too large")
+    out = np.zeros(counts.shape, np.int64)
+    a = counts.shape[1]
+    _quantize_rows_kernel(counts, np.int64(m), out, np.empty(a, np.float64),
+                          np.empty(a, np.int64))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
 # exp-Golomb packed frequency tables (format version 2)
 # ---------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
@@ -1133,3 +1248,4 @@ def warmup() -> None:
     huffman_decode(w, nw, so, lengths, 3, 64, 16, 70)
     p, nb = arith_encode(idx, 64, 7, 3, 7, 3, 1022)
     arith_decode(p, nb, 70, 64, 7, 3, 7, 3, 1022)
+    quantize_rows(np.array([[5, 0, 1, 2]], np.int64), 4)

@@ -320,3 +320,34 @@ def arith_ideal_bits(idx, period, symbol_bits, nch, prev_bits, adapt_limit, chun
                 cnt[q] = min(cnt.get(q, 0) + 1, adapt_limit)
                 node = 2 * node + bit
     return total
+
+
+# ------------------------------------------------------------------------ table quantization
+def quantize_counts(counts, precision_bits: int) -> np.ndarray:
+    """The greedy frequency quantization with Python's heapq (the original implementation
+    of :func:`kvinfo.codecs.models.quantize_counts`, now a compiled kernel)."""
+    import heapq
+
+    c = np.asarray(counts, dtype=np.int64).ravel()
+    m = 1 << precision_bits
+    used = c > 0
+    total = int(c.sum())
+    f = np.where(used, np.maximum(1, (c * m) // total), 0).astype(np.int64)
+    diff = m - int(f.sum())
+    idx = np.flatnonzero(used)
+    if diff > 0:
+        heap = [(-c[i] * math.log2((f[i] + 1) / f[i]), int(i)) for i in idx]
+        heapq.heapify(heap)
+        for _ in range(diff):
+            _, i = heapq.heappop(heap)
+            f[i] += 1
+            heapq.heappush(heap, (-c[i] * math.log2((f[i] + 1) / f[i]), i))
+    elif diff < 0:
+        heap = [(c[i] * math.log2(f[i] / (f[i] - 1)), int(i)) for i in idx if f[i] > 1]
+        heapq.heapify(heap)
+        for _ in range(-diff):
+            _, i = heapq.heappop(heap)
+            f[i] -= 1
+            if f[i] > 1:
+                heapq.heappush(heap, (c[i] * math.log2(f[i] / (f[i] - 1)), i))
+    return f
