@@ -217,8 +217,8 @@ def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_siz
     # 2**-17 from an integer while the float64 error stays below 2**-20, and q is exact.
     # A symbol outside the alphabet or with frequency 0 sets status[k] and stops the chunk.
     # Deliberate twins: the step (_rans_put) runs in four loops (the partial last step;
-    # one table with 32 lanes; one table or a period that is a multiple of the lane
-    # count; any period, with a channel counter), as in the decoder.
+    # one table with 32 lanes; one table or a period that is a multiple or a divisor of
+    # the lane count; any period, with a channel counter), as in the decoder.
     n = sym.shape[0]
     nchunks = states.shape[0]
     num_tables = xmax.shape[0]
@@ -261,17 +261,23 @@ def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_siz
                     st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, zero, xmax,
                                                   rcp, cum, cmpl, scratch, ptr)
                     ok = ok and good
-        elif num_tables == 1 or period % K == 0:
+        elif num_tables == 1 or period % K == 0 or K % period == 0:
+            # the table of lane l is cb + ltab[l]: cb + l when the period is a multiple of
+            # K (cb = the step's first channel), l % period when K is a multiple of it
+            ltab = np.empty(32, np.uint64)
+            for l in range(32):
+                ltab[l] = np.uint64(l) if period % K == 0 else np.uint64(l % period)
             for step in range(nfull - 1, -1, -1):
                 if not ok:
                     break
                 base = np.uint64(start + K * step)
-                cb = np.uint64((start + K * step) % period) if num_tables > 1 else zero
+                cb = (np.uint64((start + K * step) % period)
+                      if num_tables > 1 and period % K == 0 else zero)
                 for l in range(K - 1, -1, -1):
                     ul = np.uint64(l)
                     s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
                     ok = ok and s < A
-                    tb = cb + ul if num_tables > 1 else zero
+                    tb = cb + ltab[ul] if num_tables > 1 else zero
                     st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, tb, xmax, rcp,
                                                   cum, cmpl, scratch, ptr)
                     ok = ok and good
@@ -447,9 +453,10 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
     # L1): entries[0, slot] = (f - 1) | (slot - cum) << 16 and values[0, slot] the output
     # value; else sidx[t, slot] = symbol index and info[t, s] = (f - 1) | cum << 16.
     # Deliberate kernel twins: the step is written out in three loops (one direct table
-    # with 32 lanes, unrolled; one table or a period that is a multiple of the lane count,
-    # a step of K lanes at a time; any period and the partial last step, symbol by symbol)
-    # so that the hot loops carry no channel counter; a change to the step goes into all.
+    # with 32 lanes, unrolled; one table, or a period that is a multiple or a divisor of
+    # the lane count, a step of K lanes at a time; any period and the partial last step,
+    # symbol by symbol) so that the hot loops carry no channel counter; a change to the
+    # step goes into all.
     n = out.shape[0]
     nchunks = states.shape[0]
     K = states.shape[1]
@@ -485,9 +492,14 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
                     x = ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
                     st[ul], ptr = _rans_renorm(x, words, ptr)
             done = start + 32 * nfull
-        elif num_tables == 1 or period % K == 0:
-            cb = np.uint64(start % period) if num_tables > 1 else zero
-            uk = np.uint64(K)
+        elif num_tables == 1 or period % K == 0 or K % period == 0:
+            # the table of lane l is cb + ltab[l] (see the encoder)
+            inner = period % K == 0
+            ltab = np.empty(32, np.uint64)
+            for l in range(32):
+                ltab[l] = np.uint64(l) if inner else np.uint64(l % period)
+            cb = np.uint64(start % period) if num_tables > 1 and inner else zero
+            uk = np.uint64(K) if inner else zero
             for t in range(nfull):
                 if ptr > end:
                     bad = 1
@@ -495,7 +507,7 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
                 base = np.uint64(start + K * t)
                 for l in range(K):
                     ul = np.uint64(l)
-                    tb = cb + ul if num_tables > 1 else zero
+                    tb = cb + ltab[ul] if num_tables > 1 else zero
                     x, s = _rans_step_indirect(np.uint64(st[ul]), tb, sidx, info, mask, P)
                     out[base + ul] = np.int64(s) + min_symbol
                     st[ul], ptr = _rans_renorm(x, words, ptr)
