@@ -452,8 +452,8 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
     # the array however damaged the stream is. Tables: ``direct`` (one table that fits
     # L1): entries[0, slot] = (f - 1) | (slot - cum) << 16 and values[0, slot] the output
     # value; else sidx[t, slot] = symbol index and info[t, s] = (f - 1) | cum << 16.
-    # Deliberate kernel twins: the step is written out in three loops (one direct table
-    # with 32 lanes, unrolled; one table, or a period that is a multiple or a divisor of
+    # Deliberate kernel twins: the step is written out in four loops (one direct table
+    # with 32 lanes, unrolled; one direct table with fewer lanes; one table, or a period that is a multiple or a divisor of
     # the lane count, a step of K lanes at a time; any period and the partial last step,
     # symbol by symbol) so that the hot loops carry no channel counter; a change to the
     # step goes into all.
@@ -492,6 +492,23 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
                     x = ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
                     st[ul], ptr = _rans_renorm(x, words, ptr)
             done = start + 32 * nfull
+        elif direct:
+            # one direct table, fewer lanes (low-entropy streams): the slot's entry and
+            # value are two independent loads, where the indirect table chains two
+            for t in range(nfull):
+                if ptr > end:
+                    bad = 1
+                    break
+                base = np.uint64(start + K * t)
+                for l in range(K):
+                    ul = np.uint64(l)
+                    x = np.uint64(st[ul])
+                    slot = x & mask
+                    e = entries[0, slot]
+                    out[base + ul] = values[0, slot]
+                    x = ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
+                    st[ul], ptr = _rans_renorm(x, words, ptr)
+            done = start + K * nfull
         elif num_tables == 1 or period % K == 0 or K % period == 0:
             # the table of lane l is cb + ltab[l] (see the encoder)
             inner = period % K == 0
@@ -582,9 +599,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     _check(info_t.min <= min_symbol and min_symbol + a - 1 <= info_t.max,
            f"symbols {min_symbol}..{min_symbol + a - 1} do not fit {out.dtype}")
     m = 1 << precision_bits
-    # the indirect tables serve every loop (the direct one only the 32-lane single table)
-    direct = (num_tables == 1 and K == RANS_LANES
-              and m * (4 + out.dtype.itemsize) <= RANS_DIRECT_TABLE_BYTES)
+    # the indirect tables serve every loop (the direct one the full steps of one table)
+    direct = num_tables == 1 and m * (4 + out.dtype.itemsize) <= RANS_DIRECT_TABLE_BYTES
     sidx = rans_slot_symbols(frequencies, precision_bits)
     cum = np.cumsum(frequencies, axis=1) - frequencies
     info = ((frequencies - 1) | (cum << 16)).astype(np.uint32)
