@@ -176,16 +176,6 @@ def decode_uints(buf: bytes, pos: int, end: int, out: np.ndarray, max_value: int
     return pos
 
 
-def _eg_lengths(v: np.ndarray, k) -> np.ndarray:
-    """Bits of the exp-Golomb-``k`` codes of non-negative ints ``v`` (``k`` an int or an
-    array like ``v``)."""
-    u = v.astype(np.int64) + (1 << k)
-    nb = np.floor(np.log2(u)).astype(np.int64)
-    nb += (u >> (nb + 1)) > 0  # guard float rounding
-    nb -= (u >> nb) == 0
-    return 2 * nb - k + 1
-
-
 def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
     """Exp-Golomb bit packing of frequency rows (format version 2 tables).
 
@@ -195,35 +185,10 @@ def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
     table is zero-padded to a byte. ``EGk(v)``: with ``u = v + 2**k`` of ``b + 1`` bits,
     ``b - k`` zero bits then ``u``. (All rows at once; every row has a used symbol.)
     """
-    F = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
-    T = F.shape[0]
-    r, col = np.nonzero(F)  # row-major: row by row, symbols in order
-    f = F[r, col] - 1
-    m = np.bincount(r, minlength=T)
-    first = np.cumsum(m) - m  # index of each row's first used symbol
-    prev = np.empty_like(col)
-    prev[1:] = col[:-1]
-    prev[first[m > 0]] = -1
-    gaps = col - prev - 1
-    cost = np.stack([np.bincount(r, 2 * (np.frexp(f + (1 << k))[1] - 1) - k + 1, minlength=T)
-                     for k in range(16)], axis=1)
-    best = np.argmin(cost, axis=1)
-    code = np.empty(2 * T + 2 * r.size, np.int64)
-    ln = np.empty_like(code)
-    head = 2 * np.arange(T) + 2 * first
-    code[head], ln[head] = best, 4
-    code[head + 1], ln[head + 1] = m, _eg_lengths(m - 1, 0)
-    pos = head[r] + 2 + 2 * (np.arange(r.size) - first[r])
-    code[pos], ln[pos] = gaps + 1, _eg_lengths(gaps, 0)
-    kr = best[r]
-    code[pos + 1], ln[pos + 1] = f + (1 << kr), _eg_lengths(f, kr)
-    total = int(ln.sum())
-    # bit j of code i (MSB first within its field): (code >> (ln - 1 - j)) & 1
-    rep = np.repeat(np.arange(code.size), ln)
-    starts = np.cumsum(ln) - ln
-    j = np.arange(total) - starts[rep]
-    bits = ((code[rep] >> (ln[rep] - 1 - j)) & 1).astype(np.uint8)
-    return np.packbits(bits).tobytes()
+    from ..kernels import cpu
+
+    F = np.ascontiguousarray(np.atleast_2d(np.asarray(frequencies, dtype=np.int64)))
+    return cpu.pack_frequency_tables(F)
 
 
 @dataclass(frozen=True, eq=False)

@@ -51,6 +51,7 @@ __all__ = [
     "arith_decode",
     "unpack_frequency_tables",
     "quantize_rows",
+    "pack_frequency_tables",
     "warmup",
 ]
 
@@ -1241,6 +1242,80 @@ def _eg_tables_kernel(buf, out, max_value):  # pragma: no cover - numba
     return 0, pos
 
 
+@njit(cache=True, inline="always")
+def _bit_floor_log2(u):  # pragma: no cover - numba
+    nb = 0
+    while (u >> (nb + 1)) > 0:
+        nb += 1
+    return nb
+
+
+@njit(cache=True, inline="always")
+def _eg_write(out, pos, v, k):  # pragma: no cover - numba
+    # EGk(v): u = v + 2**k of b + 1 bits; b - k zero bits, then u MSB first
+    u = v + (np.int64(1) << k)
+    b = _bit_floor_log2(u)
+    pos += b - k
+    for j in range(b, -1, -1):
+        if (u >> j) & 1:
+            out[pos >> 3] |= np.uint8(1 << (7 - (pos & 7)))
+        pos += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _eg_pack_kernel(F, out):  # pragma: no cover - numba
+    T, A = F.shape
+    pos = 0
+    for t in range(T):
+        best_k = 0
+        best = np.int64(1) << 62
+        for k in range(16):
+            c = np.int64(0)
+            for s in range(A):
+                f = F[t, s]
+                if f > 0:
+                    c += 2 * _bit_floor_log2(f - 1 + (np.int64(1) << k)) - k + 1
+            if c < best:  # the first minimum, as numpy's argmin
+                best = c
+                best_k = k
+        for j in range(3, -1, -1):
+            if (best_k >> j) & 1:
+                out[pos >> 3] |= np.uint8(1 << (7 - (pos & 7)))
+            pos += 1
+        m = 0
+        for s in range(A):
+            if F[t, s] > 0:
+                m += 1
+        pos = _eg_write(out, pos, np.int64(m - 1), 0)
+        prev = -1
+        for s in range(A):
+            f = F[t, s]
+            if f > 0:
+                pos = _eg_write(out, pos, np.int64(s - prev - 1), 0)
+                pos = _eg_write(out, pos, f - 1, best_k)
+                prev = s
+    return pos
+
+
+def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
+    """Exp-Golomb bit packing of frequency rows (format version 2, the layout of
+    :func:`kvinfo.codecs.models.pack_frequency_tables`), compiled. ``frequencies`` is an
+    int64 ``(num_tables, alphabet_size)`` array of non-negative values below 2**40, every
+    row with a used symbol."""
+    _check_array(frequencies, "frequencies", (np.int64,), 2)
+    F = frequencies
+    _check(F.shape[0] >= 1 and F.shape[1] >= 1, "frequencies must be non-empty")
+    _check(not bool((F < 0).any()) and int(F.max()) < 1 << 40,
+           "frequencies must lie in [0, 2**40)")
+    _check(bool(F.any(axis=1).all()), "every table row needs a used symbol")
+    nnz = int(np.count_nonzero(F))
+    # per row: 4 + at most 35 bits of count; per used symbol at most 35 + 83 bits
+    out = np.zeros((F.shape[0] * 40 + nnz * 120) // 8 + 1, np.uint8)
+    bits = _eg_pack_kernel(F, out)
+    return out[: (bits + 7) // 8].tobytes()
+
+
 def unpack_frequency_tables(buf: np.ndarray, num_tables: int, alphabet_size: int,
                             max_value: int) -> tuple[np.ndarray, int]:
     """Decode exp-Golomb packed tables (``docs/container-format.md``, version 2).
@@ -1277,3 +1352,4 @@ def warmup() -> None:
     p, nb = arith_encode(idx, 64, 7, 3, 7, 3, 1022)
     arith_decode(p, nb, 70, 64, 7, 3, 7, 3, 1022)
     quantize_rows(np.array([[5, 0, 1, 2]], np.int64), 4)
+    pack_frequency_tables(np.array([[5, 0, 1, 2]], np.int64))

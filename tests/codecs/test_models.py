@@ -144,3 +144,19 @@ def test_per_channel_tables_round_trip_and_cross_entropy(packed):
     missing = np.zeros_like(counts)
     missing[2, 5] = 1
     assert t.cross_entropy_bits(missing) == math.inf
+
+
+def test_compiled_table_packing_equals_the_numpy_reference_on_fresh_tables():
+    rng = np.random.default_rng()  # fresh every run
+    for _ in range(60):
+        T = int(rng.integers(1, 9))
+        A = int(rng.choice([1, 2, 16, 256, 3000]))
+        prec = 15 if A > 256 else 12
+        c = rng.integers(0, 1000, (T, A)) * (rng.random((T, A)) < rng.random())
+        c[rng.integers(T), :] *= int(rng.integers(1, 10**4))
+        c[:, int(rng.integers(A))] += 1
+        t = PerChannelTables.from_counts(c, prec, 0)
+        got = t.to_bytes(packed=True)
+        assert got == _ref.pack_frequency_tables(t.frequencies)
+        back = PerChannelTables.from_bytes(got, T, A, prec, 0, packed=True)
+        np.testing.assert_array_equal(back.frequencies, t.frequencies)
