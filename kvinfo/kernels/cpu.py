@@ -454,10 +454,10 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
     # L1): entries[0, slot] = (f - 1) | (slot - cum) << 16 and values[0, slot] the output
     # value; else sidx[t, slot] = symbol index and info[t, s] = (f - 1) | cum << 16.
     # Deliberate kernel twins: the step is written out in four loops (one direct table
-    # with 32 lanes, unrolled; one direct table with fewer lanes; one table, or a period that is a multiple or a divisor of
-    # the lane count, a step of K lanes at a time; any period and the partial last step,
-    # symbol by symbol) so that the hot loops carry no channel counter; a change to the
-    # step goes into all.
+    # with 32 lanes, unrolled; one direct table with fewer lanes; one table, or a period
+    # that is a multiple or a divisor of the lane count, a step of K lanes at a time; any
+    # period and the partial last step, symbol by symbol) so that the hot loops carry no
+    # channel counter; a change to the step goes into all.
     n = out.shape[0]
     nchunks = states.shape[0]
     K = states.shape[1]
