@@ -647,9 +647,14 @@ def _huffman_encode_kernel(idx, codes, lengths, period, chunk_size, sub_block, r
             sub_offsets[k * spc + b] = (wp - base) * 32 + nb
             a = start + b * sub_block
             z = min(stop, a + sub_block)
+            ch = a % period if num_tables > 1 else 0  # j % period, as a counter
             for j in range(a, z):
                 s = idx[j]
-                t = j % period if num_tables > 1 else 0
+                t = ch
+                if num_tables > 1:
+                    ch += 1
+                    if ch == period:
+                        ch = 0
                 ln = lengths[t, s]
                 acc = (acc << np.uint64(ln)) | np.uint64(codes[t, s])
                 nb += ln
@@ -725,13 +730,19 @@ def huffman_encode(idx: np.ndarray, codes: np.ndarray, lengths: np.ndarray, chun
 
 @njit(cache=True, parallel=True, nogil=True)
 def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table_bits,
-                           chunk_size, sub_block, period, out, status):  # pragma: no cover
-    # table: (num_tables, 2**table_bits); element j uses row j % period if num_tables > 1
+                           first, first_bits, chunk_size, sub_block, period, out,
+                           status):  # pragma: no cover
+    # table: (num_tables, 2**table_bits); element j uses row j % period if num_tables > 1.
+    # first: (num_tables, 2**first_bits), the same entries for codes of at most first_bits
+    # bits and _HUFFMAN_LONG where the full table must decide (long or invalid codes):
+    # 64 per-channel tables of 2**16 entries would be 16 MB, a cache miss per symbol,
+    # while a code longer than first_bits has a probability below 2**-first_bits
     num_tables = table.shape[0]
     n = out.shape[0]
     nchunks = num_words.shape[0]
     spc = chunk_size // sub_block
     tb = np.uint64(64 - table_bits)
+    fb = np.uint64(64 - first_bits)
     for k in prange(nchunks):
         start = k * chunk_size
         stop = min(n, start + chunk_size)
@@ -747,11 +758,20 @@ def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table
                 break
             a = start + b * sub_block
             z = min(stop, a + sub_block)
+            # the channel of element j (j % period) as a counter: a 64-bit modulo per
+            # symbol cost more than the rest of the step
+            ch = a % period if num_tables > 1 else 0
             for j in range(a, z):
                 w = min(w0 + (bitpos >> 5), last)
                 win = (np.uint64(words[w]) << _S32) | np.uint64(words[w + 1])
-                e = table[j % period if num_tables > 1 else 0,
-                          (win << np.uint64(bitpos & 31)) >> tb]
+                win = win << np.uint64(bitpos & 31)
+                e = first[ch, win >> fb]
+                if e == _HUFFMAN_LONG:
+                    e = table[ch, win >> tb]
+                if num_tables > 1:
+                    ch += 1
+                    if ch == period:
+                        ch = 0
                 ln = e & 0xFF
                 if ln == 0:
                     bad = 2
@@ -771,6 +791,12 @@ def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table
                 if (np.uint64(words[w]) << np.uint64(bitpos & 31)) & _U32:
                     bad = 5
         status[k] = bad
+
+
+#: bits of the first-level Huffman decode table (4 KiB per table)
+_HUFFMAN_FIRST_BITS = 10
+#: its entry for "look in the full table" (no code has length 255)
+_HUFFMAN_LONG = np.uint32(0xFF)
 
 
 def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.ndarray,
@@ -798,6 +824,11 @@ def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.nda
     rows = np.atleast_2d(lengths)
     _check(rows.shape[0] in (1, period), "lengths must have 1 or period rows")
     table = np.stack([huffman_decode_table(r, table_bits) for r in rows])
+    first_bits = min(table_bits, _HUFFMAN_FIRST_BITS)
+    # a block of 2**(table_bits - first_bits) entries shares one entry when its first
+    # entry is a code of at most first_bits bits; else the full table decides
+    first = np.ascontiguousarray(table[:, :: 1 << (table_bits - first_bits)])
+    first[((first & 0xFF) == 0) | ((first & 0xFF) > first_bits)] = _HUFFMAN_LONG
     padded = np.zeros(total + 2, dtype=np.uint32)
     padded[:total] = words
     offsets = np.zeros(nchunks, dtype=np.int64)
@@ -809,8 +840,8 @@ def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.nda
         with _threads_for(nchunks):
             _huffman_decode_kernel(padded, offsets, num_words.astype(np.int64),
                                    sub_offsets.astype(np.int64), table, np.int64(table_bits),
-                                   np.int64(chunk_size), np.int64(sub_block), np.int64(period),
-                                   out, status)
+                                   first, np.int64(first_bits), np.int64(chunk_size),
+                                   np.int64(sub_block), np.int64(period), out, status)
     return out, status
 
 
