@@ -119,6 +119,8 @@ import numba
 import numpy as np
 
 from ...errors import CodecConfigError, CorruptStreamError
+from ...kernels import cpu
+from ..abc import Codec, RateBreakdown
 from ..registry import register_codec
 from ._base import (
     CODED,
@@ -152,7 +154,12 @@ __all__ = [
     "sequence_fingerprints",
 ]
 
-_PARAMS = "<dddBBBBBBBiiiI"
+_PARAMS_V1 = "<dddBBBBBBBiiiI"
+_PARAMS = _PARAMS_V1 + "B"  # version 2 and later: the klt stream version last
+#: klt stream version written (1: no version byte, every index section the coder's;
+#: 2: index sections may be logistic-model sections, see ``symbol_model``)
+STREAM_VERSION = 2
+_SYMBOL_MODELS = ("auto", "coder", "logistic")
 _KINDS = ("keys", "values", None, "keys_pre_rope")  # stream kind codes 0..3
 _RECON = ("midpoint", "centroid")
 _PREDICT = ("none", "lag1")
@@ -706,6 +713,164 @@ def _apply_givens(v: np.ndarray, rots: np.ndarray) -> np.ndarray:
     return v
 
 
+# ---------------------------------------------------------------------------------------
+# parametric symbol model: a discretised logistic per component, coded with rANS
+# ---------------------------------------------------------------------------------------
+#: first bytes of a logistic-model symbol section (never the start of a coder container)
+LOGISTIC_MAGIC = b"KLTL"
+_LOGIS_HEAD = "<4siHHHII"  # magic, min symbol, alphabet size, columns, lanes, rows, words
+_LOGIS_PREC = 16  # rANS probability precision (frequencies sum to 2**16)
+_LOGIS_MAX_SPAN = 4096  # larger alphabets go to the configured coder
+_LOGIS_LANES = 4
+_SCALE_OFF = 96  # scale code c: s = 2**((c - 96) / 16) quantization steps, c in 0..255
+_LN2 = 0.6931471805599453
+_PI_SQRT3 = 1.8137993642342178  # pi / sqrt(3): logistic scale = std / this
+
+
+def _exp_neg(z: np.ndarray) -> np.ndarray:
+    """``exp(-z)`` for ``z >= 0`` with IEEE basic operations only (+, -, *, /, floor,
+    ldexp), so encoder and decoder compute bit-identical tables on any platform (libm and
+    SIMD ``exp`` differ in the last bits between machines)."""
+    z = np.minimum(np.asarray(z, dtype=np.float64), 740.0)
+    n = np.floor(z / _LN2 + 0.5)
+    r = z - n * _LN2
+    p = np.ones_like(r)
+    for i in range(14, 0, -1):
+        p = 1.0 - (r / i) * p
+    return np.ldexp(p, -n.astype(np.int64))
+
+
+def _scale_from_code(codes: np.ndarray) -> np.ndarray:
+    e = codes.astype(np.int64) - _SCALE_OFF
+    q, f = np.floor_divide(e, 16), np.mod(e, 16)
+    return np.ldexp(_exp_neg((16 - f) / 16.0 * _LN2), q + 1)  # 2**(f/16 - 1) * 2**(q + 1)
+
+
+def _logistic_frequencies(codes: np.ndarray, lo: int, span: int) -> np.ndarray:
+    """Integer rANS frequencies ``(len(codes), span)`` of the discretised logistic of each
+    scale code over the symbols ``lo .. lo + span - 1`` (bins ``[k - 1/2, k + 1/2)``); every
+    symbol gets at least 1 of the ``2**16``."""
+    s = _scale_from_code(np.asarray(codes))
+    x = np.arange(span + 1, dtype=np.float64) + (lo - 0.5)
+    e = _exp_neg(np.abs(x)[None, :] * (_PI_SQRT3 / s[:, None]))
+    cdf = np.where(x[None, :] >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    mass = (1 << _LOGIS_PREC) - span
+    c = np.maximum.accumulate(np.floor(cdf * mass), axis=1).astype(np.int64)
+    c = np.minimum(c, mass) + np.arange(span + 1, dtype=np.int64)[None, :]
+    c[:, 0] = 0
+    c[:, -1] = 1 << _LOGIS_PREC
+    return np.diff(c, axis=1)
+
+
+def _logistic_encode(k: np.ndarray) -> bytes | None:
+    """``k`` (rows, columns) int as a logistic-model section, or None where it does not
+    apply (alphabet over :data:`_LOGIS_MAX_SPAN` symbols, too many columns)."""
+    rows, m = k.shape
+    n = rows * m
+    if n == 0 or m > 0xFFFF or rows > 0xFFFFFFFF:
+        return None
+    lo, hi = int(k.min()), int(k.max())
+    span = hi - lo + 1
+    if span > _LOGIS_MAX_SPAN:
+        return None
+    kf = k.astype(np.float64)
+    sd = np.sqrt(np.maximum(np.mean(kf * kf, axis=0) - 1.0 / 12.0, 1e-6))
+    c0 = np.clip(np.rint(16.0 * np.log2(sd)) + _SCALE_OFF, 0, 255).astype(np.int64)
+    counts = np.zeros((m, span), np.int64)
+    np.add.at(counts, (np.broadcast_to(np.arange(m), k.shape), k - lo), 1)
+    best_bits, best = None, c0
+    for dc in (-2, -1, 0, 1, 2):  # the code length is measured, not estimated
+        c = np.clip(c0 + dc, 0, 255)
+        bits = -(counts * np.log2(_logistic_frequencies(c, lo, span))).sum(axis=1)
+        if best_bits is None:
+            best_bits, best = bits, c
+        else:
+            better = bits < best_bits
+            best_bits = np.where(better, bits, best_bits)
+            best = np.where(better, c, best)
+    freq = _logistic_frequencies(best, lo, span)
+    lanes = _LOGIS_LANES
+    chunk = -(-n // lanes) * lanes
+    if chunk > 1 << 30:
+        return None
+    words, num_words, states = cpu.rans_encode(
+        np.ascontiguousarray(k, dtype=np.int32).reshape(-1), lo, freq, _LOGIS_PREC, chunk,
+        period=m, num_lanes=lanes,
+    )
+    head = struct.pack(_LOGIS_HEAD, LOGISTIC_MAGIC, lo, span, m, lanes, rows, int(words.size))
+    return (head + states.astype("<u4").tobytes() + best.astype(np.uint8).tobytes()
+            + words.astype("<u2").tobytes())
+
+
+def _logistic_parse(blob) -> tuple:
+    blob = bytes(blob)
+    hs = struct.calcsize(_LOGIS_HEAD)
+    if len(blob) < hs:
+        raise CorruptStreamError("klt: truncated logistic symbol section")
+    magic, lo, span, m, lanes, rows, nw = struct.unpack_from(_LOGIS_HEAD, blob)
+    if (magic != LOGISTIC_MAGIC or not 1 <= span <= _LOGIS_MAX_SPAN or m == 0 or rows == 0
+            or not 1 <= lanes <= 32):
+        raise CorruptStreamError("klt: bad logistic symbol section header")
+    if len(blob) != hs + 4 * lanes + m + 2 * nw:
+        raise CorruptStreamError("klt: logistic symbol section has the wrong length")
+    return lo, span, m, lanes, rows, nw, hs
+
+
+def _logistic_decode(blob) -> np.ndarray:
+    lo, span, m, lanes, rows, nw, pos = _logistic_parse(blob)
+    blob = bytes(blob)
+    states = np.frombuffer(blob, "<u4", lanes, pos).astype(np.uint32).reshape(1, lanes)
+    pos += 4 * lanes
+    codes = np.frombuffer(blob, np.uint8, m, pos).astype(np.int64)
+    pos += m
+    words = np.frombuffer(blob, "<u2", nw, pos).astype(np.uint16)
+    n = rows * m
+    out = np.empty(n, np.int32)
+    try:
+        status = cpu.rans_decode(words, np.array([nw], np.uint32), states,
+                                 _logistic_frequencies(codes, lo, span), _LOGIS_PREC,
+                                 -(-n // lanes) * lanes, lo, m, out)
+    except CodecConfigError as exc:
+        raise CorruptStreamError(f"klt: bad logistic symbol section: {exc}") from None
+    if status.any():
+        raise CorruptStreamError("klt: logistic symbol section does not decode cleanly")
+    return out.reshape(rows, m)
+
+
+class _SymbolCoder(Codec):
+    """The configured coder of klt's indices, which also reads logistic-model sections.
+
+    ``encode`` is the configured coder's; ``decode`` and ``rate`` recognise a section by its
+    first bytes (:data:`LOGISTIC_MAGIC`, or the coder's own stream). Its config is the
+    configured coder's, so a bench record names the coder the user chose.
+    """
+
+    def __init__(self, inner: Codec):
+        self.inner = inner
+        self.codec_id = inner.codec_id
+
+    def get_config(self) -> dict:
+        return self.inner.get_config()
+
+    def encode(self, array) -> bytes:
+        return self.inner.encode(array)
+
+    def decode(self, data, device: str = "cpu", **kwargs):
+        if bytes(data[: len(LOGISTIC_MAGIC)]) == LOGISTIC_MAGIC:
+            return _logistic_decode(data)
+        return self.inner.decode(data, device, **kwargs) if kwargs else self.inner.decode(data)
+
+    def rate(self, data) -> RateBreakdown:
+        if bytes(data[: len(LOGISTIC_MAGIC)]) == LOGISTIC_MAGIC:
+            lo, span, m, lanes, rows, nw, _ = _logistic_parse(data)
+            r = RateBreakdown.from_bits(8 * len(data), 16 * nw, rows * m)
+            r["model_bits"] = 8 * m
+            return r
+        if type(self.inner).rate is Codec.rate:
+            return RateBreakdown.from_bits(8 * len(data), 8 * len(data), 0)
+        return self.inner.rate(data)
+
+
 def _check_num(name, value, lo, hi, *, integer=False, open_lo=False):
     ok_type = (int, np.integer) if integer else (int, float, np.integer, np.floating)
     if isinstance(value, bool) or not isinstance(value, ok_type) or not math.isfinite(value):
@@ -777,6 +942,7 @@ class KltCodec(QuantCodec):
         metric: str = "mse",
         predict: str = "lag1",
         rotations: int = 1024,
+        symbol_model: str = "auto",
         coder: dict | None = None,
     ):
         self.snr_db = _check_num("snr_db", snr_db, -20.0, 80.0)
@@ -810,11 +976,17 @@ class KltCodec(QuantCodec):
         if predict not in _PREDICT:
             raise CodecConfigError(f"klt: predict must be one of {_PREDICT}; found {predict!r}")
         self.predict = predict
+        if symbol_model not in _SYMBOL_MODELS:
+            raise CodecConfigError(
+                f"klt: symbol_model must be one of {_SYMBOL_MODELS}; found {symbol_model!r}"
+            )
+        self.symbol_model = symbol_model
         self.rotations = _check_num("rotations", rotations, 0, 65535, integer=True)
         self.reconstruction = reconstruction
         self.side_dtype = side_dtype
         self.metric = metric
         super().__init__({"id": "rans", "per_channel": True} if coder is None else coder)
+        self._coder = _SymbolCoder(self._coder)
         self._bases = load_klt_bases(self.basis) if self.basis is not None else None
         self._layer: int | None = None
         self._kind: str | None = None
@@ -836,6 +1008,7 @@ class KltCodec(QuantCodec):
             "metric": self.metric,
             "predict": self.predict,
             "rotations": self.rotations,
+            "symbol_model": self.symbol_model,
             "coder": self.coder_config,
         }
 
@@ -1073,7 +1246,7 @@ class KltCodec(QuantCodec):
         by_slab = dict(coded)
         for s in range(b):
             if s in by_slab:
-                sections.append(self._coded(by_slab[s].astype(np.int32)))
+                sections.append(self._coded_indices(by_slab[s].astype(np.int32)))
             else:
                 sections.append(Section(SIDE, b""))
         params = struct.pack(
@@ -1082,9 +1255,21 @@ class KltCodec(QuantCodec):
             DTYPE_CODES[self.side_dtype],
             kind_code, _ROPE_CODES.index(rdt) if rope else 0, int(predict), int(attention),
             -1 if self._layer is None else self._layer,
-            -1 if self._head is None else self._head, self.recent_tokens, crc,
+            -1 if self._head is None else self._head, self.recent_tokens, crc, STREAM_VERSION,
         )
         return build_stream(self._tag, array.dtype, array.shape, params, sections)
+
+    def _coded_indices(self, k: np.ndarray) -> Section:
+        """One slab's indices: the configured coder's stream or a logistic-model section,
+        whichever ``symbol_model`` asks for (``"auto"``: the shorter of the two, measured)."""
+        if self.symbol_model != "coder":
+            blob = _logistic_encode(k)
+            if blob is not None and self.symbol_model == "logistic":
+                return Section(CODED, blob)
+            if blob is not None:
+                coded = bytes(self._coder.encode(np.ascontiguousarray(k)))
+                return Section(CODED, blob if len(blob) < len(coded) else coded)
+        return self._coded(k)
 
     def _fit_step(self, y, xc, va, target_sse_per_row, rho=None, reset=None):
         """Step, indices and offsets so that the slab's MSE is the target (within 0.5 %).
@@ -1146,8 +1331,17 @@ class KltCodec(QuantCodec):
         output before any allocation (:mod:`kvinfo.codecs.limits`)."""
         self._check_device(device)
         p = self._parse(data, max_output_bytes)
+        v1 = len(p.params) == struct.calcsize(_PARAMS_V1)
         (step0, rounding, theta, mode, recon, sd_code, kind_code, rope_code, pred_code,
-         metric_code, layer, head, recent, crc) = unpack_params(_PARAMS, p.params)
+         metric_code, layer, head, recent, crc, version) = (
+            unpack_params(_PARAMS_V1, p.params) + (1,) if v1 else unpack_params(_PARAMS, p.params)
+        )
+        if not v1 and not 2 <= version <= STREAM_VERSION:
+            raise CorruptStreamError(
+                f"unknown klt stream version {version}; this kvinfo reads versions 1 and "
+                f"{STREAM_VERSION}"
+            )
+        symbols = self._coder if version >= 2 else self._coder.inner
         if (
             mode > 2 or recon > 1 or sd_code not in (1, 3) or kind_code > 3
             or not math.isfinite(theta) or theta < 0 or not math.isfinite(step0)
@@ -1259,7 +1453,7 @@ class KltCodec(QuantCodec):
             if m and tc:
                 if sec.kind != CODED or not steps[s] > 0:
                     raise CorruptStreamError("klt: missing coded section for a slab")
-                sym = np.asarray(self._coder.decode(sec.data))
+                sym = np.asarray(symbols.decode(sec.data))
                 if sym.shape != (tc, m):
                     raise CorruptStreamError(
                         f"klt: decoded symbols have shape {sym.shape}; expected {(tc, m)}"
