@@ -596,34 +596,62 @@ def _dpcm_decode(k, rho, reset, step, delta):  # pragma: no cover - compiled
     return yh
 
 
-_ROT_DTYPE = np.dtype([("i", "u1"), ("j", "u1"), ("code", "i1")])
-#: bits one stored Givens rotation costs (two component indices and the angle code)
+_ROT_DTYPE = np.dtype([("i", "u1"), ("j", "u1"), ("code", "i1")])  # stream version 1
+#: bits of a version-1 rotation (two component indices and the angle code, one byte each)
 ROTATION_BITS = 8 * _ROT_DTYPE.itemsize
+#: version 2: the angle code has this many bits (``code / (2**(bits-1) - 1) * pi/4``), the
+#: indices ``ceil(log2 head_dim)`` bits each, bit-packed
+ANGLE_BITS = 7
+_ANGLE_MAX_V1 = 127
+_ANGLE_MAX = (1 << (ANGLE_BITS - 1)) - 1
 
 
-def _givens_fit(y: np.ndarray, noise: float, max_rotations: int) -> np.ndarray:
+def _index_bits(d: int) -> int:
+    return max(1, math.ceil(math.log2(d)))
+
+
+def rotation_bits(d: int) -> int:
+    """Bits one stored Givens rotation costs in a version-2 stream of ``head_dim`` ``d``."""
+    return 2 * _index_bits(d) + ANGLE_BITS
+
+
+def _givens_fit(y: np.ndarray, noise: float, max_rotations: int):
     """Greedy Jacobi rotations that decorrelate the coordinates ``y`` (rows = tokens).
 
     Works on ``C = y^T y / n + noise I`` (the quantization noise ``noise`` per component
     discounts the correlation of weak components). Each step rotates the pair with the
     largest Gaussian decorrelation gain ``n/2 log2(1 / (1 - rho^2))`` bits by the Jacobi
-    angle, quantized to ``code / 127 * pi / 4``; it stops when a rotation would save less
-    than twice its own cost (:data:`ROTATION_BITS`) or after ``max_rotations``.
+    angle, quantized to ``code / A * pi / 4`` (``A = 2**(ANGLE_BITS - 1) - 1``); it stops
+    when a rotation would save less than its own cost (:func:`rotation_bits`) or after
+    ``max_rotations``. Returns ``(i, j, code)`` int64 arrays.
     """
     n, d = y.shape
+    empty = (np.zeros(0, np.int64),) * 3
     if d < 2 or n < 2 or max_rotations <= 0 or d > 256:
-        return np.zeros(0, _ROT_DTYPE)
+        return empty
     cc = (y.T @ y) / n + noise * np.eye(d)
-    # gain > 2 * cost  <=>  1 - rho^2 < 2^(-4 cost / n)
-    r2_min = 1.0 - 2.0 ** (-2.0 * ROTATION_BITS / n)
-    ii, jj, codes = _givens_kernel(np.ascontiguousarray(cc), int(max_rotations), r2_min)
-    out = np.zeros(ii.size, _ROT_DTYPE)
-    out["i"], out["j"], out["code"] = ii, jj, codes
-    return out
+    # gain > cost  <=>  1 - rho^2 < 2^(-2 cost / n)
+    r2_min = 1.0 - 2.0 ** (-2.0 * rotation_bits(d) / n)
+    return _givens_kernel(np.ascontiguousarray(cc), int(max_rotations), r2_min, _ANGLE_MAX)
+
+
+def _pack_rotations(rots, d: int) -> bytes:
+    """One slab's rotations, version 2: uint16 count, then per rotation ``i``, ``j`` (index
+    bits each) and ``code + A`` (:data:`ANGLE_BITS`), most significant bit first, padded to a
+    byte."""
+    ii, jj, codes = rots
+    head = struct.pack("<H", ii.size)
+    if not ii.size:
+        return head
+    b = _index_bits(d)
+    fields = [(ii, b), (jj, b), (codes + _ANGLE_MAX, ANGLE_BITS)]
+    bits = np.concatenate(
+        [((v[:, None] >> np.arange(w - 1, -1, -1)) & 1) for v, w in fields], axis=1)
+    return head + np.packbits(bits.astype(np.uint8).reshape(-1)).tobytes()
 
 
 @numba.njit(cache=True)
-def _givens_kernel(cc, max_rot, r2_min):  # pragma: no cover - compiled
+def _givens_kernel(cc, max_rot, r2_min, amax):  # pragma: no cover - compiled
     d = cc.shape[0]
     ii = np.zeros(max_rot, np.int64)
     jj = np.zeros(max_rot, np.int64)
@@ -647,13 +675,13 @@ def _givens_kernel(cc, max_rot, r2_min):  # pragma: no cover - compiled
             th = 0.5 * math.atan(2.0 * cc[bi, bj] / den)
         else:
             th = q if cc[bi, bj] > 0 else -q
-        code = int(round(th / q * 127.0))
-        code = max(-127, min(127, code))
+        code = int(round(th / q * amax))
+        code = max(-amax, min(amax, code))
         if code == 0:
             break
         ii[cnt], jj[cnt], codes[cnt] = bi, bj, code
         cnt += 1
-        t = code / 127.0 * q
+        t = code / amax * q
         c, s = math.cos(t), math.sin(t)
         for k in range(d):
             xi, xj = cc[k, bi], cc[k, bj]
@@ -671,45 +699,70 @@ def _givens_kernel(cc, max_rot, r2_min):  # pragma: no cover - compiled
     return ii[:cnt], jj[:cnt], codes[:cnt]
 
 
-def _rotate(a: np.ndarray, i: int, j: int, code: int, both: bool = False) -> None:
-    """Rotate columns ``i, j`` of ``a`` in place (and rows, ``both``) by ``code``'s angle."""
-    th = code / 127.0 * (math.pi / 4)
-    c, s = math.cos(th), math.sin(th)
-    ai, aj = a[:, i].copy(), a[:, j].copy()
-    a[:, i] = c * ai - s * aj
-    a[:, j] = s * ai + c * aj
-    if both:
-        ri, rj = a[i, :].copy(), a[j, :].copy()
-        a[i, :] = c * ri - s * rj
-        a[j, :] = s * ri + c * rj
-
-
-def _parse_rotations(buf: bytes, slabs: int, d: int) -> list:
-    """The per-slab rotation lists of a mode-2 stream (uint16 count, then the triples)."""
+def _parse_rotations(buf: bytes, slabs: int, d: int, version: int) -> list:
+    """The per-slab rotations ``(i, j, code, A)`` of a mode-2 stream (uint16 count, then
+    the rotations: byte triples in version 1, bit-packed in version 2)."""
     out, pos, buf = [], 0, bytes(buf)
+    b = _index_bits(d)
     for _ in range(slabs):
         if pos + 2 > len(buf):
             raise CorruptStreamError("klt: truncated Givens rotation section")
         (cnt,) = struct.unpack_from("<H", buf, pos)
         pos += 2
-        end = pos + cnt * _ROT_DTYPE.itemsize
-        if end > len(buf):
-            raise CorruptStreamError("klt: truncated Givens rotation section")
-        r = np.frombuffer(buf[pos:end], _ROT_DTYPE)
-        if cnt and (np.any(r["i"] >= r["j"]) or np.any(r["j"] >= d)
-                    or np.any(r["code"] == -128)):
+        if version == 1:
+            end = pos + cnt * _ROT_DTYPE.itemsize
+            if end > len(buf):
+                raise CorruptStreamError("klt: truncated Givens rotation section")
+            r = np.frombuffer(buf[pos:end], _ROT_DTYPE)
+            ii, jj = r["i"].astype(np.int64), r["j"].astype(np.int64)
+            codes, amax = r["code"].astype(np.int64), _ANGLE_MAX_V1
+            bad = codes == -128
+        else:
+            w = 2 * b + ANGLE_BITS
+            end = pos + (cnt * w + 7) // 8
+            if end > len(buf):
+                raise CorruptStreamError("klt: truncated Givens rotation section")
+            bits = np.unpackbits(np.frombuffer(buf[pos:end], np.uint8))
+            if np.any(bits[cnt * w:]):
+                raise CorruptStreamError("klt: bad Givens rotation padding")
+            bits = bits[: cnt * w].reshape(cnt, w).astype(np.int64)
+
+            def field(lo, width, bits=bits):
+                return bits[:, lo : lo + width] @ (1 << np.arange(width - 1, -1, -1))
+
+            ii, jj = field(0, b), field(b, b)
+            codes, amax = field(2 * b, ANGLE_BITS) - _ANGLE_MAX, _ANGLE_MAX
+            bad = codes > _ANGLE_MAX
+        if cnt and (np.any(ii >= jj) or np.any(jj >= d) or np.any(bad)):
             raise CorruptStreamError("klt: bad Givens rotation in stream")
-        out.append(r)
+        out.append((ii, jj, codes, amax))
         pos = end
     if pos != len(buf):
         raise CorruptStreamError("klt: trailing bytes in the Givens rotation section")
     return out
 
 
-def _apply_givens(v: np.ndarray, rots: np.ndarray) -> np.ndarray:
-    v = np.array(v, dtype=np.float64, copy=True)
-    for r in rots:
-        _rotate(v, int(r["i"]), int(r["j"]), int(r["code"]))
+@numba.njit(cache=True)
+def _givens_apply_kernel(v, ii, jj, codes, amax):  # pragma: no cover - compiled
+    q = math.pi / 4.0
+    for r in range(ii.size):
+        i, j = ii[r], jj[r]
+        t = codes[r] / amax * q
+        c, s = math.cos(t), math.sin(t)
+        for k in range(v.shape[0]):
+            xi, xj = v[k, i], v[k, j]
+            v[k, i] = c * xi - s * xj
+            v[k, j] = s * xi + c * xj
+
+
+def _apply_givens(v: np.ndarray, rots, amax: int = _ANGLE_MAX) -> np.ndarray:
+    """``v`` with columns ``i, j`` rotated by each code's angle in order (a copy)."""
+    ii, jj, codes = rots[:3]
+    v = np.array(v, dtype=np.float64, copy=True, order="C")
+    if ii.size:
+        _givens_apply_kernel(v, np.ascontiguousarray(ii, np.int64),
+                             np.ascontiguousarray(jj, np.int64),
+                             np.ascontiguousarray(codes, np.int64), float(amax))
     return v
 
 
@@ -1188,8 +1241,8 @@ class KltCodec(QuantCodec):
             y = (xs - mu) @ v
             if refine:
                 rots = _givens_fit(y, target, self.rotations)
-                rot_parts.append(struct.pack("<H", rots.size) + rots.tobytes())
-                if rots.size:
+                rot_parts.append(_pack_rotations(rots, d))
+                if rots[0].size:
                     v = _apply_givens(v, rots)
                     y = (xs - mu) @ v
             lam = np.mean(y * y, axis=0)
@@ -1359,9 +1412,9 @@ class KltCodec(QuantCodec):
         secs = p.sections
         if any(s.kind != SIDE for s in secs[:n_side]):
             raise CorruptStreamError("bad klt stream layout")
-        rots = [np.zeros(0, _ROT_DTYPE)] * b
+        rots = [None] * b
         if mode == 2:
-            rots = _parse_rotations(secs[9].data, b, d)
+            rots = _parse_rotations(secs[9].data, b, d, version)
             secs = secs[:9] + secs[10:]
         n_verb = len(secs[0].data) // 4
         rows = side_array(secs[0], np.uint32, n_verb).astype(np.int64)
@@ -1414,7 +1467,8 @@ class KltCodec(QuantCodec):
             if metric_code:  # reconstruction matrix W^-1 U
                 vs = [np.linalg.solve(w, v) for w, v in zip(ws, vs, strict=True)]
                 vs = [np.linalg.solve(w, v) for w, v in zip(ws, vs, strict=True)]
-            vs = [_apply_givens(v, rots[s]) if rots[s].size else v for s, v in enumerate(vs)]
+            vs = [v if rots[s] is None else _apply_givens(v, rots[s], rots[s][3])
+                  for s, v in enumerate(vs)]
             bases = [v[:, masks[s]] for s, v in enumerate(vs)]
         else:
             total = int(counts.sum()) * d
