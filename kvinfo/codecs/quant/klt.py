@@ -245,14 +245,40 @@ def rope_rotate(
     """
     d = x.shape[-1]
     half = d // 2
-    inv = (1.0 / (np.float32(theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))))
-    inv_freq = inv.astype(np.float32).astype(_ROPE_DTYPES[inv_freq_dtype]).astype(np.float64)
-    ang = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]
-    cos, sin = np.cos(ang), np.sin(ang)
+    cos, sin = _rope_cos_sin(np.asarray(positions, dtype=np.float64), float(theta), d,
+                             inv_freq_dtype)
     if inverse:
         sin = -sin
     x1, x2 = x[..., :half], x[..., half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    out = np.empty(np.broadcast_shapes(x.shape, cos.shape[:-1] + (d,)), np.float64)
+    np.subtract(x1 * cos, x2 * sin, out=out[..., :half])
+    np.add(x2 * cos, x1 * sin, out=out[..., half:])
+    return out
+
+
+_ROPE_CACHE: dict = {}
+_ROPE_LOCK = threading.Lock()
+
+
+def _rope_cos_sin(pos: np.ndarray, theta: float, d: int, inv_freq_dtype: str):
+    """``cos, sin`` of the RoPE angles ``(tokens, d/2)``; the last few are cached (one cache
+    holds many layers and heads at the same positions)."""
+    key = (theta, d, inv_freq_dtype, pos.tobytes())
+    with _ROPE_LOCK:
+        hit = _ROPE_CACHE.get(key)
+    if hit is not None:
+        return hit
+    inv = (1.0 / (np.float32(theta) ** (np.arange(0, d, 2, dtype=np.float32) / np.float32(d))))
+    inv_freq = inv.astype(np.float32).astype(_ROPE_DTYPES[inv_freq_dtype]).astype(np.float64)
+    ang = pos[:, None] * inv_freq[None, :]
+    out = (np.cos(ang), np.sin(ang))
+    for a in out:
+        a.setflags(write=False)
+    with _ROPE_LOCK:
+        if len(_ROPE_CACHE) >= 8:
+            _ROPE_CACHE.pop(next(iter(_ROPE_CACHE)))
+        _ROPE_CACHE[key] = out
+    return out
 
 
 def sequence_fingerprints(token_ids, offsets) -> list[str]:
