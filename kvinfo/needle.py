@@ -282,6 +282,7 @@ def evaluate_needle(
     num_trials: int = 2,
     window: int = 32,
     block: int = 128,
+    keep_decoded: bool = True,
     seed: int = 0,
     corpus: str = "auto",
     progress: bool = False,
@@ -289,8 +290,10 @@ def evaluate_needle(
     """Needle retrieval for the uncompressed cache and each codec (see the module docstring).
 
     Each trial draws a five-digit key and a haystack offset in the corpus (``seed``); the
-    same prompts serve every run. ``window`` and ``block`` configure the
-    :class:`~kvinfo.hf.CompressedCache` (its prefill is compressed).
+    same prompts serve every run. ``window``, ``block`` and ``keep_decoded`` configure the
+    :class:`~kvinfo.hf.CompressedCache` (its prefill is compressed); ``keep_decoded=True``
+    (the default) decodes each block once instead of at every generated token, which gives
+    the model the same tensors bit for bit and only saves time.
 
     Raises
     ------
@@ -349,7 +352,8 @@ def evaluate_needle(
             if spec is None:
                 c_ll, c_gen = copy.deepcopy(plain), copy.deepcopy(plain)
             else:
-                c_ll = CompressedCache(spec, window=window, block=block)
+                c_ll = CompressedCache(spec, window=window, block=block,
+                                       keep_decoded=keep_decoded)
                 c_ll.ingest(plain)
                 c_gen = copy.deepcopy(c_ll)
             ll = score_answer(model, c_ll, p.ids[-1], p.answer_ids)
