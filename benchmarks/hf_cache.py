@@ -49,7 +49,7 @@ def _machine(start_load=None):
     return d
 
 
-def memory(model, tok, out: Path, context: int = 8192, steps: int = 3, rounds: int = 2):
+def memory(model, tok, out: Path, context: int = 8192, steps: int = 2, rounds: int = 2):
     import torch
     from transformers import DynamicCache
 

@@ -182,6 +182,8 @@ class NeedleResult:
     num_trials : int
     window, block : int
         The CompressedCache settings.
+    keep_decoded : bool
+        The CompressedCache mode (the same tensors either way; see :mod:`kvinfo.hf`).
     """
 
     cells: list
@@ -193,6 +195,7 @@ class NeedleResult:
     block: int
     corpus: dict = field(default_factory=dict)
     model: str | None = None
+    keep_decoded: bool = True
 
     def baseline_success(self, length: int) -> float:
         """The baseline's exact-match rate at ``length`` (over depths and trials)."""
@@ -264,6 +267,7 @@ class NeedleResult:
         src = {"model": self.model, **self.corpus, **(source or {})}
         sets = {"task": "needle", "lengths": self.lengths, "depths": self.depths,
                 "num_trials": self.num_trials, "window": self.window, "block": self.block,
+                "keep_decoded": self.keep_decoded,
                 "codecs": [normalize_codec(c) for c in self.codecs], "cells": self.cells}
         sets.update(settings or {})
         doc = new_results("eval", source=src, settings=sets, command=command)
@@ -368,6 +372,7 @@ def evaluate_needle(
             cells.append(cell)
     return NeedleResult(cells=cells, codecs=[s.spec for s in specs], lengths=lengths,
                         depths=depths, num_trials=num_trials, window=window, block=block,
+                        keep_decoded=keep_decoded,
                         corpus=corpus_info)
 
 
