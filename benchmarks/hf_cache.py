@@ -4,7 +4,8 @@ Usage: ``OPENBLAS_NUM_THREADS=1 python benchmarks/hf_cache.py OUT_DIR [PARTS...]
 among ``memory`` (bytes held at 8K tokens and per-token decode time of the plain cache,
 of ``CompressedCache`` decoding every block each step and of ``keep_decoded=True``, in the same
 run), ``ppl4k`` (a 4K-context perplexity run for one codec, timed), ``sweep2k`` /
-``sweep8k`` (the quality sweep with bootstrap CIs) and ``needle`` (retrieval at 2K/4K/8K).
+``sweep8k`` (the quality sweep with bootstrap CIs) and ``needle`` (retrieval at 2K/4K/8K);
+``table NAME...`` prints the tables of finished sweeps (paired codec differences included).
 Environment: ``KVINFO_BENCH_SEGMENTS`` (segments per context, default 8;
 ``KVINFO_BENCH_SEGMENTS_8K``
 for ``sweep8k``, default the same), ``KVINFO_BENCH_NEEDLE`` (comma lengths, default
@@ -115,6 +116,70 @@ def _ctx(model, tok, out, name, context, codecs, segments):
               f"top1 {r.top1_agreement:.3f}", flush=True)
 
 
+def _pair_ci(a, b, n, stat, seed=0):
+    """Paired bootstrap interval of ``stat(a) - stat(b)`` over the same resampled segments."""
+    from kvinfo.evaluate import bootstrap_ci
+
+    return bootstrap_ci(lambda i: stat(a, i, n) - stat(b, i, n), len(n), seed=seed)
+
+
+def table(out: Path, name: str):
+    """Markdown tables of ``OUT/<name>.json`` (a quality sweep): every run with its 95 %
+    bootstrap intervals, then paired codec-vs-codec differences (significant where the
+    interval excludes 0)."""
+    import math
+
+    import numpy as np
+
+    doc = json.loads((out / f"{name}.json").read_text())
+    sets = doc["settings"]
+    labels = sets["labels"]
+    segs = [sets["segments"]["baseline"], *sets["segments"]["codecs"]]
+    n = np.asarray(segs[0]["num_tokens"], dtype=float)
+    recs = doc["records"]
+    print(f"{name}: context {sets['context']}, {sets['num_segments']} segments, "
+          f"{int(n.sum())} scored tokens, {sets.get('seconds', float('nan')):.0f} s, "
+          f"timing {sets.get('timing')}, load {sets.get('load_avg_1min_at_start')} -> "
+          f"{sets.get('load_avg_1min')}\n")
+    print("| run | bits/element | perplexity (95 % CI) | ppl change % (95 % CI) | "
+          "KL nats/token (95 % CI) | top-1 |")
+    print("|---|---:|---|---|---|---:|")
+    for label, r in zip(["baseline", *labels], recs, strict=True):
+        m = r["metrics"]
+        b = m.get("bits_per_element")
+        print(f"| {label} | {'' if b is None else f'{b:.2f}'} | {m['perplexity']:.3f} "
+              f"({m['perplexity_ci_low']:.3f} to {m['perplexity_ci_high']:.3f}) | "
+              f"{m['perplexity_increase_pct']:+.2f} ({m['perplexity_increase_ci_low']:+.2f} "
+              f"to {m['perplexity_increase_ci_high']:+.2f}) | {m['kl_nats_per_token']:.5f} "
+              f"({m['kl_ci_low']:.5f} to {m['kl_ci_high']:.5f}) | {m['top1_agreement']:.3f} |")
+
+    def kl(s, i, n):
+        return np.asarray(s["kl_sum"])[i].sum() / n[i].sum()
+
+    def ratio(a, b, i):  # perplexity of A over that of B, in % above 1
+        d = np.asarray(a["nll_sum"])[i].sum() - np.asarray(b["nll_sum"])[i].sum()
+        return 100 * (math.exp(d / n[i].sum()) - 1)
+
+    from kvinfo.evaluate import bootstrap_ci
+
+    print("\n| A vs B | KL(A) - KL(B) (95 % CI) | ppl(A) / ppl(B) - 1, % (95 % CI) "
+          "| significant |")
+    print("|---|---|---|---|")
+    every = np.arange(len(n))
+    for i in range(1, len(segs)):
+        for j in range(i + 1, len(segs)):
+            a, b = segs[i], segs[j]
+            d_kl = kl(a, every, n) - kl(b, every, n)
+            lo, hi = _pair_ci(a, b, n, kl)
+            d_p = ratio(a, b, every)
+            plo, phi = bootstrap_ci(lambda idx, a=a, b=b: ratio(a, b, idx), len(n))
+            sig = [w for w, (x, y) in (("KL", (lo, hi)), ("ppl", (plo, phi)))
+                   if not (x <= 0 <= y)]
+            print(f"| {labels[i - 1]} vs {labels[j - 1]} | {d_kl:+.5f} ({lo:+.5f} to "
+                  f"{hi:+.5f}) | {d_p:+.3f} ({plo:+.3f} to {phi:+.3f}) | "
+                  f"{', '.join(sig) or 'no'} |")
+
+
 def main(argv):
     import torch
 
@@ -124,6 +189,10 @@ def main(argv):
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
     parts = argv[1:] or ["memory", "ppl4k", "sweep2k", "needle"]
+    if parts[0] == "table":  # reads results, loads no model
+        for name in parts[1:]:
+            table(out, name)
+        return
     seg = int(os.environ.get("KVINFO_BENCH_SEGMENTS", "8"))
     model, tok, _ = load_model(None, dtype="float32")
     for part in parts:
