@@ -180,6 +180,34 @@ def table(out: Path, name: str):
                   f"{', '.join(sig) or 'no'} |")
 
 
+def needle(model, tok, out: Path):
+    """Needle retrieval, one results file per length (``OUT/needle-<L>.json``, written as
+    each length finishes). ``KVINFO_BENCH_NEEDLE_DEPTHS`` sets depths per length
+    (``"2048:0,0.5,1;8192:0.5"``, default 0, 0.5, 1 everywhere) and
+    ``KVINFO_BENCH_NEEDLE_LOSSLESS_MAX`` the longest length that runs ``lossless`` (its
+    encoder is the slowest; default every length)."""
+    from kvinfo.needle import evaluate_needle
+
+    lengths = [int(x) for x in os.environ.get("KVINFO_BENCH_NEEDLE", "2048,4096,8192").split(",")]
+    depths = {}
+    for item in filter(None, os.environ.get("KVINFO_BENCH_NEEDLE_DEPTHS", "").split(";")):
+        length, ds = item.split(":")
+        depths[int(length)] = [float(d) for d in ds.split(",")]
+    lossless_max = int(os.environ.get("KVINFO_BENCH_NEEDLE_LOSSLESS_MAX", str(max(lengths))))
+    for length in lengths:
+        codecs = [c for c in NEEDLE if c[0] != "lossless" or length <= lossless_max]
+        start, t0 = os.getloadavg()[0], time.perf_counter()
+        res = evaluate_needle(model, tok, [c for _, c in codecs], lengths=[length],
+                              depths=depths.get(length, (0.0, 0.5, 1.0)), num_trials=1,
+                              progress=True)
+        res.model = "SmolLM2-135M-Instruct (Q4_1 GGUF, float32)"
+        doc = res.to_results(settings={"seconds": time.perf_counter() - t0,
+                                       "labels": [n for n, _ in codecs], **_machine(start)})
+        (out / f"needle-{length}.json").write_text(json.dumps(doc, indent=1, default=str))
+        print(json.dumps(res.as_dict(), indent=1, default=str), flush=True)
+        print(f"needle {length}: {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def main(argv):
     import torch
 
@@ -197,7 +225,8 @@ def main(argv):
     model, tok, _ = load_model(None, dtype="float32")
     for part in parts:
         if part == "memory":
-            memory(model, tok, out)
+            memory(model, tok, out,
+                   context=int(os.environ.get("KVINFO_BENCH_MEMORY_CONTEXT", "8192")))
         elif part == "ppl4k":
             _ctx(model, tok, out, "ppl4k", 4096, [SWEEP[1]], seg)
         elif part == "sweep2k":
@@ -206,20 +235,7 @@ def main(argv):
             _ctx(model, tok, out, "sweep8k", 8192, SWEEP_8K,
                  int(os.environ.get("KVINFO_BENCH_SEGMENTS_8K", str(seg))))
         elif part == "needle":
-            from kvinfo.needle import evaluate_needle
-
-            lengths = [int(x) for x in
-                       os.environ.get("KVINFO_BENCH_NEEDLE", "2048,4096,8192").split(",")]
-            codecs = NEEDLE
-            start, t0 = os.getloadavg()[0], time.perf_counter()
-            res = evaluate_needle(model, tok, [c for _, c in codecs], lengths=lengths,
-                                  depths=(0.0, 0.5, 1.0), num_trials=1, progress=True)
-            res.model = "SmolLM2-135M-Instruct (Q4_1 GGUF, float32)"
-            doc = res.to_results(settings={"seconds": time.perf_counter() - t0,
-                                           "labels": [n for n, _ in codecs],
-                                           **_machine(start)})
-            (out / "needle.json").write_text(json.dumps(doc, indent=1, default=str))
-            print(json.dumps(res.as_dict(), indent=1, default=str), flush=True)
+            needle(model, tok, out)
         else:
             raise SystemExit(f"unknown part {part!r}")
 
