@@ -142,8 +142,11 @@ class CacheCodec:
         codec = self.codecs[kind]
         if layer is not None and hasattr(codec, "for_slab"):
             codec = codec.for_slab(layer, kind, None, positions=start + np.arange(arr.shape[-2]))
-        data = codec.encode(arr)
-        out = codec.decode(data)
+        from .hf import keep_torch_threads
+
+        with keep_torch_threads():  # numba's OpenMP layer would leave torch on its threads
+            data = codec.encode(arr)
+            out = codec.decode(data)
         if out.shape != arr.shape or out.dtype != arr.dtype:
             raise CodecConfigError(
                 f"codec {self.codecs[kind]!r} returned {out.dtype}{out.shape} "

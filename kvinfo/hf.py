@@ -55,6 +55,7 @@ With a model (not run here)::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import numpy as np
@@ -76,6 +77,7 @@ __all__ = [
     "cache_kwargs",
     "cache_argument",
     "cache_spec",
+    "keep_torch_threads",
     "MODEL_AWARE_CODEC_IDS",
     "SUPPORTED_TRANSFORMERS",
 ]
@@ -87,6 +89,27 @@ SUPPORTED_TRANSFORMERS = ">=4.56,<6"
 MODEL_AWARE_CODEC_IDS = frozenset({"xquant", "xquant-cl", "xquant-latent", "latent", "tokens"})
 
 PREFILL_MODES = ("compress", "keep")
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Restore torch's intra-op thread count after the block if something changed it.
+
+    numba's ``omp`` threading layer shares the OpenMP runtime with torch: a parallel numba
+    kernel (kvinfo's coders) sets the runtime's thread count to numba's, so after the first
+    codec call every later model forward ran on ``NUMBA_NUM_THREADS`` threads (1 in the
+    benchmarks) instead of torch's (measured: 2 before a ``rans`` round trip, 1 after).
+    Every codec call of :class:`CompressedCache` and :mod:`kvinfo.evaluate` runs inside
+    this.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 def cache_argument(model) -> str:
@@ -234,7 +257,8 @@ class CompressedLayer(DynamicLayer):
         for kind, t in (("keys", keys), ("values", values)):
             codec = _bind(self._owner.spec.codecs[kind], self.layer_idx, kind, start, n)
             arr = _to_numpy(t)
-            rows = [codec.encode(np.ascontiguousarray(arr[b])) for b in range(arr.shape[0])]
+            with keep_torch_threads():
+                rows = [codec.encode(np.ascontiguousarray(arr[b])) for b in range(arr.shape[0])]
             streams[kind] = rows
         return _Block(start, n, streams)
 
@@ -247,7 +271,8 @@ class CompressedLayer(DynamicLayer):
         rows = []
         want = (self._shape[0], blk.length, self._shape[1])
         for s in blk.streams[kind]:
-            out = codec.decode(s)
+            with keep_torch_threads():
+                out = codec.decode(s)
             if tuple(out.shape) != want:
                 raise CodecConfigError(
                     f"codec {codec!r} decoded shape {tuple(out.shape)}, expected {want}"

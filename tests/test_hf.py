@@ -132,3 +132,21 @@ def test_keep_decoded_beam_search_is_lossless(tiny):
     cache = CompressedCache({"id": "lossless"}, window=4, block=8, keep_decoded=True)
     assert torch.equal(_gen(model, ids, cache, n=10, num_beams=2),
                        _gen(model, ids, n=10, num_beams=2))
+
+
+def test_codec_calls_leave_torch_threads_alone():
+    import numpy as np
+
+    from kvinfo.codecs import get_codec
+    from kvinfo.hf import keep_torch_threads
+
+    n = torch.get_num_threads()
+    codec = get_codec(U2)
+    x = np.random.default_rng(0).standard_normal((2, 64, 16)).astype(np.float32)
+    try:
+        with keep_torch_threads():
+            torch.set_num_threads(n + 1)  # what numba's OpenMP layer does to torch
+            codec.decode(codec.encode(x))
+        assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(n)
