@@ -163,13 +163,16 @@ def _kmeans_once(a, k, rng, iters) -> np.ndarray:
         cent.append(a[rng.choice(n, p=p)])
         d2 = np.minimum(d2, np.sum((a - cent[-1]) ** 2, axis=1))
     c = np.array(cent)
+    codes = np.arange(k)
     for _ in range(iters):
         lab = _assign(a, c)
+        # cell sums as one matrix product with the one-hot labels (one pass over ``a``)
+        onehot = (lab[None, :] == codes[:, None]).astype(a.dtype)
+        counts = onehot.sum(axis=1)
+        sums = onehot @ a
         new = c.copy()
-        for j in range(k):
-            sel = lab == j
-            if np.any(sel):
-                new[j] = a[sel].mean(axis=0)
+        live = counts > 0
+        new[live] = sums[live] / counts[live, None]
         if np.allclose(new, c):
             break
         c = new
@@ -177,7 +180,9 @@ def _kmeans_once(a, k, rng, iters) -> np.ndarray:
 
 
 def _assign(a, c) -> np.ndarray:
-    d2 = np.sum(a * a, axis=1)[:, None] - 2.0 * a @ c.T + np.sum(c * c, axis=1)[None, :]
+    """Index of the nearest centroid of each row: ``argmin_j |c_j|^2 - 2 a.c_j`` (the
+    ``|a|^2`` term is the same for every centroid and is left out)."""
+    d2 = np.sum(c * c, axis=1)[None, :] - 2.0 * (a @ c.T)
     return np.argmin(d2, axis=1)
 
 
