@@ -120,7 +120,7 @@ def best_time(fn, repeats):
     return float(np.median(times)), out
 
 
-def codec_table(srcs, repeats, threads_all, emit=print):
+def codec_table(srcs, repeats, threads_all, emit=print, coders=CODERS):
     lines = ["| source | coder | bits/sym | vs H0 | side bits/sym | enc M/s (1 thr) | "
              f"dec M/s (1 thr) | enc / dec vs constriction-ans (1 thr) | enc M/s ({threads_all}"
              f" thr) | dec M/s ({threads_all} thr) |",
@@ -132,7 +132,7 @@ def codec_table(srcs, repeats, threads_all, emit=print):
         h0 = entropy_bits(counts) / x.size
         lines.append(f"| {name} | order-0 entropy H0 | {h0:.4f} | | | | | | | |")
         rows, peer = [], None
-        for label, cfg in CODERS:
+        for label, cfg in coders:
             codec = get_codec(cfg)
             codec.decode(codec.encode(x[:1000]))
             res = {}
@@ -214,12 +214,27 @@ def main(argv=None) -> int:
     ap.add_argument("--dump", default="dumps/default.h5", help="KV dump for the kv4 source")
     ap.add_argument("--symbols", type=int, default=4_200_000, help="symbols per source")
     ap.add_argument("--repeats", type=int, default=5, help="timing repeats (median is kept)")
+    ap.add_argument("--coders", default=None,
+                    help="comma-separated labels of the coder rows to run (default: all; "
+                         "constriction-ans, the peer, always runs)")
+    ap.add_argument("--sources", default=None, help="comma-separated source names (default: all)")
+    ap.add_argument("--skip-bare", action="store_true", help="skip the bare-coder table")
     args = ap.parse_args(argv)
+    coders = CODERS
+    if args.coders:
+        want = {c.strip() for c in args.coders.split(",")} | {"constriction-ans"}
+        coders = [(label, cfg) for label, cfg in CODERS if label in want]
+        unknown = want - {label for label, _ in CODERS}
+        if unknown:
+            ap.error(f"unknown coder rows {sorted(unknown)}; expected labels of {CODERS}")
     threads_all = numba.get_num_threads()
     t = time.perf_counter()
     warmup()
     print(f"warmup (compile or load cache): {time.perf_counter() - t:.1f} s")
     srcs = sources(args.dump, args.symbols)
+    if args.sources:
+        keep = {x.strip() for x in args.sources.split(",")}
+        srcs = [src for src in srcs if src[0] in keep]
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"numba {numba.__version__} ({numba.threading_layer()}), constriction "
           f"{importlib.metadata.version('constriction')}, numpy {np.__version__}, "
@@ -230,9 +245,10 @@ def main(argv=None) -> int:
         print(text, flush=True)
 
     emit("\nFull codecs (rate includes every byte of the stream):\n")
-    codec_table(srcs, args.repeats, threads_all, emit)
-    emit("\nBare rANS coder vs constriction AnsCoder (same symbols, same 12-bit table):\n")
-    coder_table(srcs, args.repeats, threads_all, emit)
+    codec_table(srcs, args.repeats, threads_all, emit, coders)
+    if not args.skip_bare:
+        emit("\nBare rANS coder vs constriction AnsCoder (same symbols, same 12-bit table):\n")
+        coder_table(srcs, args.repeats, threads_all, emit)
     return 0
 
 

@@ -51,6 +51,10 @@ def settings(basis: str, theta: float) -> list[tuple[str, dict]]:
         out.append((f"klt cal pre-RoPE {s} dB", {"id": "klt", "snr_db": s, "basis": basis,
                                                  "rope_theta": theta, "coder": ARITH}))
     for s in SNRS:
+        out.append((f"klt cal pre-RoPE coder-only {s} dB", {
+            "id": "klt", "snr_db": s, "basis": basis, "rope_theta": theta,
+            "symbol_model": "coder", "coder": ARITH}))
+    for s in SNRS:
         out.append((f"klt cal pre-RoPE rot0 {s} dB", {"id": "klt", "snr_db": s, "basis": basis,
                                                       "rope_theta": theta, "rotations": 0,
                                                       "coder": ARITH}))
@@ -152,6 +156,8 @@ def main(argv=None) -> int:
     speed = []
     table = dict(settings(args.basis, theta))
     for label, cfg in [("klt cal pre-RoPE 20 dB", table["klt cal pre-RoPE 20 dB"]),
+                       ("klt cal pre-RoPE coder-only 20 dB",
+                        table["klt cal pre-RoPE coder-only 20 dB"]),
                        ("klt cal pre-RoPE rot0 20 dB", table["klt cal pre-RoPE rot0 20 dB"]),
                        ("klt in-stream 20 dB", table["klt in-stream 20 dB"]),
                        ("turbo 3", {"id": "turbo", "bits": 3}),

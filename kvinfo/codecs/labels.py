@@ -102,4 +102,6 @@ def _klt_traits(config: dict) -> str:
         out.append("nopred")
     if config.get("basis") and config.get("rotations") == 0:
         out.append("rot0")
+    if config.get("symbol_model") in ("coder", "logistic"):
+        out.append(f"{config['symbol_model']}-model")
     return " ".join(out) + " "

@@ -36,7 +36,6 @@ statistician's perspective", arXiv:2201.01741, 2022.
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass
 
@@ -89,40 +88,26 @@ def quantize_counts(counts: np.ndarray, precision_bits: int) -> np.ndarray:
         If more symbols occur than ``2**precision_bits`` slots exist, or all counts are 0.
     """
     c = np.asarray(counts, dtype=np.int64).ravel()
+    _check_counts(c[None, :], precision_bits)
+    from ..kernels import cpu
+
+    return cpu.quantize_rows(c[None, :], precision_bits)[0]
+
+
+def _check_counts(c: np.ndarray, precision_bits: int) -> None:
+    """The errors of :func:`quantize_counts` for every row of a 2-D count array."""
     if np.any(c < 0):
         raise CodecConfigError("counts must be non-negative")
     m = 1 << precision_bits
-    used = c > 0
-    nu = int(used.sum())
-    if nu == 0:
+    used = (c > 0).sum(axis=1)
+    if np.any(used == 0):
         raise CodecConfigError("cannot build a frequency table from all-zero counts")
+    nu = int(used.max())
     if nu > m:
         raise CodecConfigError(
             f"{nu} distinct symbols do not fit a table of precision {precision_bits} bits "
             f"(at most {m})"
         )
-    total = int(c.sum())
-    f = np.where(used, np.maximum(1, (c * m) // total), 0).astype(np.int64)
-    diff = m - int(f.sum())
-    idx = np.flatnonzero(used)
-    if diff > 0:
-        # gain of one more unit: c * log2((f+1)/f); largest first
-        heap = [(-c[i] * math.log2((f[i] + 1) / f[i]), int(i)) for i in idx]
-        heapq.heapify(heap)
-        for _ in range(diff):
-            _, i = heapq.heappop(heap)
-            f[i] += 1
-            heapq.heappush(heap, (-c[i] * math.log2((f[i] + 1) / f[i]), i))
-    elif diff < 0:
-        # loss of removing one unit: c * log2(f/(f-1)); smallest first, f must stay >= 1
-        heap = [(c[i] * math.log2(f[i] / (f[i] - 1)), int(i)) for i in idx if f[i] > 1]
-        heapq.heapify(heap)
-        for _ in range(-diff):
-            _, i = heapq.heappop(heap)
-            f[i] -= 1
-            if f[i] > 1:
-                heapq.heappush(heap, (c[i] * math.log2(f[i] / (f[i] - 1)), i))
-    return f
 
 
 def _write_varint(out: bytearray, v: int) -> None:
@@ -191,16 +176,6 @@ def decode_uints(buf: bytes, pos: int, end: int, out: np.ndarray, max_value: int
     return pos
 
 
-def _eg_lengths(v: np.ndarray, k) -> np.ndarray:
-    """Bits of the exp-Golomb-``k`` codes of non-negative ints ``v`` (``k`` an int or an
-    array like ``v``)."""
-    u = v.astype(np.int64) + (1 << k)
-    nb = np.floor(np.log2(u)).astype(np.int64)
-    nb += (u >> (nb + 1)) > 0  # guard float rounding
-    nb -= (u >> nb) == 0
-    return 2 * nb - k + 1
-
-
 def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
     """Exp-Golomb bit packing of frequency rows (format version 2 tables).
 
@@ -210,35 +185,10 @@ def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
     table is zero-padded to a byte. ``EGk(v)``: with ``u = v + 2**k`` of ``b + 1`` bits,
     ``b - k`` zero bits then ``u``. (All rows at once; every row has a used symbol.)
     """
-    F = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
-    T = F.shape[0]
-    r, col = np.nonzero(F)  # row-major: row by row, symbols in order
-    f = F[r, col] - 1
-    m = np.bincount(r, minlength=T)
-    first = np.cumsum(m) - m  # index of each row's first used symbol
-    prev = np.empty_like(col)
-    prev[1:] = col[:-1]
-    prev[first[m > 0]] = -1
-    gaps = col - prev - 1
-    cost = np.stack([np.bincount(r, 2 * (np.frexp(f + (1 << k))[1] - 1) - k + 1, minlength=T)
-                     for k in range(16)], axis=1)
-    best = np.argmin(cost, axis=1)
-    code = np.empty(2 * T + 2 * r.size, np.int64)
-    ln = np.empty_like(code)
-    head = 2 * np.arange(T) + 2 * first
-    code[head], ln[head] = best, 4
-    code[head + 1], ln[head + 1] = m, _eg_lengths(m - 1, 0)
-    pos = head[r] + 2 + 2 * (np.arange(r.size) - first[r])
-    code[pos], ln[pos] = gaps + 1, _eg_lengths(gaps, 0)
-    kr = best[r]
-    code[pos + 1], ln[pos + 1] = f + (1 << kr), _eg_lengths(f, kr)
-    total = int(ln.sum())
-    # bit j of code i (MSB first within its field): (code >> (ln - 1 - j)) & 1
-    rep = np.repeat(np.arange(code.size), ln)
-    starts = np.cumsum(ln) - ln
-    j = np.arange(total) - starts[rep]
-    bits = ((code[rep] >> (ln[rep] - 1 - j)) & 1).astype(np.uint8)
-    return np.packbits(bits).tobytes()
+    from ..kernels import cpu
+
+    F = np.ascontiguousarray(np.atleast_2d(np.asarray(frequencies, dtype=np.int64)))
+    return cpu.pack_frequency_tables(F)
 
 
 @dataclass(frozen=True, eq=False)
@@ -310,16 +260,19 @@ class PerChannelTables:
     @classmethod
     def from_counts(cls, counts, precision_bits: int, min_symbol: int = 0) -> PerChannelTables:
         """Quantize a ``(num_tables, alphabet_size)`` count array row by row."""
-        c = np.atleast_2d(np.asarray(counts, dtype=np.int64))
-        rows = []
-        for row in c:
-            if row.sum() == 0:  # an unused table: put all mass on the first symbol
-                r = np.zeros_like(row)
-                r[0] = 1 << precision_bits
-                rows.append(r)
-            else:
-                rows.append(quantize_counts(row, precision_bits))
-        return cls(np.stack(rows), precision_bits, min_symbol)
+        from ..kernels import cpu
+
+        c = np.ascontiguousarray(np.atleast_2d(np.asarray(counts, dtype=np.int64)))
+        if c.ndim != 2:
+            raise CodecConfigError(f"counts must be 1-D or 2-D, found {c.ndim}-D")
+        if not 1 <= precision_bits <= MAX_PRECISION_BITS:
+            raise CodecConfigError(
+                f"precision_bits must be in [1, {MAX_PRECISION_BITS}], found {precision_bits}"
+            )
+        live = c.any(axis=1)  # an unused table puts all its mass on the first symbol
+        if live.any():
+            _check_counts(c[live] if not live.all() else c, precision_bits)
+        return cls(cpu.quantize_rows(c, precision_bits), precision_bits, min_symbol)
 
     def to_bytes(self, packed: bool = False) -> bytes:
         """Compact serialisation, row after row: varints with zero runs (format version 1),

@@ -28,6 +28,7 @@ Bit-stream layouts are specified in ``docs/container-format.md``:
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numba
 import numpy as np
@@ -49,6 +50,8 @@ __all__ = [
     "arith_encode",
     "arith_decode",
     "unpack_frequency_tables",
+    "quantize_rows",
+    "pack_frequency_tables",
     "warmup",
 ]
 
@@ -215,8 +218,8 @@ def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_siz
     # 2**-17 from an integer while the float64 error stays below 2**-20, and q is exact.
     # A symbol outside the alphabet or with frequency 0 sets status[k] and stops the chunk.
     # Deliberate twins: the step (_rans_put) runs in four loops (the partial last step;
-    # one table with 32 lanes; one table or a period that is a multiple of the lane
-    # count; any period, with a channel counter), as in the decoder.
+    # one table with 32 lanes; one table or a period that is a multiple or a divisor of
+    # the lane count; any period, with a channel counter), as in the decoder.
     n = sym.shape[0]
     nchunks = states.shape[0]
     num_tables = xmax.shape[0]
@@ -259,17 +262,23 @@ def _rans_encode_kernel(sym, min_symbol, period, xmax, rcp, cum, cmpl, chunk_siz
                     st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, zero, xmax,
                                                   rcp, cum, cmpl, scratch, ptr)
                     ok = ok and good
-        elif num_tables == 1 or period % K == 0:
+        elif num_tables == 1 or period % K == 0 or K % period == 0:
+            # the table of lane l is cb + ltab[l]: cb + l when the period is a multiple of
+            # K (cb = the step's first channel), l % period when K is a multiple of it
+            ltab = np.empty(32, np.uint64)
+            for l in range(32):
+                ltab[l] = np.uint64(l) if period % K == 0 else np.uint64(l % period)
             for step in range(nfull - 1, -1, -1):
                 if not ok:
                     break
                 base = np.uint64(start + K * step)
-                cb = np.uint64((start + K * step) % period) if num_tables > 1 else zero
+                cb = (np.uint64((start + K * step) % period)
+                      if num_tables > 1 and period % K == 0 else zero)
                 for l in range(K - 1, -1, -1):
                     ul = np.uint64(l)
                     s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
                     ok = ok and s < A
-                    tb = cb + ul if num_tables > 1 else zero
+                    tb = cb + ltab[ul] if num_tables > 1 else zero
                     st[ul], ptr, good = _rans_put(st[ul], s if s < A else zero, tb, xmax, rcp,
                                                   cum, cmpl, scratch, ptr)
                     ok = ok and good
@@ -444,10 +453,11 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
     # the array however damaged the stream is. Tables: ``direct`` (one table that fits
     # L1): entries[0, slot] = (f - 1) | (slot - cum) << 16 and values[0, slot] the output
     # value; else sidx[t, slot] = symbol index and info[t, s] = (f - 1) | cum << 16.
-    # Deliberate kernel twins: the step is written out in three loops (one direct table
-    # with 32 lanes, unrolled; one table or a period that is a multiple of the lane count,
-    # a step of K lanes at a time; any period and the partial last step, symbol by symbol)
-    # so that the hot loops carry no channel counter; a change to the step goes into all.
+    # Deliberate kernel twins: the step is written out in four loops (one direct table
+    # with 32 lanes, unrolled; one direct table with fewer lanes; one table, or a period
+    # that is a multiple or a divisor of the lane count, a step of K lanes at a time; any
+    # period and the partial last step, symbol by symbol) so that the hot loops carry no
+    # channel counter; a change to the step goes into all.
     n = out.shape[0]
     nchunks = states.shape[0]
     K = states.shape[1]
@@ -483,9 +493,9 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
                     x = ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
                     st[ul], ptr = _rans_renorm(x, words, ptr)
             done = start + 32 * nfull
-        elif num_tables == 1 or period % K == 0:
-            cb = np.uint64(start % period) if num_tables > 1 else zero
-            uk = np.uint64(K)
+        elif direct:
+            # one direct table, fewer lanes (low-entropy streams): the slot's entry and
+            # value are two independent loads, where the indirect table chains two
             for t in range(nfull):
                 if ptr > end:
                     bad = 1
@@ -493,7 +503,29 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
                 base = np.uint64(start + K * t)
                 for l in range(K):
                     ul = np.uint64(l)
-                    tb = cb + ul if num_tables > 1 else zero
+                    x = np.uint64(st[ul])
+                    slot = x & mask
+                    e = entries[0, slot]
+                    out[base + ul] = values[0, slot]
+                    x = ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
+                    st[ul], ptr = _rans_renorm(x, words, ptr)
+            done = start + K * nfull
+        elif num_tables == 1 or period % K == 0 or K % period == 0:
+            # the table of lane l is cb + ltab[l] (see the encoder)
+            inner = period % K == 0
+            ltab = np.empty(32, np.uint64)
+            for l in range(32):
+                ltab[l] = np.uint64(l) if inner else np.uint64(l % period)
+            cb = np.uint64(start % period) if num_tables > 1 and inner else zero
+            uk = np.uint64(K) if inner else zero
+            for t in range(nfull):
+                if ptr > end:
+                    bad = 1
+                    break
+                base = np.uint64(start + K * t)
+                for l in range(K):
+                    ul = np.uint64(l)
+                    tb = cb + ltab[ul] if num_tables > 1 else zero
                     x, s = _rans_step_indirect(np.uint64(st[ul]), tb, sidx, info, mask, P)
                     out[base + ul] = np.int64(s) + min_symbol
                     st[ul], ptr = _rans_renorm(x, words, ptr)
@@ -568,9 +600,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     _check(info_t.min <= min_symbol and min_symbol + a - 1 <= info_t.max,
            f"symbols {min_symbol}..{min_symbol + a - 1} do not fit {out.dtype}")
     m = 1 << precision_bits
-    # the indirect tables serve every loop (the direct one only the 32-lane single table)
-    direct = (num_tables == 1 and K == RANS_LANES
-              and m * (4 + out.dtype.itemsize) <= RANS_DIRECT_TABLE_BYTES)
+    # the indirect tables serve every loop (the direct one the full steps of one table)
+    direct = num_tables == 1 and m * (4 + out.dtype.itemsize) <= RANS_DIRECT_TABLE_BYTES
     sidx = rans_slot_symbols(frequencies, precision_bits)
     cum = np.cumsum(frequencies, axis=1) - frequencies
     info = ((frequencies - 1) | (cum << 16)).astype(np.uint32)
@@ -616,9 +647,14 @@ def _huffman_encode_kernel(idx, codes, lengths, period, chunk_size, sub_block, r
             sub_offsets[k * spc + b] = (wp - base) * 32 + nb
             a = start + b * sub_block
             z = min(stop, a + sub_block)
+            ch = a % period if num_tables > 1 else 0  # j % period, as a counter
             for j in range(a, z):
                 s = idx[j]
-                t = j % period if num_tables > 1 else 0
+                t = ch
+                if num_tables > 1:
+                    ch += 1
+                    if ch == period:
+                        ch = 0
                 ln = lengths[t, s]
                 acc = (acc << np.uint64(ln)) | np.uint64(codes[t, s])
                 nb += ln
@@ -694,13 +730,19 @@ def huffman_encode(idx: np.ndarray, codes: np.ndarray, lengths: np.ndarray, chun
 
 @njit(cache=True, parallel=True, nogil=True)
 def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table_bits,
-                           chunk_size, sub_block, period, out, status):  # pragma: no cover
-    # table: (num_tables, 2**table_bits); element j uses row j % period if num_tables > 1
+                           first, first_bits, chunk_size, sub_block, period, out,
+                           status):  # pragma: no cover
+    # table: (num_tables, 2**table_bits); element j uses row j % period if num_tables > 1.
+    # first: (num_tables, 2**first_bits), the same entries for codes of at most first_bits
+    # bits and _HUFFMAN_LONG where the full table must decide (long or invalid codes):
+    # 64 per-channel tables of 2**16 entries would be 16 MB, a cache miss per symbol,
+    # while a code longer than first_bits has a probability below 2**-first_bits
     num_tables = table.shape[0]
     n = out.shape[0]
     nchunks = num_words.shape[0]
     spc = chunk_size // sub_block
     tb = np.uint64(64 - table_bits)
+    fb = np.uint64(64 - first_bits)
     for k in prange(nchunks):
         start = k * chunk_size
         stop = min(n, start + chunk_size)
@@ -716,11 +758,20 @@ def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table
                 break
             a = start + b * sub_block
             z = min(stop, a + sub_block)
+            # the channel of element j (j % period) as a counter: a 64-bit modulo per
+            # symbol cost more than the rest of the step
+            ch = a % period if num_tables > 1 else 0
             for j in range(a, z):
                 w = min(w0 + (bitpos >> 5), last)
                 win = (np.uint64(words[w]) << _S32) | np.uint64(words[w + 1])
-                e = table[j % period if num_tables > 1 else 0,
-                          (win << np.uint64(bitpos & 31)) >> tb]
+                win = win << np.uint64(bitpos & 31)
+                e = first[ch, win >> fb]
+                if e == _HUFFMAN_LONG:
+                    e = table[ch, win >> tb]
+                if num_tables > 1:
+                    ch += 1
+                    if ch == period:
+                        ch = 0
                 ln = e & 0xFF
                 if ln == 0:
                     bad = 2
@@ -740,6 +791,12 @@ def _huffman_decode_kernel(words, word_off, num_words, sub_offsets, table, table
                 if (np.uint64(words[w]) << np.uint64(bitpos & 31)) & _U32:
                     bad = 5
         status[k] = bad
+
+
+#: bits of the first-level Huffman decode table (4 KiB per table)
+_HUFFMAN_FIRST_BITS = 10
+#: its entry for "look in the full table" (no code has length 255)
+_HUFFMAN_LONG = np.uint32(0xFF)
 
 
 def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.ndarray,
@@ -767,6 +824,11 @@ def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.nda
     rows = np.atleast_2d(lengths)
     _check(rows.shape[0] in (1, period), "lengths must have 1 or period rows")
     table = np.stack([huffman_decode_table(r, table_bits) for r in rows])
+    first_bits = min(table_bits, _HUFFMAN_FIRST_BITS)
+    # a block of 2**(table_bits - first_bits) entries shares one entry when its first
+    # entry is a code of at most first_bits bits; else the full table decides
+    first = np.ascontiguousarray(table[:, :: 1 << (table_bits - first_bits)])
+    first[((first & 0xFF) == 0) | ((first & 0xFF) > first_bits)] = _HUFFMAN_LONG
     padded = np.zeros(total + 2, dtype=np.uint32)
     padded[:total] = words
     offsets = np.zeros(nchunks, dtype=np.int64)
@@ -778,8 +840,8 @@ def huffman_decode(words: np.ndarray, num_words: np.ndarray, sub_offsets: np.nda
         with _threads_for(nchunks):
             _huffman_decode_kernel(padded, offsets, num_words.astype(np.int64),
                                    sub_offsets.astype(np.int64), table, np.int64(table_bits),
-                                   np.int64(chunk_size), np.int64(sub_block), np.int64(period),
-                                   out, status)
+                                   first, np.int64(first_bits), np.int64(chunk_size),
+                                   np.int64(sub_block), np.int64(period), out, status)
     return out, status
 
 
@@ -1045,6 +1107,119 @@ def arith_decode(payload: np.ndarray, num_bytes: np.ndarray, n: int, chunk_size:
 
 
 # ---------------------------------------------------------------------------------------
+# frequency-table quantization
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _heap_less(key, idx, a, b):  # pragma: no cover - numba
+    # the order of Python tuples (key, index): ties in the key go to the smaller index
+    return key[a] < key[b] or (key[a] == key[b] and idx[a] < idx[b])
+
+
+@njit(cache=True, nogil=True)
+def _heap_sift_down(key, idx, size, pos):  # pragma: no cover - numba
+    while True:
+        c = 2 * pos + 1
+        if c >= size:
+            return
+        if c + 1 < size and _heap_less(key, idx, c + 1, c):
+            c += 1
+        if not _heap_less(key, idx, c, pos):
+            return
+        key[pos], key[c] = key[c], key[pos]
+        idx[pos], idx[c] = idx[c], idx[pos]
+        pos = c
+
+
+@njit(cache=True, nogil=True)
+def _quantize_rows_kernel(counts, m, out, key, idx):  # pragma: no cover - numba
+    # Greedy unit placement of models.quantize_counts, row by row, with a binary min-heap
+    # of (key, symbol) pairs: (key, symbol) pairs are distinct, so any heap pops them in
+    # the same order as Python's heapq and the frequencies are identical. Keys are the
+    # same float64 expressions: -c * log2((f + 1) / f) for a unit added, c * log2(f /
+    # (f - 1)) for a unit removed. Rows with no count get all the mass on symbol 0.
+    T, A = counts.shape
+    for t in range(T):
+        row = counts[t]
+        f = out[t]
+        total = np.int64(0)
+        for s in range(A):
+            total += row[s]
+        if total == 0:
+            f[0] = m
+            continue
+        fsum = np.int64(0)
+        for s in range(A):
+            c = row[s]
+            if c > 0:
+                v = (c * m) // total
+                f[s] = v if v > 1 else 1
+                fsum += f[s]
+        diff = m - fsum
+        size = 0
+        if diff > 0:
+            for s in range(A):
+                c = row[s]
+                if c > 0:
+                    key[size] = -c * math.log2(np.float64(f[s] + 1) / np.float64(f[s]))
+                    idx[size] = s
+                    size += 1
+            for p in range(size // 2 - 1, -1, -1):
+                _heap_sift_down(key, idx, size, p)
+            for _ in range(diff):
+                s = idx[0]
+                f[s] += 1
+                key[0] = -row[s] * math.log2(np.float64(f[s] + 1) / np.float64(f[s]))
+                _heap_sift_down(key, idx, size, 0)
+        elif diff < 0:
+            for s in range(A):
+                c = row[s]
+                if c > 0 and f[s] > 1:
+                    key[size] = c * math.log2(np.float64(f[s]) / np.float64(f[s] - 1))
+                    idx[size] = s
+                    size += 1
+            for p in range(size // 2 - 1, -1, -1):
+                _heap_sift_down(key, idx, size, p)
+            for _ in range(-diff):
+                s = idx[0]
+                f[s] -= 1
+                if f[s] > 1:
+                    key[0] = row[s] * math.log2(np.float64(f[s]) / np.float64(f[s] - 1))
+                else:  # pop: the last leaf replaces the root
+                    size -= 1
+                    key[0] = key[size]
+                    idx[0] = idx[size]
+                _heap_sift_down(key, idx, size, 0)
+
+
+def quantize_rows(counts: np.ndarray, precision_bits: int) -> np.ndarray:
+    """Quantized frequencies of every row of ``counts`` (int64, ``(num_tables,
+    alphabet_size)``), each row summing to ``2**precision_bits``.
+
+    The greedy of :func:`kvinfo.codecs.models.quantize_counts` (start from the rounded-down
+    scaling with every used symbol at least 1, then add or remove single units where they
+    change the cross-entropy most or least), compiled; the result is identical to it. A
+    row of zeros gets all its mass on symbol 0. Raises :class:`CodecConfigError` on a
+    negative count or a row with more used symbols than ``2**precision_bits`` slots.
+    """
+    _check_array(counts, "counts", (np.int64,), 2)
+    _check(1 <= precision_bits <= 30, f"precision_bits must be in [1, 30], found "
+           f"{precision_bits}")
+    _check(counts.shape[0] >= 1 and counts.shape[1] >= 1, "counts must be non-empty")
+    _check(not bool((counts < 0).any()), "counts must be non-negative")
+    m = 1 << precision_bits
+    used = int((counts > 0).sum(axis=1).max())
+    _check(used <= m, f"{used} distinct symbols do not fit a table of precision "
+           f"{precision_bits} bits (at most {m})")
+    # (c * m) must not overflow int64
+    _check(int(counts.max()) < (1 << 62) >> precision_bits, "counts too large")
+    out = np.zeros(counts.shape, np.int64)
+    a = counts.shape[1]
+    _quantize_rows_kernel(counts, np.int64(m), out, np.empty(a, np.float64),
+                          np.empty(a, np.int64))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
 # exp-Golomb packed frequency tables (format version 2)
 # ---------------------------------------------------------------------------------------
 @njit(cache=True, nogil=True)
@@ -1098,6 +1273,80 @@ def _eg_tables_kernel(buf, out, max_value):  # pragma: no cover - numba
     return 0, pos
 
 
+@njit(cache=True, inline="always")
+def _bit_floor_log2(u):  # pragma: no cover - numba
+    nb = 0
+    while (u >> (nb + 1)) > 0:
+        nb += 1
+    return nb
+
+
+@njit(cache=True, inline="always")
+def _eg_write(out, pos, v, k):  # pragma: no cover - numba
+    # EGk(v): u = v + 2**k of b + 1 bits; b - k zero bits, then u MSB first
+    u = v + (np.int64(1) << k)
+    b = _bit_floor_log2(u)
+    pos += b - k
+    for j in range(b, -1, -1):
+        if (u >> j) & 1:
+            out[pos >> 3] |= np.uint8(1 << (7 - (pos & 7)))
+        pos += 1
+    return pos
+
+
+@njit(cache=True, nogil=True)
+def _eg_pack_kernel(F, out):  # pragma: no cover - numba
+    T, A = F.shape
+    pos = 0
+    for t in range(T):
+        best_k = 0
+        best = np.int64(1) << 62
+        for k in range(16):
+            c = np.int64(0)
+            for s in range(A):
+                f = F[t, s]
+                if f > 0:
+                    c += 2 * _bit_floor_log2(f - 1 + (np.int64(1) << k)) - k + 1
+            if c < best:  # the first minimum, as numpy's argmin
+                best = c
+                best_k = k
+        for j in range(3, -1, -1):
+            if (best_k >> j) & 1:
+                out[pos >> 3] |= np.uint8(1 << (7 - (pos & 7)))
+            pos += 1
+        m = 0
+        for s in range(A):
+            if F[t, s] > 0:
+                m += 1
+        pos = _eg_write(out, pos, np.int64(m - 1), 0)
+        prev = -1
+        for s in range(A):
+            f = F[t, s]
+            if f > 0:
+                pos = _eg_write(out, pos, np.int64(s - prev - 1), 0)
+                pos = _eg_write(out, pos, f - 1, best_k)
+                prev = s
+    return pos
+
+
+def pack_frequency_tables(frequencies: np.ndarray) -> bytes:
+    """Exp-Golomb bit packing of frequency rows (format version 2, the layout of
+    :func:`kvinfo.codecs.models.pack_frequency_tables`), compiled. ``frequencies`` is an
+    int64 ``(num_tables, alphabet_size)`` array of non-negative values below 2**40, every
+    row with a used symbol."""
+    _check_array(frequencies, "frequencies", (np.int64,), 2)
+    F = frequencies
+    _check(F.shape[0] >= 1 and F.shape[1] >= 1, "frequencies must be non-empty")
+    _check(not bool((F < 0).any()) and int(F.max()) < 1 << 40,
+           "frequencies must lie in [0, 2**40)")
+    _check(bool(F.any(axis=1).all()), "every table row needs a used symbol")
+    nnz = int(np.count_nonzero(F))
+    # per row: 4 + at most 35 bits of count; per used symbol at most 35 + 83 bits
+    out = np.zeros((F.shape[0] * 40 + nnz * 120) // 8 + 1, np.uint8)
+    bits = _eg_pack_kernel(F, out)
+    return out[: (bits + 7) // 8].tobytes()
+
+
 def unpack_frequency_tables(buf: np.ndarray, num_tables: int, alphabet_size: int,
                             max_value: int) -> tuple[np.ndarray, int]:
     """Decode exp-Golomb packed tables (``docs/container-format.md``, version 2).
@@ -1133,3 +1382,5 @@ def warmup() -> None:
     huffman_decode(w, nw, so, lengths, 3, 64, 16, 70)
     p, nb = arith_encode(idx, 64, 7, 3, 7, 3, 1022)
     arith_decode(p, nb, 70, 64, 7, 3, 7, 3, 1022)
+    quantize_rows(np.array([[5, 0, 1, 2]], np.int64), 4)
+    pack_frequency_tables(np.array([[5, 0, 1, 2]], np.int64))

@@ -56,6 +56,11 @@ __all__ = ["convert_dump", "check_convert_output", "STORE_FORMAT", "format_summa
 STORE_FORMAT = "kvinfo.kvdump-zarr"
 STORE_VERSION = 1
 
+#: chunks (slabs) handed to zarr in one write, so that its encoder threads all have work
+_CHUNKS_PER_WRITE = 12
+#: and at most this many bytes of KV buffered for one write
+_BYTES_PER_WRITE = 64 << 20
+
 #: root attributes that the HDF5 format stores as JSON text
 _JSON_ATTRS = ("rope", "capture")
 
@@ -211,6 +216,15 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
             bar = tqdm(steps, desc="convert", unit="layer", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
             arrays = {}
+            pending: list = []  # consecutive layers of one kind, written in one call
+
+            def flush():
+                if pending:
+                    kind, first = pending[0][0], pending[0][1]
+                    block = np.stack([x for _, _, x in pending])
+                    arrays[kind][first:first + len(pending)] = block
+                    pending.clear()
+
             for kind, lay in bar:
                 t = d.tensor(kind, lay)
                 if kind not in arrays:
@@ -218,12 +232,24 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
                     arrays[kind] = root.create_array(
                         kind, shape=shape, dtype=storage, chunks=(1, 1, *t.shape[1:]),
                         attributes={"dtype": d.dtype, "axes": "layer,head,token,channel"},
+                        # every slab is written: skip zarr's per-chunk comparison with the
+                        # fill value (a full pass over each chunk)
+                        config={"write_empty_chunks": True},
                         **pipe,
                     )
                 x = np.ascontiguousarray(t)
-                arrays[kind][lay] = x.view(np.uint16) if bf16 else x
+                if pending and pending[0][0] != kind:
+                    flush()
+                pending.append((kind, lay, x.view(np.uint16) if bf16 else x))
                 kv_bytes += x.nbytes
                 chunks += t.shape[0]
+                # zarr encodes the chunks of one write concurrently (threads; the coders
+                # release the GIL): write several layers at once so that every core has
+                # chunks to encode, within a bounded buffer
+                if (len(pending) * t.shape[0] >= _CHUNKS_PER_WRITE
+                        or len(pending) * x.nbytes >= _BYTES_PER_WRITE):
+                    flush()
+            flush()
             bar.close()
             attrs = _json_attrs(dict(d.meta))
             attrs[STORE_ATTR] = {

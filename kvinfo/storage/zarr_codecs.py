@@ -34,6 +34,7 @@ True
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -59,6 +60,25 @@ __all__ = [
     "zarr_codec_classes",
     "register_zarr_codecs",
 ]
+
+
+@contextlib.contextmanager
+def _one_kernel_thread():
+    """Run the codec's Numba kernels on the calling thread only: zarr already codes the
+    chunks of a write concurrently on its worker threads, and a parallel kernel inside
+    each would start one thread team per worker (oversubscribed cores, and OpenMP teams
+    that spin after every region). Numba's thread count is per calling thread."""
+    import numba
+
+    before = numba.get_num_threads()
+    if before == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 class _KvinfoZarrMixin:
@@ -116,10 +136,13 @@ class KvinfoBytesBytesCodec(_KvinfoZarrMixin, BytesBytesCodec):
             # one symbol lane per byte of an element: the coder's per-channel tables then
             # model the exponent byte apart from the mantissa bytes
             a = a.reshape(-1, itemsize)
-        return chunk_spec.prototype.buffer.from_bytes(self._pair[0].encode(a))
+        with _one_kernel_thread():
+            data = self._pair[0].encode(a)
+        return chunk_spec.prototype.buffer.from_bytes(data)
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
-        out = self._pair[0].decode(chunk_bytes.to_bytes())
+        with _one_kernel_thread():
+            out = self._pair[0].decode(chunk_bytes.to_bytes())
         return chunk_spec.prototype.buffer.from_array_like(
             np.ascontiguousarray(out).reshape(-1).view(np.uint8)
         )
@@ -166,10 +189,13 @@ class KvinfoArrayBytesCodec(_KvinfoZarrMixin, ArrayBytesCodec):
 
     def _encode_sync(self, chunk_array, chunk_spec):
         a = self._to_codec(np.asarray(chunk_array.as_numpy_array()))
-        return chunk_spec.prototype.buffer.from_bytes(self._pair[0].encode(a))
+        with _one_kernel_thread():
+            data = self._pair[0].encode(a)
+        return chunk_spec.prototype.buffer.from_bytes(data)
 
     def _decode_sync(self, chunk_bytes, chunk_spec):
-        out = np.asarray(self._pair[0].decode(chunk_bytes.to_bytes()))
+        with _one_kernel_thread():
+            out = np.asarray(self._pair[0].decode(chunk_bytes.to_bytes()))
         native = chunk_spec.dtype.to_native_dtype()
         if out.dtype.itemsize != native.itemsize or out.size != int(np.prod(chunk_spec.shape)):
             raise StorageError(

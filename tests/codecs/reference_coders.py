@@ -320,3 +320,90 @@ def arith_ideal_bits(idx, period, symbol_bits, nch, prev_bits, adapt_limit, chun
                 cnt[q] = min(cnt.get(q, 0) + 1, adapt_limit)
                 node = 2 * node + bit
     return total
+
+
+# ------------------------------------------------------------------------ table quantization
+def quantize_counts(counts, precision_bits: int) -> np.ndarray:
+    """The greedy frequency quantization with Python's heapq (the original implementation
+    of :func:`kvinfo.codecs.models.quantize_counts`, now a compiled kernel)."""
+    import heapq
+
+    c = np.asarray(counts, dtype=np.int64).ravel()
+    m = 1 << precision_bits
+    used = c > 0
+    total = int(c.sum())
+    f = np.where(used, np.maximum(1, (c * m) // total), 0).astype(np.int64)
+    diff = m - int(f.sum())
+    idx = np.flatnonzero(used)
+    if diff > 0:
+        heap = [(-c[i] * math.log2((f[i] + 1) / f[i]), int(i)) for i in idx]
+        heapq.heapify(heap)
+        for _ in range(diff):
+            _, i = heapq.heappop(heap)
+            f[i] += 1
+            heapq.heappush(heap, (-c[i] * math.log2((f[i] + 1) / f[i]), i))
+    elif diff < 0:
+        heap = [(c[i] * math.log2(f[i] / (f[i] - 1)), int(i)) for i in idx if f[i] > 1]
+        heapq.heapify(heap)
+        for _ in range(-diff):
+            _, i = heapq.heappop(heap)
+            f[i] -= 1
+            if f[i] > 1:
+                heapq.heappush(heap, (c[i] * math.log2(f[i] / (f[i] - 1)), i))
+    return f
+
+
+def _eg_lengths(v: np.ndarray, k) -> np.ndarray:
+    """Bits of the exp-Golomb-``k`` codes of non-negative ints ``v``."""
+    u = v.astype(np.int64) + (1 << k)
+    nb = np.floor(np.log2(u)).astype(np.int64)
+    nb += (u >> (nb + 1)) > 0  # guard float rounding
+    nb -= (u >> nb) == 0
+    return 2 * nb - k + 1
+
+
+def pack_frequency_tables(frequencies) -> bytes:
+    """Exp-Golomb bit packing of frequency rows (format version 2 tables), in numpy (the
+    original implementation of :func:`kvinfo.codecs.models.pack_frequency_tables`).
+
+    Per row, MSB first: ``k`` (4 bits, chosen per row to minimise the row), then
+    ``EG0(m - 1)`` for the ``m`` used symbols, then for each used symbol ``EG0(gap)``
+    (unused symbols skipped since the previous used one) and ``EGk(f - 1)``. The whole
+    table is zero-padded to a byte. ``EGk(v)``: with ``u = v + 2**k`` of ``b + 1`` bits,
+    ``b - k`` zero bits then ``u``. (All rows at once; every row has a used symbol.)
+    """
+    F = np.atleast_2d(np.asarray(frequencies, dtype=np.int64))
+    T = F.shape[0]
+    r, col = np.nonzero(F)  # row-major: row by row, symbols in order
+    f = F[r, col] - 1
+    m = np.bincount(r, minlength=T)
+    first = np.cumsum(m) - m  # index of each row's first used symbol
+    prev = np.empty_like(col)
+    prev[1:] = col[:-1]
+    prev[first[m > 0]] = -1
+    gaps = col - prev - 1
+    # bits of EGk(f) for every k at once: 2 * floor(log2(f + 2**k)) - k + 1, summed per row
+    ks = np.arange(16)
+    e = np.frexp((f[:, None] + (1 << ks)[None, :]).astype(np.float64))[1].astype(np.int64)
+    per = 2 * (e - 1) - ks[None, :] + 1
+    cost = np.zeros((T, 16), np.int64)
+    live = m > 0
+    if r.size:
+        cost[live] = np.add.reduceat(per, first[live], axis=0)
+    best = np.argmin(cost, axis=1)
+    code = np.empty(2 * T + 2 * r.size, np.int64)
+    ln = np.empty_like(code)
+    head = 2 * np.arange(T) + 2 * first
+    code[head], ln[head] = best, 4
+    code[head + 1], ln[head + 1] = m, _eg_lengths(m - 1, 0)
+    pos = head[r] + 2 + 2 * (np.arange(r.size) - first[r])
+    code[pos], ln[pos] = gaps + 1, _eg_lengths(gaps, 0)
+    kr = best[r]
+    code[pos + 1], ln[pos + 1] = f + (1 << kr), _eg_lengths(f, kr)
+    total = int(ln.sum())
+    # bit j of code i (MSB first within its field): (code >> (ln - 1 - j)) & 1
+    rep = np.repeat(np.arange(code.size), ln)
+    starts = np.cumsum(ln) - ln
+    j = np.arange(total) - starts[rep]
+    bits = ((code[rep] >> (ln[rep] - 1 - j)) & 1).astype(np.uint8)
+    return np.packbits(bits).tobytes()

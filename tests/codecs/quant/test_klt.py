@@ -17,9 +17,12 @@ from kvinfo.cli import main
 from kvinfo.codecs import get_codec
 from kvinfo.codecs.quant._base import CONTAINER_VERSION, parse_stream
 from kvinfo.codecs.quant.klt import (
+    LOGISTIC_MAGIC,
+    STREAM_VERSION,
     fit_klt_bases,
     load_klt_bases,
     rope_rotate,
+    rotation_bits,
     save_klt_bases,
     water_level_from_eigenvalues,
 )
@@ -238,6 +241,7 @@ def test_rope_rotate_matches_transformers_convention():
         {"basis": 3},
         {"basis": "/nonexistent/basis.npz"},
         {"coder": {"id": "klt"}},
+        {"symbol_model": "laplace"},
     ],
 )
 def test_bad_configs(cfg):
@@ -330,18 +334,26 @@ GOLDEN_CASES = {
     "klt_f32": ({"id": "klt", "snr_db": 15}, np.float32),
     "klt_bf16_rope": ({"id": "klt", "snr_db": 22, "sink_tokens": 1, "rope_theta": 1e4,
                        "coder": {"id": "arith", "context": "channel"}}, ml_dtypes.bfloat16),
+    "klt_f32_logistic": ({"id": "klt", "snr_db": 30, "symbol_model": "logistic"}, np.float32),
 }
+#: klt stream version 1 (no version byte, coder sections only): decode-only golden files
+V1_CASES = ("klt_f32", "klt_bf16_rope")
+
+
+def _golden_input(dtype):
+    rng = np.random.default_rng(20250101)
+    return (rng.standard_normal((2, 40, 16)) * np.linspace(0.2, 2.0, 16) + 1.0).astype(
+        np.float32).astype(dtype)
 
 
 @pytest.mark.parametrize("name", list(GOLDEN_CASES))
 def test_golden_klt_stream(name):
-    """Regenerate deliberately with ``KVINFO_REGEN_GOLDEN=1`` (see test_quant_golden.py)."""
+    """Regenerate deliberately with ``KVINFO_REGEN_GOLDEN=1`` (see test_quant_golden.py); a
+    klt layout change bumps ``STREAM_VERSION`` and keeps the older files decoding."""
     config, dtype = GOLDEN_CASES[name]
-    rng = np.random.default_rng(20250101)
-    x = (rng.standard_normal((2, 40, 16)) * np.linspace(0.2, 2.0, 16) + 1.0).astype(
-        np.float32).astype(dtype)
+    x = _golden_input(dtype)
     codec = get_codec(config)
-    stem = GOLDEN / f"quant_v{CONTAINER_VERSION}_{name}"
+    stem = GOLDEN / f"quant_v{CONTAINER_VERSION}_{name}_s{STREAM_VERSION}"
     if REGEN:
         data = codec.encode(x)
         np.save(stem.with_suffix(".in.npy"), x.astype(np.float32))
@@ -352,6 +364,89 @@ def test_golden_klt_stream(name):
     assert codec.encode(x) == golden, f"bitstream of {name} changed: bump the version"
     out = codec.decode(golden)
     assert np.array_equal(out.astype(np.float32), np.load(stem.with_suffix(".out.npy")))
+    if name.endswith("logistic"):
+        assert LOGISTIC_MAGIC in golden
+
+
+@pytest.mark.parametrize("name", V1_CASES)
+def test_klt_stream_version_1_still_decodes(name):
+    config, dtype = GOLDEN_CASES[name]
+    stem = GOLDEN / f"quant_v{CONTAINER_VERSION}_{name}"
+    old = stem.with_suffix(".kvq").read_bytes()
+    assert len(parse_stream(old).params) == struct.calcsize("<dddBBBBBBBiiiI")  # no version byte
+    out = get_codec(config).decode(old)
+    assert np.array_equal(out.astype(np.float32), np.load(stem.with_suffix(".out.npy")))
+    # a version byte this kvinfo does not know is refused
+    p = parse_stream(get_codec(config).encode(_golden_input(dtype)))
+    from kvinfo.codecs.quant._base import build_stream
+
+    for v in (0, 1, STREAM_VERSION + 1):
+        bad = build_stream(p.tag, p.dtype, p.shape, p.params[:-1] + bytes([v]), p.sections)
+        with pytest.raises(CorruptStreamError, match="klt stream version"):
+            get_codec(config).decode(bad)
+
+
+def test_logistic_symbol_model():
+    """The discretised-logistic sections: smaller than the adaptive coder's at high rate,
+    ``auto`` keeps the shorter one per slab, tables are reproducible, damage is refused."""
+    from kvinfo.codecs.quant import klt as K
+
+    x, _ = _gauss(4096, LAM, seed=21)
+    x3 = np.stack([x, x[::-1] * 2.0])
+    size = {}
+    for sm in ("coder", "logistic", "auto"):
+        for snr in (8, 30):
+            c = get_codec({"id": "klt", "snr_db": snr, "symbol_model": sm,
+                           "coder": {"id": "arith", "context": "channel"}})
+            data = c.encode(x3)
+            y = c.decode(data)
+            assert all(abs(_snr(x3[i], y[i]) - snr) < 0.2 for i in (0, 1))
+            size[sm, snr] = len(data)
+            r = c.rate(data)
+            assert r["symbol_bits"] + r["side_bits"] == 8 * len(data)
+            secs = [s.data for s in parse_stream(data).sections[-2:]]
+            assert all(s[:4] == (LOGISTIC_MAGIC if sm == "logistic" else b"KVIC")
+                       for s in secs) or sm == "auto"
+            if sm == "logistic" and snr == 30:
+                logistic = data
+    assert size["logistic", 30] < size["coder", 30]
+    for snr in (8, 30):
+        assert size["auto", snr] <= min(size["coder", snr], size["logistic", snr])
+    # the codec's coder reads both kinds of section (bench decodes them with it)
+    c = get_codec({"id": "klt", "snr_db": 30, "symbol_model": "logistic"})
+    sec = parse_stream(logistic).sections[-1].data
+    sym = c.coder.decode(sec)
+    assert sym.shape[0] == 4096 and c.coder.rate(sec)["symbol_bits"] % 16 == 0
+    # tables: basic IEEE operations only, so these numbers are the same everywhere
+    z = np.linspace(0.0, 60.0, 5001)
+    assert np.max(np.abs(K._exp_neg(z) / np.exp(-z) - 1.0)) < 1e-13
+    f = K._logistic_frequencies(np.array([0, 96, 150, 255]), -4, 9)
+    assert np.all(f >= 1) and np.all(f.sum(axis=1) == 1 << 16)
+    assert f[1].tolist() == [115, 582, 3353, 14801, 27833, 14801, 3353, 582, 116]
+    # an alphabet too large for the tables goes to the coder
+    assert K._logistic_encode(np.arange(-3000, 3000).reshape(-1, 2)) is None
+    # damage: truncations and flips are refused, flips past the CRC refuse or stay finite
+    for n in range(0, len(logistic), 97):
+        with pytest.raises(CorruptStreamError):
+            c.decode(logistic[:n])
+    start = logistic.index(LOGISTIC_MAGIC)
+    for i in range(start, len(logistic) - 4, 29):
+        bad = bytearray(logistic)
+        bad[i] ^= 0x5A
+        struct.pack_into("<I", bad, len(bad) - 4, zlib.crc32(bad[:-4]) & 0xFFFFFFFF)
+        try:
+            y = c.decode(bytes(bad))
+        except CorruptStreamError:
+            continue
+        assert y.shape == x3.shape and np.all(np.isfinite(y))
+    p = parse_stream(logistic)
+    from kvinfo.codecs.quant._base import Section, build_stream
+
+    for cut in (10, 30, len(sec) - 1):
+        secs = list(p.sections)
+        secs[-1] = Section(secs[-1].kind, sec[:cut])
+        with pytest.raises(CorruptStreamError, match="logistic"):
+            c.decode(build_stream(p.tag, p.dtype, p.shape, p.params, secs))
 
 
 # ---- calibration files, the command, bench -------------------------------------------
@@ -501,7 +596,7 @@ def test_givens_refinement_recovers_a_mismatched_basis(tmp_path):
             bound = float(rd_gaussian_eigenvalues(np.sort(LAM), mse))
             rot_sec = p.sections[9].data
             n_rot = struct.unpack_from("<H", rot_sec)[0]
-            assert 0 < n_rot <= rot and len(rot_sec) == 2 + 3 * n_rot
+            assert 0 < n_rot <= rot and len(rot_sec) == 2 + -(-n_rot * rotation_bits(16) // 8)
             refined = data
     assert rates[1024] < rates[0] - 0.05
     assert rates[1024] - bound < 0.45
@@ -512,9 +607,9 @@ def test_givens_refinement_recovers_a_mismatched_basis(tmp_path):
 
     p = parse_stream(refined)
     sec = bytearray(p.sections[9].data)
-    for pos, value, what in ((3, 200, "bad Givens rotation"), (1, 0xFF, "truncated Givens")):
+    for pos, value, what in ((2, 0xFF, "bad Givens rotation"), (1, 0xFF, "truncated Givens")):
         bad = bytearray(sec)
-        bad[pos] = value  # the first rotation's j; the count's high byte
+        bad[pos] = value  # the first rotation's i = j = 15; the count's high byte
         secs = list(p.sections)
         secs[9] = Section(secs[9].kind, bytes(bad))
         stream = build_stream(p.tag, p.dtype, p.shape, p.params, secs)
