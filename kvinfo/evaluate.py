@@ -142,8 +142,11 @@ class CacheCodec:
         codec = self.codecs[kind]
         if layer is not None and hasattr(codec, "for_slab"):
             codec = codec.for_slab(layer, kind, None, positions=start + np.arange(arr.shape[-2]))
-        data = codec.encode(arr)
-        out = codec.decode(data)
+        from .hf import keep_torch_threads
+
+        with keep_torch_threads():  # numba's OpenMP layer would leave torch on its threads
+            data = codec.encode(arr)
+            out = codec.decode(data)
         if out.shape != arr.shape or out.dtype != arr.dtype:
             raise CodecConfigError(
                 f"codec {self.codecs[kind]!r} returned {out.dtype}{out.shape} "
@@ -672,17 +675,32 @@ def _prefill(model, ids, prefix: int):
     return output_cache(out), out.logits[0, -1:].double()
 
 
-def _segment(model, seg, prefix: int, block: int, chunk: int, ccs):
+def _segment(model, seg, prefix: int, block: int, chunk: int, ccs, clock=None):
     """Stats of one segment for the baseline and each codec, in lockstep (bounded memory:
-    one chunk of logits per run at a time)."""
+    one chunk of logits per run at a time).
+
+    The model runs once over the prefix (the shared prefill) and once per run over the
+    scored tokens, ``chunk`` (or ``block``) tokens per forward: the fewest forwards the
+    protocol allows. ``clock`` (a dict) accumulates the seconds spent in model forwards
+    (``model_s``), in the codecs (``codec_s``) and in scoring the logits (``scoring_s``).
+    """
+    import time
+
     import torch
 
+    clock = {} if clock is None else clock
+    for k in ("model_s", "codec_s", "scoring_s"):
+        clock.setdefault(k, 0.0)
     arg = _cache_argument(model)
     n = seg.shape[1]
+    t = time.perf_counter()
     cache, first = _prefill(model, seg, prefix)
+    clock["model_s"] += time.perf_counter() - t
+    t = time.perf_counter()
     caches = [cache] + [_clone_cache(cache) for _ in ccs]
     for cc, c in zip(ccs, caches[1:], strict=True):
         cc.apply(c)
+    clock["codec_s"] += time.perf_counter() - t
     runs = len(caches)
     nll = np.zeros(runs)
     kl = np.zeros(runs)
@@ -690,21 +708,25 @@ def _segment(model, seg, prefix: int, block: int, chunk: int, ccs):
     step = block if block > 0 else chunk
 
     def account(r, logits, targets, base):
-        """Add run ``r``'s chunk to the sums; returns the chunk's log-probabilities."""
+        """Add run ``r``'s chunk to the sums; returns the chunk's log-probabilities and,
+        for the baseline, its probabilities and top-1 (computed once per chunk)."""
         lp = torch.log_softmax(logits, dim=-1)
         nll[r] += -lp.gather(1, targets[:, None]).sum().item()
         if r == 0:
             top1[r] += targets.numel()
-            return lp
-        kl[r] += max((base.exp() * (base - lp)).sum().item(), 0.0)
-        top1[r] += (lp.argmax(-1) == base.argmax(-1)).sum().item()
-        return lp
+            return lp, lp.exp(), lp.argmax(-1)
+        base_lp, base_p, base_top = base
+        kl[r] += max((base_p * (base_lp - lp)).sum().item(), 0.0)
+        top1[r] += (lp.argmax(-1) == base_top).sum().item()
+        return None
 
     # the prefill's last logits (the same for every run: the prefill attends exact states)
+    t = time.perf_counter()
     target = seg[0, prefix:prefix + 1]
     base = account(0, first, target, None)
     for r in range(1, runs):
         account(r, first, target, base)
+    clock["scoring_s"] += time.perf_counter() - t
     rest = seg[:, prefix:n - 1]
     with torch.no_grad():
         for s in range(0, rest.shape[1], step):
@@ -713,13 +735,19 @@ def _segment(model, seg, prefix: int, block: int, chunk: int, ccs):
             base = None
             for r, c in enumerate(caches):
                 seen = c.get_seq_length()
+                t = time.perf_counter()
                 logits = model(part, use_cache=True, **{arg: c}).logits[0].double()
+                t2 = time.perf_counter()
+                clock["model_s"] += t2 - t
                 if block > 0 and r:
                     ccs[r - 1].apply(c, start=seen)
-                lp = account(r, logits, target, base)
+                t3 = time.perf_counter()
+                clock["codec_s"] += t3 - t2
+                out = account(r, logits, target, base)
                 del logits
                 if r == 0:
-                    base = lp
+                    base = out
+                clock["scoring_s"] += time.perf_counter() - t3
     return nll, kl, top1, n - prefix
 
 
@@ -778,7 +806,12 @@ class ContextResult:
 
 @dataclass
 class ContextEvalResult:
-    """What :func:`evaluate_context` measured: the baseline and one result per codec."""
+    """What :func:`evaluate_context` measured: the baseline and one result per codec.
+
+    ``seconds`` is the wall time of the segments (measured) and ``timing`` splits it into
+    ``model_s`` (model forwards), ``codec_s`` (encoding and decoding the caches) and
+    ``scoring_s`` (log-softmax, KL, top-1), measured.
+    """
 
     baseline: ContextResult
     results: list
@@ -790,6 +823,7 @@ class ContextEvalResult:
     corpus: dict
     model: str | None = None
     seconds: float = 0.0
+    timing: dict = field(default_factory=dict)
 
     def records(self) -> list[dict]:
         """Quality records (``scope: "run"``), as :meth:`EvalResult.records`, with the
@@ -815,7 +849,7 @@ class ContextEvalResult:
         return {"task": "perplexity", "context": self.context, "prefix": self.prefix,
                 "block": self.block, "num_segments": self.num_segments,
                 "num_scored_tokens": self.num_scored_tokens, "corpus": self.corpus,
-                "model": self.model, "seconds": self.seconds,
+                "model": self.model, "seconds": self.seconds, "timing": self.timing,
                 "baseline": one(self.baseline), "results": [one(r) for r in self.results]}
 
     def to_results(self, *, source: dict | None = None, settings: dict | None = None,
@@ -828,6 +862,7 @@ class ContextEvalResult:
         src.update(source or {})
         sets = {"task": "perplexity", "context": self.context, "prefix": self.prefix,
                 "block": self.block, "num_segments": self.num_segments,
+                "seconds": self.seconds, "timing": self.timing,
                 "codecs": [normalize_codec(r.codec) for r in self.results],
                 "segments": {"baseline": self.baseline.segments.as_dict(),
                              "codecs": [r.segments.as_dict() for r in self.results]}}
@@ -956,11 +991,12 @@ def evaluate_context(
     ccs = [CacheCodec(s) for s in specs]
     rows = np.zeros((k, 1 + len(ccs), 3))
     counts = np.zeros(k, dtype=np.int64)
+    clock: dict = {}
     t0 = time.perf_counter()
     with torch.no_grad():
         for i in tqdm(range(k), desc=f"perplexity @ {context}", disable=not progress):
             seg = ids[:, i * context:(i + 1) * context]
-            nll, kl, top1, m = _segment(model, seg, prefix, block, chunk, ccs)
+            nll, kl, top1, m = _segment(model, seg, prefix, block, chunk, ccs, clock)
             rows[i, :, 0], rows[i, :, 1], rows[i, :, 2] = nll, kl, top1
             counts[i] = m
     seconds = time.perf_counter() - t0
@@ -976,4 +1012,4 @@ def evaluate_context(
     return ContextEvalResult(baseline=baseline, results=results, context=context,
                              prefix=prefix, block=block, num_segments=k,
                              num_scored_tokens=int(counts.sum()), corpus=corpus_info,
-                             seconds=seconds)
+                             seconds=seconds, timing={k: round(v, 3) for k, v in clock.items()})

@@ -12,12 +12,18 @@ storage replaced, the way transformers' ``QuantizedLayer`` (KIVI style) does it:
 * the prefill is either compressed at once (``prefill="compress"``: everything but the recent
   window, as one block) or kept uncompressed (``prefill="keep"``: only later tokens are
   compressed; this is what transformers issue 35185 asked for);
-* every step decodes the stored blocks, so the model attends to exactly what the codec
-  reconstructs. The prefill's own forward attends to the exact states (as in
-  ``QuantizedLayer`` and in ``kvinfo eval``).
+* the model attends to exactly what the codec reconstructs. With ``keep_decoded=False``
+  (the default: memory holds the streams only) every step decodes every stored block again,
+  as ``QuantizedLayer`` re-dequantizes every step; with ``keep_decoded=True`` each block is
+  decoded once, when it is encoded, and its decoded keys and values are kept beside the
+  streams (a step then codes only newly completed blocks; the held bytes include the
+  decoded copies, so this mode saves no memory: it is for quality runs and long
+  generations, and gives the model the same tensors bit for bit). The prefill's own forward
+  attends to the exact states (as in ``QuantizedLayer`` and in ``kvinfo eval``).
 
 Bytes are *measurements of what the cache object holds*: :attr:`CompressedCache.bytes_held`
-(streams, side information included, plus the uncompressed window), :meth:`plain_bytes` (what
+(streams, side information included, plus the uncompressed window and, with
+``keep_decoded=True``, the decoded copies), :meth:`plain_bytes` (what
 a plain cache holding the same tokens would hold, at the model's dtype or a named one) and
 :attr:`CompressedCache.peak_bytes` (the largest ``bytes_held`` plus the decoded keys and values
 of the layer being updated, over all steps). They count tensor and stream payloads, not Python
@@ -49,6 +55,7 @@ With a model (not run here)::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import numpy as np
@@ -70,6 +77,7 @@ __all__ = [
     "cache_kwargs",
     "cache_argument",
     "cache_spec",
+    "keep_torch_threads",
     "MODEL_AWARE_CODEC_IDS",
     "SUPPORTED_TRANSFORMERS",
 ]
@@ -81,6 +89,27 @@ SUPPORTED_TRANSFORMERS = ">=4.56,<6"
 MODEL_AWARE_CODEC_IDS = frozenset({"xquant", "xquant-cl", "xquant-latent", "latent", "tokens"})
 
 PREFILL_MODES = ("compress", "keep")
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Restore torch's intra-op thread count after the block if something changed it.
+
+    numba's ``omp`` threading layer shares the OpenMP runtime with torch: a parallel numba
+    kernel (kvinfo's coders) sets the runtime's thread count to numba's, so after the first
+    codec call every later model forward ran on ``NUMBA_NUM_THREADS`` threads (1 in the
+    benchmarks) instead of torch's (measured: 2 before a ``rans`` round trip, 1 after).
+    Every codec call of :class:`CompressedCache` and :mod:`kvinfo.evaluate` runs inside
+    this.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 def cache_argument(model) -> str:
@@ -218,6 +247,8 @@ class CompressedLayer(DynamicLayer):
         self._shape = None  # (kv_heads, head_dim)
         self._batch = 0
         self._prefix = None  # (keys, values) of a prefill kept uncompressed
+        # keep_decoded: {kind: tensor} of the kept prefill and every decoded block, in order
+        self._dec: dict = {}
 
     # -- storage ------------------------------------------------------------------------
     def _encode(self, keys, values, start: int) -> _Block:
@@ -226,33 +257,58 @@ class CompressedLayer(DynamicLayer):
         for kind, t in (("keys", keys), ("values", values)):
             codec = _bind(self._owner.spec.codecs[kind], self.layer_idx, kind, start, n)
             arr = _to_numpy(t)
-            rows = [codec.encode(np.ascontiguousarray(arr[b])) for b in range(arr.shape[0])]
+            with keep_torch_threads():
+                rows = [codec.encode(np.ascontiguousarray(arr[b])) for b in range(arr.shape[0])]
             streams[kind] = rows
         return _Block(start, n, streams)
 
-    def _decode_kind(self, kind):
-        """The kept prefill and the decoded blocks of ``kind`` (None if neither)."""
+    def _decode_block(self, blk: _Block, kind: str):
+        """Block ``blk``'s ``kind``, decoded: a tensor ``(batch, kv_heads, length, head_dim)``."""
         import torch
 
+        codec = _bind(self._owner.spec.codecs[kind], self.layer_idx, kind, blk.start,
+                      blk.length)
+        rows = []
+        want = (self._shape[0], blk.length, self._shape[1])
+        for s in blk.streams[kind]:
+            with keep_torch_threads():
+                out = codec.decode(s)
+            if tuple(out.shape) != want:
+                raise CodecConfigError(
+                    f"codec {codec!r} decoded shape {tuple(out.shape)}, expected {want}"
+                )
+            rows.append(_from_numpy(out, self._like))
+        return torch.stack(rows)
+
+    def _head(self, kind) -> list:
+        """The tensors before the window, in order: the kept prefill and the decoded blocks
+        of ``kind`` (kept ones with ``keep_decoded``, else decoded now)."""
         parts = []
         if self._prefix is not None:
             parts.append(self._prefix[KINDS.index(kind)])
-        for blk in self._blocks:
-            codec = _bind(self._owner.spec.codecs[kind], self.layer_idx, kind, blk.start,
-                          blk.length)
-            rows = []
-            want = (self._shape[0], blk.length, self._shape[1])
-            for s in blk.streams[kind]:
-                out = codec.decode(s)
-                if tuple(out.shape) != want:
-                    raise CodecConfigError(
-                        f"codec {codec!r} decoded shape {tuple(out.shape)}, expected {want}"
-                    )
-                rows.append(_from_numpy(out, self._like))
-            parts.append(torch.stack(rows))
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
+        if self._owner.keep_decoded:
+            if kind in self._dec:
+                parts.append(self._dec[kind])
+        else:
+            parts.extend(self._decode_block(blk, kind) for blk in self._blocks)
+        return parts
+
+    def _keep(self, blk: _Block) -> None:
+        """``keep_decoded``: append block ``blk``, decoded once, to the kept tensors."""
+        import torch
+
+        for kind in KINDS:
+            new = self._decode_block(blk, kind)
+            old = self._dec.get(kind)
+            self._dec[kind] = new if old is None else torch.cat([old, new], dim=-2)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the kept decoded copies of the compressed blocks (``keep_decoded``)."""
+        if not self._dec or self._shape is None:
+            return 0
+        per = self._like.element_size() * self._batch * self._shape[0] * self._shape[1]
+        return 2 * per * self.compressed_length
 
     @property
     def compressed_length(self) -> int:
@@ -266,9 +322,10 @@ class CompressedLayer(DynamicLayer):
 
     @property
     def bytes_held(self) -> int:
-        """Stream bytes plus the uncompressed window (and kept prefill)."""
+        """Stream bytes plus the uncompressed window (and kept prefill), plus the decoded
+        copies with ``keep_decoded``."""
         plain = [self.keys, self.values, *(self._prefix or ())]
-        return self.stream_bytes + sum(
+        return self.stream_bytes + self.decoded_bytes + sum(
             t.numel() * t.element_size() for t in plain if t is not None
         )
 
@@ -290,7 +347,6 @@ class CompressedLayer(DynamicLayer):
                 f"batch size changed from {self._batch} to {key_states.shape[0]}"
             )
         self._batch = key_states.shape[0]
-        old = [self._decode_kind(k) for k in KINDS]
         if first and owner.prefill == "keep":
             self._prefix = (key_states, value_states)
             self.cumulative_length += key_states.shape[-2]
@@ -299,14 +355,15 @@ class CompressedLayer(DynamicLayer):
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
         self.cumulative_length += key_states.shape[-2]
-        head = [t for t in old if t is not None]
-        if head:
-            keys_out = torch.cat([head[0], self.keys], dim=-2)
-            values_out = torch.cat([head[1], self.values], dim=-2)
+        head_k, head_v = self._head("keys"), self._head("values")
+        decoded = bool(head_k)  # keys_out is a fresh tensor beside what is held
+        if head_k:
+            keys_out = torch.cat([*head_k, self.keys], dim=-2)
+            values_out = torch.cat([*head_v, self.values], dim=-2)
         else:
             keys_out, values_out = self.keys, self.values
         self._flush(first)
-        owner._step(self, keys_out, values_out, decoded=bool(head))
+        owner._step(self, keys_out, values_out, decoded=decoded)
         return keys_out, values_out
 
     def _flush(self, first: bool) -> None:
@@ -320,9 +377,10 @@ class CompressedLayer(DynamicLayer):
         if n <= 0:
             return
         start = self.cumulative_length - w
-        self._blocks.append(
-            self._encode(self.keys[:, :, :n], self.values[:, :, :n], start)
-        )
+        blk = self._encode(self.keys[:, :, :n], self.values[:, :, :n], start)
+        self._blocks.append(blk)
+        if owner.keep_decoded:
+            self._keep(blk)
         self.keys = self.keys[:, :, n:].contiguous()
         self.values = self.values[:, :, n:].contiguous()
 
@@ -333,6 +391,7 @@ class CompressedLayer(DynamicLayer):
         super().reset()
         self._blocks = []
         self._prefix = None
+        self._dec = {}
         self._batch = 0
         self.cumulative_length = 0
 
@@ -347,6 +406,7 @@ class CompressedLayer(DynamicLayer):
         idx = torch.as_tensor(index, dtype=torch.long)
         if self._prefix is not None:
             self._prefix = tuple(t.index_select(0, idx.to(t.device)) for t in self._prefix)
+        self._dec = {k: t.index_select(0, idx.to(t.device)) for k, t in self._dec.items()}
         if self.keys is not None and self.keys.dim() == 4:
             self.keys = self.keys.index_select(0, idx.to(self.keys.device))
             self.values = self.values.index_select(0, idx.to(self.values.device))
@@ -392,9 +452,6 @@ class CompressedLayer(DynamicLayer):
         self.cumulative_length -= n
 
 
-
-
-
 class CompressedCache(Cache):
     """A transformers cache storing keys and values through a kvinfo codec.
 
@@ -411,6 +468,11 @@ class CompressedCache(Cache):
     prefill : {"compress", "keep"}
         Compress the prompt's cache at once (all but the window), or keep it uncompressed
         and compress generated tokens only.
+    keep_decoded : bool
+        Keep each block's decoded keys and values once it is encoded (each block is
+        decoded once; held bytes include the copies) instead of decoding every block on
+        every step (default False: memory holds the streams and the window only). The model
+        gets the same tensors either way.
     config : transformers config, optional
         The model's config: creates every layer now and refuses sliding-window layers;
         without it, layers are created on their first update.
@@ -425,7 +487,7 @@ class CompressedCache(Cache):
     """
 
     def __init__(self, codec, *, window: int = 128, block: int = 128,
-                 prefill: str = "compress", config=None):
+                 prefill: str = "compress", keep_decoded: bool = False, config=None):
         spec = cache_spec(codec)
         window = _int_option("window", window, 0)
         block = _int_option("block", block, 1)
@@ -433,7 +495,10 @@ class CompressedCache(Cache):
             raise CacheInputError(
                 f"prefill must be one of {', '.join(PREFILL_MODES)}, got {prefill!r}"
             )
+        if not isinstance(keep_decoded, bool):
+            raise CacheInputError(f"keep_decoded must be True or False, got {keep_decoded!r}")
         self.spec = spec
+        self.keep_decoded = keep_decoded
         self.codec = spec.spec
         self.window = window
         self.block = block
@@ -504,6 +569,11 @@ class CompressedCache(Cache):
         return sum(layer.stream_bytes for layer in self.layers)
 
     @property
+    def decoded_bytes(self) -> int:
+        """Bytes of the kept decoded copies (0 unless ``keep_decoded``)."""
+        return sum(layer.decoded_bytes for layer in self.layers)
+
+    @property
     def compressed_tokens(self) -> int:
         """Tokens per layer held in codec streams (layer 0)."""
         return self.layers[0].compressed_length if self.layers else 0
@@ -544,14 +614,15 @@ class CompressedCache(Cache):
 
     def memory_report(self, dtype="bfloat16") -> dict:
         """Measured bytes: ``bytes_held``, ``stream_bytes``, ``window_bytes``,
-        ``peak_bytes``, ``plain_bytes`` (at ``dtype``), ``ratio`` (held / plain),
+        ``decoded_bytes``, ``peak_bytes``, ``plain_bytes`` (at ``dtype``), ``ratio`` (held / plain),
         ``tokens``, ``compressed_tokens``."""
         plain = self.plain_bytes(dtype)
         held = self.bytes_held
         return {
             "bytes_held": held,
             "stream_bytes": self.stream_bytes,
-            "window_bytes": held - self.stream_bytes,
+            "window_bytes": held - self.stream_bytes - self.decoded_bytes,
+            "decoded_bytes": self.decoded_bytes,
             "peak_bytes": self.peak_bytes,
             "plain_bytes": plain,
             "plain_dtype": dtype if isinstance(dtype, str) else str(dtype),
@@ -567,5 +638,6 @@ class CompressedCache(Cache):
 
     def __repr__(self):
         return (f"CompressedCache(codec={self.codec!r}, window={self.window}, "
-                f"block={self.block}, prefill={self.prefill!r}, layers={len(self.layers)})")
+                f"block={self.block}, prefill={self.prefill!r}, keep_decoded={self.keep_decoded}, "
+                f"layers={len(self.layers)})")
 

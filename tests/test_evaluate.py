@@ -245,6 +245,10 @@ def test_evaluate_context_segments_cis_and_lossless(tiny):
     doc = res.to_results()
     assert {r["metrics"]["context"] for r in doc["records"]} == {128}
     assert len(doc["settings"]["segments"]["codecs"]) == 2
+    # the wall time split into model forwards, codecs and scoring (measured, all spent)
+    assert set(res.timing) == {"model_s", "codec_s", "scoring_s"}
+    assert all(v > 0 for v in res.timing.values()) and doc["settings"]["timing"] == res.timing
+    assert sum(res.timing.values()) <= res.seconds
     assert bootstrap_ci(lambda i: 1.0, 1) != bootstrap_ci(lambda i: 1.0, 1)  # nan: one segment
 
 

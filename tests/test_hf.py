@@ -100,3 +100,53 @@ def test_refusals():
     cfg = LlamaConfig(num_hidden_layers=2, layer_types=["full_attention", "sliding_attention"])
     with pytest.raises(CacheInputError, match="sliding_attention"):
         CompressedCache({"id": "lossless"}, config=cfg)
+
+
+@pytest.mark.parametrize("prefill", ["compress", "keep"])
+def test_keep_decoded_gives_the_same_tensors_and_counts_the_copies(tiny, prefill):
+    model, tok = tiny
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    outs, caches = [], []
+    for keep in (False, True):
+        cache = CompressedCache(U2, window=8, block=16, prefill=prefill, keep_decoded=keep)
+        outs.append(_gen(model, ids, cache, n=30))
+        caches.append(cache)
+    assert torch.equal(outs[0], outs[1])
+    a, b = caches
+    k0, v0 = a.layers[1].update(torch.ones(1, 2, 1, 16), torch.ones(1, 2, 1, 16), 1)
+    k1, v1 = b.layers[1].update(torch.ones(1, 2, 1, 16), torch.ones(1, 2, 1, 16), 1)
+    assert torch.equal(k0, k1) and torch.equal(v0, v1)
+    assert a.decoded_bytes == 0 and b.stream_bytes == a.stream_bytes
+    # the kept copies: 2 kinds x 2 heads x 16 channels x 4 bytes per compressed token
+    assert b.decoded_bytes == sum(2 * 2 * 16 * 4 * layer.compressed_length
+                                  for layer in b.layers) > 0
+    assert b.bytes_held == a.bytes_held + b.decoded_bytes
+    assert b.memory_report()["decoded_bytes"] == b.decoded_bytes
+    with pytest.raises(CacheInputError):
+        CompressedCache(U2, keep_decoded=1)
+
+
+def test_keep_decoded_beam_search_is_lossless(tiny):
+    model, tok = tiny
+    ids = tok(TEXT, return_tensors="pt").input_ids[:, :40]
+    cache = CompressedCache({"id": "lossless"}, window=4, block=8, keep_decoded=True)
+    assert torch.equal(_gen(model, ids, cache, n=10, num_beams=2),
+                       _gen(model, ids, n=10, num_beams=2))
+
+
+def test_codec_calls_leave_torch_threads_alone():
+    import numpy as np
+
+    from kvinfo.codecs import get_codec
+    from kvinfo.hf import keep_torch_threads
+
+    n = torch.get_num_threads()
+    codec = get_codec(U2)
+    x = np.random.default_rng(0).standard_normal((2, 64, 16)).astype(np.float32)
+    try:
+        with keep_torch_threads():
+            torch.set_num_threads(n + 1)  # what numba's OpenMP layer does to torch
+            codec.decode(codec.encode(x))
+        assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(n)

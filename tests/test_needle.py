@@ -87,6 +87,13 @@ def test_evaluate_needle_lossless_equals_baseline(tiny):
     # the random model never retrieves: exact match of a codec is not counted
     assert s["baseline_success_rate"] < 0.5 and s["exact_match"] is None
     assert res.grid(0).shape == (2, 1)
+    # decoding every step (keep_decoded=False) gives the model the same tensors
+    again = evaluate_needle(model, tok, [{"id": "uniform", "bits": 1, "coder": {"id": "rans"}}],
+                            HAY, lengths=[160], depths=[0.0, 1.0], num_trials=1, window=8,
+                            block=16, keep_decoded=False)
+    assert [c["answer_logprob_nats"] for c in again.cells if c["run"] == 1] == [
+        c["answer_logprob_nats"] for c in one_bit]
+    assert res.keep_decoded and not again.to_results()["settings"]["keep_decoded"]
     doc = res.to_results()
     assert [r["metrics"]["task"] for r in doc["records"]] == ["needle"] * 3
     from kvinfo.report.needle import needle_grids
