@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -92,20 +93,26 @@ def bench_analyze(paths, selection, repeats, knn_samples):
     d = open_dump_set(paths)
     t_open = time.perf_counter() - t0
     sel = selection.resolve(d)
+    from kvinfo.analysis import DEFAULT_SNR_DB
     from kvinfo.analysis.engine import _options
 
-    o = _options(list(range(0, 42, 2)), 20.0, knn_samples, 4, 0, 5, 4.0)
-    w0 = sel.slabs()[0]
+    # the options analyze_dumps uses; slabs spread evenly over the selection (slab cost
+    # grows with the layer), so that their mean is the mean task of the run
+    o = _options(DEFAULT_SNR_DB, 20.0, knn_samples, 4, 0, 5, 4.0)
+    every = sel.slabs()
+    sample = every[:: max(1, len(every) // 6)][:6]
+    w0 = sample[0]
     analyze_one_slab(sel.take(d.slab(w0[1], w0[0], w0[2])), sel, o, w0)  # warm
     ts = []
-    for w in sel.slabs()[:6]:
+    for w in sample:
         t = time.perf_counter()
         analyze_one_slab(sel.take(d.slab(w[1], w[0], w[2])), sel, o, w)
         ts.append(time.perf_counter() - t)
-    t_slab = statistics.median(ts)
+    t_slab = statistics.fmean(ts)
     release_dump_set()
-    print(f"per-slab analysis in-process: t_slab = {t_slab * 1e3:.0f} ms (median of "
-          f"{len(ts)}); opening the {len(paths)} dumps: {t_open * 1e3:.0f} ms", flush=True)
+    print(f"per-slab analysis in-process: t_slab = {t_slab * 1e3:.0f} ms (mean of "
+          f"{len(ts)} slabs spread over the selection); opening the {len(paths)} dumps: "
+          f"{t_open * 1e3:.0f} ms", flush=True)
     S = len(sel.slabs())
     runners = {}
     starts = {}
@@ -121,12 +128,18 @@ def bench_analyze(paths, selection, repeats, knn_samples):
                       **{**opts, "knn_samples": 50})
     times = {1: [], 2: []}
     docs = {}
+    from distributed import get_task_stream
+
+    task_s = {1: [], 2: []}  # compute seconds of each task on its worker (Dask task stream)
     for _ in range(repeats):
         for n in (1, 2):
             t = time.perf_counter()
-            docs[n] = analyze_dumps(paths, selection,
-                                    scheduler=runners[n].client.scheduler.address, **opts)
+            with get_task_stream(runners[n].client) as stream:
+                docs[n] = analyze_dumps(paths, selection,
+                                        scheduler=runners[n].client.scheduler.address, **opts)
             times[n].append(time.perf_counter() - t)
+            task_s[n] = [sum(ss["stop"] - ss["start"] for ss in rec["startstops"]
+                             if ss["action"] == "compute") for rec in stream.data]
             print(f"  --workers {n}: {times[n][-1]:.2f} s ({_load()})", flush=True)
     same = _records(docs[1]) == _records(docs[2])
     # per-task overhead: no-op tasks through the 2-worker cluster
@@ -148,14 +161,21 @@ def bench_analyze(paths, selection, repeats, knn_samples):
           f"identical: {same}")
     print(f"cluster start: {starts[1]:.1f} s (1 worker), {starts[2]:.1f} s (2 workers), "
           "not in the times above")
-    print(f"per-slab analysis in-process: t_slab = {t_slab * 1e3:.0f} ms (median of "
-          f"{len(ts)}); opening the {len(paths)} dumps: {t_open * 1e3:.0f} ms (once per worker)")
+    print(f"per-slab analysis in-process: t_slab = {t_slab * 1e3:.0f} ms (mean of "
+          f"{len(ts)} slabs spread over the selection); opening the {len(paths)} dumps: "
+          f"{t_open * 1e3:.0f} ms (once per worker)")
     print(f"per-task overhead (no-op task round trip per worker): {t_task * 1e3:.1f} ms")
+    if task_s[1]:
+        t_slab = statistics.fmean(task_s[1])  # on the worker, one thread, as in the runs
+        print(f"per-task compute on the workers (task stream): mean {t_slab * 1e3:.0f} ms with "
+              f"1 worker, {statistics.fmean(task_s[2]) * 1e3:.0f} ms with 2 (max "
+              f"{max(task_s[1]) * 1e3:.0f} ms); the model uses the 1-worker mean")
     t_client = max(m1 - S * (t_slab + t_task), 0.0)
-    print(f"model: T(N) = T_client + (S / N) * (t_slab + t_task), S = {S}, "
+    print(f"model: T(N) = T_client + ceil(S / N) * (t_slab + t_task), S = {S}, "
           f"T_client = {t_client:.2f} s (from the 1-worker run); predicts "
-          f"T(2) = {t_client + S / 2 * (t_slab + t_task):.2f} s (measured {m2:.2f}), "
-          f"T(64) = {t_client + max(S / 64, 1) * (t_slab + t_task):.2f} s with S = {S} "
+          f"T(2) = {t_client + math.ceil(S / 2) * (t_slab + t_task):.2f} s (measured "
+          f"{m2:.2f}), T(64) = {t_client + math.ceil(S / 64) * (t_slab + t_task):.2f} s with "
+          f"S = {S} "
           f"(at most S workers are busy)")
     return {"t1": m1, "t2": m2, "same": same}
 

@@ -52,6 +52,9 @@ NEEDLE_TEMPLATE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\
 QUESTION = "\nWhat is the pass key? The pass key is"
 #: exact match of a codec counts only where the baseline retrieves at least this often
 MIN_BASELINE_SUCCESS = 0.5
+#: positions a prompt must leave free for the scored answer and the generated tokens (a
+#: 5-digit key is at most 5 tokens, generation runs 2 past it)
+ANSWER_ROOM = 16
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
@@ -309,13 +312,21 @@ def evaluate_needle(
     import torch
     from tqdm.auto import tqdm
 
-    from .evaluate import check_context, eval_codec_specs
+    from .evaluate import check_context, eval_codec_specs, model_max_context
     from .hf import CompressedCache, cache_spec
 
     specs = eval_codec_specs(codecs)
     for s in specs:
         cache_spec(s)  # refuses model-aware codecs before the model runs
     lengths = [check_context(L, model) for L in lengths]
+    limit = model_max_context(model)
+    for L in lengths:
+        if limit is not None and L + ANSWER_ROOM > limit:
+            raise EvalInputError(
+                f"a needle prompt of {L} tokens leaves no room for the answer within the "
+                f"model's maximum of {limit} positions; use a length of at most "
+                f"{limit - ANSWER_ROOM}"
+            )
     depths = [float(d) for d in depths]
     for d in depths:
         if not 0.0 <= d <= 1.0:
@@ -351,6 +362,11 @@ def evaluate_needle(
                         **({"logits_to_keep": 1} if _takes(model, "logits_to_keep") else {}))
             plain = output_cache(out)
         n_new = len(p.answer_ids) + 2
+        if limit is not None and L + n_new > limit:  # a tokenizer with longer keys
+            raise EvalInputError(
+                f"the answer of {len(p.answer_ids)} tokens does not fit after a prompt of {L} "
+                f"tokens within the model's {limit} positions; use a shorter length"
+            )
         runs = [None, *specs]
         for r, spec in enumerate(runs):
             if spec is None:

@@ -102,6 +102,12 @@ def test_evaluate_needle_lossless_equals_baseline(tiny):
     assert [g["label"] for g in grids][0] == "baseline (uncompressed)" and len(grids) == 3
     with pytest.raises(EvalInputError, match="longer than the model's maximum"):
         evaluate_needle(model, tok, [{"id": "lossless"}], HAY, lengths=[4096])
+    from kvinfo.evaluate import model_max_context
+    from kvinfo.needle import ANSWER_ROOM
+
+    m = model_max_context(model)
+    with pytest.raises(EvalInputError, match=f"at most {m - ANSWER_ROOM}"):
+        evaluate_needle(model, tok, [{"id": "lossless"}], HAY, lengths=[m])
 
 
 def test_report_draws_the_needle_heatmap(tiny, tmp_path):

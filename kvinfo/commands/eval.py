@@ -142,6 +142,20 @@ def _floats(value: str, flag: str) -> list[float]:
     return out
 
 
+def _label(spec: dict, width: int) -> str:
+    """The row label of a codec: its short label (``kvinfo.codecs.codec_label``), the JSON
+    config for model-aware codecs; cut to ``width`` characters."""
+    from ..codecs.labels import codec_label
+    from ..remat import is_remat_spec
+
+    try:
+        label = (json.dumps(spec, separators=(",", ":")) if is_remat_spec(spec)
+                 else codec_label(spec))
+    except (KeyError, TypeError, ValueError):
+        label = json.dumps(spec, separators=(",", ":"))
+    return label if len(label) <= width else label[: width - 3] + "..."
+
+
 def _ci(lo, hi, fmt="{:.3f}") -> str:
     import math
 
@@ -194,9 +208,7 @@ def _run_context(args, specs) -> int:
     print(f"{'baseline (uncompressed)':<44} {'':>9} "
           f"{b.perplexity:8.3f} {_ci(*b.perplexity_ci):>17} {'':>26} {'':>30} {1.0:6.3f}")
     for r in res.results:
-        label = json.dumps(r.codec, separators=(",", ":"))
-        if len(label) > 44:
-            label = label[:41] + "..."
+        label = _label(r.codec, 44)
         print(f"{label:<44} {format_number(r.bits_per_element, 9, 3)} "
               f"{r.perplexity:8.3f} {_ci(*r.perplexity_ci):>17} "
               f"{r.perplexity_increase_pct:8.2f} {_ci(*r.perplexity_increase_ci, '{:.2f}'):>17} "
@@ -244,10 +256,7 @@ def _run_needle(args, specs) -> int:
     print(f"{'codec':<44} {'length':>6} {'bits/elem':>9} {'answer LL':>10} {'dLL':>8} "
           f"{'EM':>6} {'base EM':>8}")
     for run in range(len(specs) + 1):
-        label = "baseline (uncompressed)" if run == 0 else json.dumps(
-            res.codecs[run - 1], separators=(",", ":"))
-        if len(label) > 44:
-            label = label[:41] + "..."
+        label = "baseline (uncompressed)" if run == 0 else _label(res.codecs[run - 1], 44)
         bits = {}
         for c in res.cells:
             if c["run"] == run and "bits_per_element" in c:
@@ -306,17 +315,17 @@ def _run_prefix(args, specs) -> int:
         f"model {name}; {res.num_scored_tokens} tokens scored after a prefix of {res.prefix}"
         + (f", cache compressed in blocks of {args.block}" if args.block else "")
     )
-    print(f"{'codec':<58} {'bits/elem':>9} {'ppl':>9} {'dppl %':>7} {'KL nats':>9} {'top1':>6}")
+    print(f"{'codec':<58} {'bits/elem':>9} {'bits/token':>10} {'ppl':>9} {'dppl %':>7} "
+          f"{'KL nats':>9} {'top1':>6}")
     print(
-        f"{'baseline (uncompressed)':<58} {'':>9} {b.perplexity:9.3f} {'':>7} "
+        f"{'baseline (uncompressed)':<58} {'':>9} {'':>10} {b.perplexity:9.3f} {'':>7} "
         f"{0.0:9.5f} {1.0:6.3f}"
     )
     for r in res.results:
-        label = json.dumps(r.codec, separators=(",", ":"))
-        if len(label) > 58:
-            label = label[:55] + "..."
+        label = _label(r.codec, 58)
         print(
-            f"{label:<58} {format_number(r.bits_per_element, 9, 3)} {r.perplexity:9.3f} "
+            f"{label:<58} {format_number(r.bits_per_element, 9, 3)} "
+            f"{format_number(r.bits_per_token, 10, 1)} {r.perplexity:9.3f} "
             f"{r.extra['perplexity_increase_pct']:7.2f} {r.kl_nats_per_token:9.5f} "
             f"{r.top1_agreement:6.3f}"
         )
