@@ -181,48 +181,12 @@ def bench_analyze(paths, selection, repeats, knn_samples):
 
 
 def bench_convert(dump, repeats):
-    import zarr
+    """The convert part: ``benchmarks/convert.py`` (kvinfo ``rans`` and ``lossless`` against
+    zarr's default zstd on the same slabs, same chunking, interleaved)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import convert
 
-    from kvinfo.storage import convert_dump
-
-    tmp = Path(tempfile.mkdtemp(prefix="kvinfo-scale-"))
-    print(f"convert {dump}: {_load()}")
-    rows = []
-    for label, codec in (("kvinfo rans", {"id": "rans"}),
-                         ("kvinfo lossless", {"id": "lossless"})):
-        vals = []
-        for _ in range(repeats):
-            info = convert_dump(dump, tmp / "out.zarr", codec)
-            vals.append(info)
-        best = statistics.median(v["kv_mb_per_s"] for v in vals)
-        rows.append((label, best, vals[-1]["bits_per_element"]))
-    # the peer: zarr's default compressor (zstd level 0) on the same slabs, same chunking
-    from kvinfo.dumps import open_dump
-
-    vals = []
-    with open_dump(dump) as d:
-        for _ in range(repeats):
-            t = time.perf_counter()
-            root = zarr.open_group(str(tmp / "zstd.zarr"), mode="w")
-            kv = 0
-            for kind in ("keys", "values"):
-                a = None
-                for lay in range(d.num_layers):
-                    x = np.ascontiguousarray(d.tensor(kind, lay))
-                    if a is None:
-                        a = root.create_array(kind, shape=(d.num_layers, *x.shape),
-                                              dtype=x.dtype, chunks=(1, 1, *x.shape[1:]))
-                    a[lay] = x
-                    kv += x.nbytes
-            sec = time.perf_counter() - t
-            size = sum(f.stat().st_size for f in (tmp / "zstd.zarr").rglob("*") if f.is_file())
-            vals.append((kv / 1e6 / sec, 8 * size / (kv / x.itemsize)))
-    rows.append(("zarr default (zstd), peer", statistics.median(v[0] for v in vals),
-                 vals[-1][1]))
-    print(f"{'codec':<28} {'MB/s of KV':>11} {'bits/element':>13}")
-    for label, mbps, bpe in rows:
-        print(f"{label:<28} {mbps:>11.1f} {bpe:>13.2f}")
-    print(f"after: {_load()}")
+    convert.main(["--dump", str(dump), "--repeats", str(repeats), "--codecs", "rans,lossless"])
 
 
 def main(argv=None) -> int:
