@@ -9,7 +9,8 @@ run), ``ppl4k`` (a 4K-context perplexity run for one codec, timed), ``sweep2k`` 
 Environment: ``KVINFO_BENCH_SEGMENTS`` (segments per context, default 8;
 ``KVINFO_BENCH_SEGMENTS_8K``
 for ``sweep8k``, default the same), ``KVINFO_BENCH_NEEDLE`` (comma lengths, default
-2048,4096,8176: 8,192 positions less the answer's room) and ``KVINFO_BENCH_THREADS`` (torch threads, default 2). Each part writes
+2048,4096,8176: 8,192 positions less the answer's room) and ``KVINFO_BENCH_THREADS``
+(torch threads, default 2). Each part writes
 ``OUT_DIR/<part>.json`` (``eval`` results documents for the quality parts).
 """
 
