@@ -40,7 +40,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .._paths import check_output_dir, make_dirs, output_error
@@ -145,20 +144,6 @@ def _as_docs(inputs) -> list[tuple[str, dict]]:
     return docs
 
 
-def _atomic(path: Path, write, *args, **kwargs) -> Path:
-    """``write(tmp, *args, **kwargs)`` to a temporary name beside ``path``, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp, *args, **kwargs)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from None
-        raise
-    return path
-
-
 def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> dict:
     """Write the figures, ``report.md`` and ``report.html`` for results documents.
 
@@ -231,14 +216,14 @@ def build_report(inputs, out_dir, *, formats=("png", "svg"), dpi: int = 110) -> 
         entry = {"name": name, "title": title, "caption": caption}
         try:
             for fmt in fmts:
-                p = _atomic(out / f"{name}.{fmt}", fig.savefig, dpi=dpi, format=fmt)
+                p = F.atomic_output(out / f"{name}.{fmt}", fig.savefig, dpi=dpi, format=fmt)
                 files.append(p)
                 entry[fmt] = p.name
         finally:
             plt.close(fig)
         entry.setdefault("svg", entry["png"])
         figures.append(entry)
-    md = _atomic(out / "report.md", write_markdown, data, docs, figures)
-    page = _atomic(out / "report.html", write_html, data, docs, figures, out)
+    md = F.atomic_output(out / "report.md", write_markdown, data, docs, figures)
+    page = F.atomic_output(out / "report.html", write_html, data, docs, figures, out)
     files += [md, page]
     return {"files": files, "figures": figures, "markdown": md, "html": page}

@@ -7,11 +7,17 @@ the data holds; it returns None when there is nothing to draw (the report says s
 from __future__ import annotations
 
 import math
+import os
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
+from .._paths import output_error
+
 __all__ = [
+    "atomic_output",
+    "save_figure",
     "family_colors",
     "fig_rate_distortion",
     "fig_analysis_heatmaps",
@@ -34,6 +40,34 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def atomic_output(path, write, *args, **kwargs) -> Path:
+    """``write(tmp, *args, **kwargs)`` to a temporary name beside ``path``, then rename; after
+    a failure the temporary is removed (an OSError becomes ``OutputPathError``)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp, *args, **kwargs)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
+        raise
+    return path
+
+
+def save_figure(fig, path, dpi: int = 110, fmt: str | None = None) -> Path:
+    """Save ``fig`` to ``path`` atomically in ``fmt`` (default: from the suffix, PNG without
+    one), create its folder, and close the figure."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_output(path, fig.savefig, dpi=dpi,
+                             format=fmt or path.suffix[1:].lower() or "png")
+    finally:
+        _plt().close(fig)
 
 
 def family_colors(data) -> dict:

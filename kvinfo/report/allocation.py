@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._paths import check_output_file, make_dirs
+from ._figures import save_figure
 
 __all__ = ["plot_allocation", "plot_quality_vs_bits"]
 
@@ -74,9 +75,7 @@ def plot_allocation(plan: dict, path: str | os.PathLike, *, dpi: int = 110) -> P
     p = plan.get("predicted", {})
     fig.suptitle(f"Allocation: {plan.get('family')}, "
                  f"{p.get('bits_per_element', float('nan')):.3f} bits per element")
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)
 
 
 def plot_quality_vs_bits(points: list[dict], path: str | os.PathLike, *, dpi: int = 110,
@@ -117,6 +116,4 @@ def plot_quality_vs_bits(points: list[dict], path: str | os.PathLike, *, dpi: in
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=dpi)

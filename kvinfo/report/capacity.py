@@ -38,13 +38,7 @@ def fig_capacity(result: dict):
 
 def write_capacity_figure(result: dict, path) -> Path:
     """Draw :func:`fig_capacity` into ``path`` (PNG), atomically."""
-    import matplotlib.pyplot as plt
+    from ._figures import save_figure
 
     fig = fig_capacity(result)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110, fmt="png")

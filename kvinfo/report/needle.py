@@ -86,15 +86,9 @@ def fig_needle_heatmap(doc: dict):
 def write_needle_heatmap(doc: dict, path) -> Path | None:
     """Draw :func:`fig_needle_heatmap` into ``path`` (PNG); None when there is nothing to
     draw."""
-    import matplotlib.pyplot as plt
+    from ._figures import save_figure
 
     fig = fig_needle_heatmap(doc)
     if fig is None:
         return None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=110, fmt="png")
