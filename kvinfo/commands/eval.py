@@ -116,14 +116,22 @@ def read_text_file(path) -> str:
         raise EvalInputError(f"{path}: not UTF-8 text") from None
 
 
-def _ints(value: str, flag: str) -> list[int]:
+def _numbers(value: str, flag: str, cast, what: str) -> list:
+    """The comma-separated values of ``flag``, each through ``cast`` (``what`` names them in
+    the error)."""
     from ..evaluate import EvalInputError
 
     try:
-        out = [int(v) for v in value.split(",") if v.strip()]
+        return [cast(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise EvalInputError(f"{flag} must be integers separated by commas, got {value!r}") \
+        raise EvalInputError(f"{flag} must be {what} separated by commas, got {value!r}") \
             from None
+
+
+def _ints(value: str, flag: str) -> list[int]:
+    from ..evaluate import EvalInputError
+
+    out = _numbers(value, flag, int, "integers")
     if not out:
         raise EvalInputError(f"{flag} needs at least one value")
     return out
@@ -132,11 +140,7 @@ def _ints(value: str, flag: str) -> list[int]:
 def _floats(value: str, flag: str) -> list[float]:
     from ..evaluate import EvalInputError
 
-    try:
-        out = [float(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise EvalInputError(f"{flag} must be numbers separated by commas, got {value!r}") \
-            from None
+    out = _numbers(value, flag, float, "numbers")
     if not out or any(not 0 <= d <= 1 for d in out):
         raise EvalInputError(f"{flag} must be fractions between 0 and 1, got {value!r}")
     return out
