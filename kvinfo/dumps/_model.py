@@ -31,6 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .._paths import partial_name
 from ..errors import ModelNotFoundError
 
 __all__ = ["DEFAULT_MODEL", "default_gguf_path", "load_model", "model_cache_dir",
@@ -149,7 +150,7 @@ def _save_cached(entry: Path, tokenizer, model, source: Path) -> None:
     """Write the converted model to ``entry`` atomically; failures leave no entry."""
     import transformers
 
-    tmp = entry.with_name(f".{entry.name}.partial-{os.getpid()}")
+    tmp = partial_name(entry)
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)

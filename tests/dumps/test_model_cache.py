@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("gguf")
 
+from kvinfo._paths import PARTIAL_TAG  # noqa: E402
 from kvinfo.dumps import _model  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -31,9 +32,9 @@ def test_cached_load_equals_gguf_load(monkeypatch, tmp_path):
         pytest.skip(str(exc))
     monkeypatch.setenv("KVINFO_MODEL_CACHE", str(tmp_path))
     direct, tok_a, name_a = _model.load_model(None, dtype="float32")  # converts, then saves
-    entries = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    entries = [p for p in tmp_path.iterdir() if PARTIAL_TAG not in p.name]
     assert len(entries) == 1 and (entries[0] / _model.CACHE_MARKER).is_file()
-    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    assert not [p for p in tmp_path.iterdir() if PARTIAL_TAG in p.name]
     assert "quantization_config" not in json.loads((entries[0] / "config.json").read_text())
     cached, tok_b, name_b = _model.load_model(None, dtype="float32")  # reads the folder
     assert name_a == name_b
