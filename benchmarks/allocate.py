@@ -11,8 +11,15 @@ paired: the same resampled tokens for every codec).
 "Best single setting at the same measured bits": the KL of the family's single settings,
 interpolated (log KL linear in measured bits) at the plan's measured bits on the same text.
 
+    kvinfo sensitivity calib.h5 --method perturb --family uniform -o sens.json
     python benchmarks/allocate.py --dump calib.h5 --sensitivity sens.json \
         --family uniform --budgets 2,3 --windows 4 --prefix 1024 --scored 1024 -o out/alloc
+
+The sensitivity file picks the cost model (perturb: measured KL per (layer, kind) group and
+setting; fisher: the second-order estimate). With a perturbation file, ``--additivity``
+also measures each plan's KL on the calibration sequences with every group coded at once
+(:func:`kvinfo.allocation.measure_assignment_kl`) against the sum of its groups' measured
+KLs (the additivity assumption of the cost model).
 
 Writes ``allocate.json`` (every number, labelled) and ``quality_vs_bits.png`` into ``-o``.
 """
@@ -89,16 +96,22 @@ def main(argv=None) -> int:
     p.add_argument("--prefix", type=int, default=1024)
     p.add_argument("--scored", type=int, default=1024)
     p.add_argument("--windows", type=int, default=4)
+    p.add_argument("--min-setting", default=None, help="passed to allocate (index or label)")
+    p.add_argument("--additivity", action="store_true",
+                   help="perturbation files: measure each plan's KL on the calibration text")
     p.add_argument("-o", "--output", required=True)
     a = p.parse_args(argv)
+    load_start = os.getloadavg()
 
     import torch
 
     from kvinfo.allocation import (
+        PerturbSensitivity,
         allocate,
         get_family,
         load_rd_curves,
         load_sensitivity,
+        measure_assignment_kl,
         measure_rd_curves,
         save_plan,
     )
@@ -122,7 +135,9 @@ def main(argv=None) -> int:
     plans, solve_s = [], []
     for b in budgets:
         t1 = time.perf_counter()
-        plan = allocate(a.dump, sens, fam, b, curves=curves)
+        ms = a.min_setting
+        ms = int(ms) if ms is not None and ms.isdigit() else ms
+        plan = allocate(a.dump, sens, fam, b, curves=curves, min_setting=ms)
         solve_s.append(time.perf_counter() - t1)
         path = save_plan(plan, out / f"plan_{a.family}_{b:g}.json")
         plans.append((b, plan, path))
@@ -136,6 +151,26 @@ def main(argv=None) -> int:
     specs += [("single", j, fam.spec(j)) for j in singles]
 
     model, tok, name = load_model(None, dtype="float32")
+    additivity = []
+    if a.additivity and isinstance(sens, PerturbSensitivity):
+        from kvinfo.dumps import open_dump
+
+        n_seq = sens.num_sequences
+        scored = sens.num_scored_tokens // n_seq
+        with open_dump(a.dump) as d:
+            ids = d.token_ids
+            seqs = [ids[x:y] for x, y in d.sequences()]
+        seqs = [q for q in seqs if q.size >= 2 * scored][:n_seq]
+        for b, plan, _ in plans:
+            t1 = time.perf_counter()
+            meas = measure_assignment_kl(model, seqs, fam, plan, scored=scored)
+            pred = plan["predicted"]["kl_nats_per_token_estimate"]
+            additivity.append({"budget": b, "measured_kl_nats_per_token": meas,
+                               "sum_of_group_kls_nats_per_token": pred,
+                               "ratio_measured_over_sum": meas / pred,
+                               "seconds": time.perf_counter() - t1})
+            print(f"additivity, budget {b:g}: measured {meas:.4g} vs sum of groups {pred:.4g} "
+                  f"(ratio {meas / pred:.3f}; calibration text, measurement)", flush=True)
     text, files = essays_text()
     ids_all = tok(text, return_tensors="pt").input_ids
     win = a.prefix + a.scored
@@ -196,6 +231,7 @@ def main(argv=None) -> int:
         "model": name, "family": a.family, "calibration_dump": a.dump,
         "evaluation_text": [Path(f).name for f in files], "prefix": a.prefix,
         "scored_tokens_per_window": a.scored, "windows": n_win, "num_scored_tokens": n_scored,
+        "sensitivity_method": getattr(sens, "method", "fisher"),
         "sensitivity_seconds": sens.seconds, "sensitivity_scored_tokens": sens.num_scored_tokens,
         "curves_seconds": t_curves if t_curves is not None else curves.seconds,
         "solve_seconds": solve_s, "eval_seconds": t_eval,
@@ -205,13 +241,16 @@ def main(argv=None) -> int:
                    plan["predicted"]["kl_nats_per_token_estimate"]} for b, plan, _ in plans],
         "rows": [{k: v for k, v in r.items() if k != "_kl"} for r in rows],
         "comparisons": comparisons,
+        "additivity": additivity,
         "cpu_threads": torch.get_num_threads(),
+        "load_average_start": load_start, "load_average_end": os.getloadavg(),
     }
     (out / "allocate.json").write_text(json.dumps(doc, indent=1))
     pts = [{"family": a.family, "kind": r["kind"], "bits_per_element": r["bits_per_element"],
             "kl_nats_per_token": r["kl_nats_per_token"]} for r in rows]
     plot_quality_vs_bits(pts, out / "quality_vs_bits.png")
-    print(json.dumps({k: doc[k] for k in ("num_scored_tokens", "comparisons", "solve_seconds",
+    print(json.dumps({k: doc[k] for k in ("num_scored_tokens", "comparisons", "additivity",
+                                          "solve_seconds",
                                           "curves_seconds", "sensitivity_seconds")}, indent=1))
     return 0
 

@@ -1,11 +1,20 @@
 """The allocation engine: curves + sensitivity + solver -> a plan file.
 
 :func:`allocate` is the engine of ``kvinfo allocate``: validated options in, a plan document
-out (:mod:`kvinfo.codecs.plan` reads it as a codec). The predicted quality loss of a slab
-at a setting is ``0.5 * sum_c fisher_per_channel[c] * mse_per_channel[c]`` (an **estimate**
-of the KL in nats per scored token, :mod:`kvinfo.allocation.sensitivity`); the rates are
-the codec's **measured** bits per element on the calibration dump (side information
-included).
+out (:mod:`kvinfo.codecs.plan` reads it as a codec). The cost model follows the sensitivity
+file:
+
+* a **perturbation** sensitivity (:mod:`kvinfo.allocation.perturb`): the cost of a (layer,
+  kind) group at a setting is its measured KL with only that group coded; the solver picks
+  one setting per group (every head of the group the same), the plan's cost is the sum over
+  groups (the additivity assumption, checked by
+  :func:`~kvinfo.allocation.measure_assignment_kl`);
+* a **Fisher** sensitivity (:mod:`kvinfo.allocation.sensitivity`): the predicted loss of a
+  slab at a setting is ``0.5 * sum_c fisher_per_channel[c] * mse_per_channel[c]`` (a
+  second-order estimate), one setting per (layer, kind, head) slab.
+
+The rates are the codec's **measured** bits per element on the calibration dump (side
+information included) in both cases.
 """
 
 from __future__ import annotations
@@ -26,15 +35,28 @@ from ..codecs.spec import KINDS
 from ..errors import AllocationError
 from .curves import RDCurves, measure_rd_curves
 from .families import Family, get_family
+from .perturb import PerturbSensitivity
 from .sensitivity import Sensitivity
 from .solve import solve_allocation
 
 __all__ = ["allocate", "save_plan", "predicted_costs", "memory_budget"]
 
 
-def predicted_costs(curves: RDCurves, sensitivity: Sensitivity) -> np.ndarray:
-    """``(slabs, settings)`` predicted KL (nats per scored token, an estimate) of each point."""
+def predicted_costs(curves: RDCurves, sensitivity) -> np.ndarray:
+    """``(slabs, settings)`` predicted KL (nats per scored token) of each point.
+
+    Fisher: the second-order estimate per slab. Perturbation: each slab's share (one over the
+    heads) of its group's measured KL at that setting.
+    """
     sensitivity.check_geometry(curves.geometry)
+    if isinstance(sensitivity, PerturbSensitivity):
+        if curves.family != sensitivity.family or curves.settings != sensitivity.settings:
+            raise AllocationError(
+                f"the curves are of family {curves.family!r}, the perturbation sensitivity of "
+                f"{sensitivity.family!r} (their settings tables must be the same)")
+        heads = curves.geometry["num_kv_heads"]
+        return np.stack([sensitivity.kl_nats_per_token[lay, KINDS.index(kind)] / heads
+                         for lay, kind, _ in curves.slabs])
     w = np.stack([sensitivity.weight(lay, kind, h) for lay, kind, h in curves.slabs])
     return 0.5 * np.einsum("sc,skc->sk", w, curves.mse_per_channel)
 
@@ -95,9 +117,11 @@ def allocate(
     ----------
     dump : path or Dump
         The calibration dump (its slabs give the rate-distortion curves).
-    sensitivity : Sensitivity
-        From :func:`~kvinfo.allocation.measure_sensitivity` or
-        :func:`~kvinfo.allocation.load_sensitivity`, for the dump's geometry.
+    sensitivity : Sensitivity or PerturbSensitivity
+        From :func:`~kvinfo.allocation.measure_sensitivity`,
+        :func:`~kvinfo.allocation.measure_perturb_sensitivity` or
+        :func:`~kvinfo.allocation.load_sensitivity`, for the dump's geometry (and, for a
+        perturbation sensitivity, for this family's settings). It picks the cost model.
     family : str or Family
         ``uniform``, ``ecsq``, ``turbo`` or ``klt`` (:mod:`kvinfo.allocation.families`).
     budget : float, optional
@@ -143,6 +167,11 @@ def allocate(
         raise AllocationError(
             "give exactly one of budget, (budget_keys and budget_values) or memory_bytes"
         )
+    if isinstance(sensitivity, PerturbSensitivity):
+        sensitivity.check_family(fam)
+    elif not isinstance(sensitivity, Sensitivity):
+        raise AllocationError(f"sensitivity must be a Sensitivity or PerturbSensitivity; found "
+                              f"{type(sensitivity).__name__}")
     lo_i = _setting_index(min_setting, fam, "min_setting")
     hi_i = _setting_index(max_setting, fam, "max_setting")
     lo_i, hi_i = max(lo_i, 0), (len(fam) - 1 if hi_i < 0 else hi_i)
@@ -156,7 +185,6 @@ def allocate(
             f"the curves are of family {curves.family!r} with tokens={curves.tokens}; this "
             f"allocation is of {fam.name!r} with tokens={tokens} (and its settings must match)"
         )
-    sensitivity.check_geometry(curves.geometry)
     cost = predicted_costs(curves, sensitivity)
     rate = curves.bits_per_element
     allowed = np.zeros(rate.shape, bool)
@@ -172,13 +200,30 @@ def allocate(
          ("values", kinds == "values", budgets["budget_values"])]
         if per_kind else [("joint", np.ones(len(kinds), bool), budgets["budget"])]
     )
-    for name, mask, b in groups:
+    # perturbation: one setting per (layer, kind) group, its rate the mean of its heads'
+    # and its cost the group's measured KL; Fisher: one setting per slab
+    grouped = isinstance(sensitivity, PerturbSensitivity)
+    unit = np.array([(lay, kind) if grouped else (lay, kind, h) for lay, kind, h in curves.slabs],
+                    dtype=object)
+    keys = list(dict.fromkeys(map(tuple, unit)))
+    member = np.array([keys.index(tuple(u)) for u in unit])
+    u_rate = np.stack([rate[member == i].mean(axis=0) for i in range(len(keys))])
+    u_cost = np.stack([cost[member == i].sum(axis=0) for i in range(len(keys))])
+    u_allowed = np.stack([allowed[member == i].all(axis=0) for i in range(len(keys))])
+    u_kind = np.array([k[1] for k in keys])
+    u_elems = np.array([np.sum(member == i) for i in range(len(keys))], dtype=np.float64)
+    for name, _, b in groups:
+        mask = np.ones(len(keys), bool) if name == "joint" else u_kind == name
         try:
-            sol = solve_allocation(rate[mask], cost[mask], b, allowed=allowed[mask])
+            sol = solve_allocation(u_rate[mask], u_cost[mask], b, allowed=u_allowed[mask],
+                                   elements=u_elems[mask])
         except AllocationError as exc:
             what = "" if name == "joint" else f" ({name})"
             raise AllocationError(f"family {fam.name}{what}: {exc}") from None
-        choice[mask] = sol.choice
+        u_choice = np.zeros(len(keys), np.int64)
+        u_choice[mask] = sol.choice
+        sel = mask[member]
+        choice[sel] = u_choice[member[sel]]
         slopes[name] = sol.slope
     return _plan_doc(curves, fam, sensitivity, cost, choice, budgets, per_kind, slopes,
                      (lo_i, hi_i), memory_bytes, tokens, command)
@@ -189,6 +234,7 @@ def _plan_doc(curves, fam, sens, cost, choice, budgets, per_kind, slopes, limits
     from ..results import make_record
 
     g = curves.geometry
+    perturb = isinstance(sens, PerturbSensitivity)
     idx = np.arange(len(curves.slabs))
     r = curves.bits_per_element[idx, choice]
     m = curves.mse_per_element[idx, choice]
@@ -197,20 +243,28 @@ def _plan_doc(curves, fam, sens, cost, choice, budgets, per_kind, slopes, limits
     records = []
     for s, (lay, kind, h) in enumerate(curves.slabs):
         assign[kind][lay][h] = int(choice[s])
-        w = sens.weight(lay, kind, h)
-        records.append(make_record("slab", {
-            "setting": int(choice[s]), "setting_label": fam.labels[choice[s]],
-            "bits_per_element": r[s], "mse_per_element": m[s],
-            "fisher_weight_per_element": float(np.mean(w) / curves.num_tokens),
-            "predicted_kl_nats_per_token": c[s],
-        }, layer=lay, kind=kind, head=h, codec=fam.settings[kind][choice[s]]))
+        rec = {"setting": int(choice[s]), "setting_label": fam.labels[choice[s]],
+               "bits_per_element": r[s], "mse_per_element": m[s]}
+        if perturb:
+            rec["group_measured_kl_nats_per_token"] = float(
+                sens.kl_nats_per_token[lay, KINDS.index(kind), choice[s]])
+        else:
+            rec["fisher_weight_per_element"] = float(np.mean(sens.weight(lay, kind, h))
+                                                     / curves.num_tokens)
+        rec["predicted_kl_nats_per_token"] = c[s]
+        records.append(make_record("slab", rec, layer=lay, kind=kind, head=h,
+                                   codec=fam.settings[kind][choice[s]]))
     kinds = np.array([k for _, k, _ in curves.slabs])
     pred = {"bits_per_element": float(np.mean(r)),
             "bits_per_element_keys": float(np.mean(r[kinds == "keys"])),
             "bits_per_element_values": float(np.mean(r[kinds == "values"])),
             "kl_nats_per_token_estimate": float(np.sum(c)),
             "rate_is": "measurement on the calibration dump (side information included)",
-            "kl_is": "estimate (second-order, sampled Fisher; docs/allocation.md)"}
+            "kl_is": ("estimate: the sum over (layer, kind) groups of each group's KL measured "
+                      "with only that group coded (additivity assumption; docs/allocation.md)"
+                      if perturb else
+                      "estimate (second-order, sampled Fisher; docs/allocation.md)"),
+            "cost_model": "perturb" if perturb else "fisher"}
     singles = []
     for j, label in enumerate(fam.labels):
         col = curves.bits_per_element[:, j]

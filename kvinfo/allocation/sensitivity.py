@@ -50,6 +50,7 @@ from .._paths import (
 from .._version import __version__
 from ..codecs.spec import KINDS
 from ..errors import AllocationError
+from .perturb import PERTURB_VERSION, perturb_from_json
 
 __all__ = ["Sensitivity", "measure_sensitivity", "load_sensitivity", "SENSITIVITY_SCHEMA"]
 
@@ -116,8 +117,13 @@ class Sensitivity:
             json.dump(self.to_json(), f)
 
 
-def load_sensitivity(path) -> Sensitivity:
-    """Read a file written by :meth:`Sensitivity.save` (:class:`AllocationError` if not)."""
+def load_sensitivity(path):
+    """Read a file written by :meth:`Sensitivity.save` or :meth:`PerturbSensitivity.save`.
+
+    Returns a :class:`Sensitivity` (Fisher, version 1) or a
+    :class:`~kvinfo.allocation.PerturbSensitivity` (version 2); :class:`AllocationError`
+    if the file is neither.
+    """
     where = os.fspath(path)
     try:
         with open(where, encoding="utf-8") as f:
@@ -126,10 +132,15 @@ def load_sensitivity(path) -> Sensitivity:
         raise AllocationError(f"{where}: no such sensitivity file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AllocationError(f"{where}: not a sensitivity JSON file ({exc})") from None
+    if isinstance(doc, dict) and doc.get("schema") == SENSITIVITY_SCHEMA and doc.get(
+        "version"
+    ) == PERTURB_VERSION and doc.get("method") == "perturb":
+        return perturb_from_json(doc, where)
     if not isinstance(doc, dict) or doc.get("schema") != SENSITIVITY_SCHEMA or doc.get(
         "version"
     ) != 1:
-        raise AllocationError(f"{where}: not a version-1 kvinfo sensitivity file")
+        raise AllocationError(f"{where}: not a kvinfo sensitivity file (version 1, Fisher, or "
+                              f"version {PERTURB_VERSION}, perturbation)")
     try:
         g = {k: int(doc["geometry"][k]) for k in ("num_layers", "num_kv_heads", "head_dim")}
         f = np.asarray(doc["fisher_per_channel"], dtype=np.float64)

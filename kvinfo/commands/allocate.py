@@ -2,8 +2,10 @@
 
 For a codec family (uniform, ecsq, turbo, klt) every setting is run on every slab of the
 calibration dump (measured bits per element, side information included, and MSE); the
-predicted quality loss of each is the slab's Fisher sensitivity (from `kvinfo sensitivity`)
-times its error; the equal-slope solver picks one setting per slab under the budget. The
+cost of each comes from the sensitivity file (`kvinfo sensitivity`), which picks the model:
+perturb, the measured KL of each (layer, kind) group at each setting (one setting per
+group); fisher, the slab's Fisher sensitivity times its error (one setting per slab). The
+equal-slope solver, then an exact dynamic programme, picks the settings under the budget. The
 plan is a codec: `--codec '{"id": "plan", "path": "plan.json"}'` in kvinfo bench and eval.
 See docs/allocation.md. Written to a temporary name and renamed on success.
 """
@@ -59,6 +61,7 @@ def run(args) -> int:
 
     from .._paths import check_output_file
     from ..allocation import (
+        PerturbSensitivity,
         allocate,
         get_family,
         load_rd_curves,
@@ -82,6 +85,8 @@ def run(args) -> int:
             raise AllocationError(f"--family-config is not valid JSON: {exc.msg}") from None
     fam = get_family(args.family, base)
     sens = load_sensitivity(args.sensitivity)
+    if isinstance(sens, PerturbSensitivity):
+        sens.check_family(fam)
     curves = None
     if args.curves and Path(args.curves).exists():
         curves = load_rd_curves(args.curves)
@@ -115,7 +120,9 @@ def run(args) -> int:
     print(f"  rate on the calibration dump (measurement): {p['bits_per_element']:.4f} bits per "
           f"element (keys {p['bits_per_element_keys']:.4f}, values "
           f"{p['bits_per_element_values']:.4f})")
-    print(f"  KL (estimate, second order): {p['kl_nats_per_token_estimate']:.4g} nats per token")
+    how = ("sum of the groups' measured KLs" if p["cost_model"] == "perturb"
+           else "second order")
+    print(f"  KL (estimate, {how}): {p['kl_nats_per_token_estimate']:.4g} nats per token")
     best = plan["best_single_setting_within_rate"]
     if best:
         print(f"  best single setting within that rate: {best['label']} at "

@@ -72,3 +72,45 @@ def test_sensitivity_of_another_geometry_and_bad_files(inputs, tmp_path, capsys)
     rc = main(["allocate", str(dump), "--sensitivity", str(t / "s.json"), "--budget", "4",
                "-o", str(dump)])
     assert rc == 2 and "input" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    """A tiny random Llama (vocabulary of 1,024) and a synthetic dump of its geometry."""
+    pytest.importorskip("transformers")
+    from kvinfo.dumps import write_synthetic_dump
+    from tests.conftest import make_char_tokenizer, make_tiny_llama
+
+    t = tmp_path_factory.mktemp("perturb_cli")
+    make_tiny_llama(1024, seed=2).save_pretrained(t / "model")
+    make_char_tokenizer().save_pretrained(t / "model")
+    dump = write_synthetic_dump(t / "d.h5", num_layers=2, num_kv_heads=2, num_heads=4,
+                                head_dim=16, num_tokens=160, queries=False, seed=1)
+    return t, dump
+
+
+def test_sensitivity_perturb_then_allocate(tiny_pair, capsys):
+    from kvinfo.allocation import PerturbSensitivity, load_sensitivity
+
+    t, dump = tiny_pair
+    rc = main(["sensitivity", str(dump), "--model", str(t / "model"), "--method", "perturb",
+               "--family", "turbo", "--scored", "16", "-o", str(t / "p.json"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "measured KL of 2 layers x 2 kinds x 6 settings" in out
+    sens = load_sensitivity(t / "p.json")
+    assert isinstance(sens, PerturbSensitivity) and sens.num_scored_tokens == 32
+    assert sens.replay_max_abs_logit_deviation < 1e-5
+    rc = main(["allocate", str(dump), "--sensitivity", str(t / "p.json"), "--family", "turbo",
+               "--budget", "3", "-o", str(t / "plan.json"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "sum of the groups' measured KLs" in out
+    plan = json.loads((t / "plan.json").read_text())
+    assert plan["predicted"]["cost_model"] == "perturb"
+    # a perturbation sensitivity of another family is refused, one line, exit 2
+    rc = main(["allocate", str(dump), "--sensitivity", str(t / "p.json"), "--family", "uniform",
+               "--budget", "3", "-o", str(t / "plan2.json"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "measured for family 'turbo'" in err and len(err.strip().splitlines()) == 1
+    rc = main(["sensitivity", str(dump), "--model", str(t / "model"), "--scored", "500",
+               "-o", str(t / "q.json"), "--no-progress"])
+    assert rc == 2 and "2 x --scored = 1000" in capsys.readouterr().err
