@@ -9,6 +9,9 @@ family    settings (``coder`` rans everywhere)
 ========  =====================================================================
 uniform   ``bits`` 1..8; keys per channel in groups of 128 tokens, values per
           token (KIVI's choice, as ``kvinfo bench --preset standard``)
+uniform_  ``bits`` 1..6 x two group sizes: keys per channel in groups of 128 or
+groups    32 tokens, values per token in groups of 64 or 16 channels; ordered
+          by nominal rate (bits plus float16 scale and zero point per group)
 ecsq      relative ``step`` 2**(k/4) for k = 4, 3, ..., -28 (2.0 down to 0.0078)
 turbo     ``bits`` 1..6 (rotation + Lloyd-Max)
 klt       ``snr_db`` 0, 2, ..., 40 (basis in-stream unless ``base`` names a file)
@@ -65,6 +68,21 @@ def _uniform(base):
     }, [f"{b} bits" for b in bits]
 
 
+def _uniform_groups(base):
+    rows = []
+    for b in range(1, 7):
+        for gk, gv in ((128, 64), (32, 16)):
+            nominal = b + 0.5 * (32 / gk + 32 / gv)  # two float16 numbers per group
+            rows.append((nominal, b, gk, gv))
+    rows.sort()
+    keys = [{"id": "uniform", "bits": b, "axis": "channel", "group_size": gk, "coder": _RANS,
+             **base} for _, b, gk, _ in rows]
+    values = [{"id": "uniform", "bits": b, "axis": "token", "group_size": gv, "coder": _RANS,
+               **base} for _, b, _, gv in rows]
+    labels = [f"{b} bits g{gk}/{gv}" for _, b, gk, gv in rows]
+    return {"keys": keys, "values": values}, labels
+
+
 def _ecsq(base):
     steps = [round(2.0 ** (k / 4), 6) for k in range(4, -29, -1)]
     cfgs = [{"id": "ecsq", "step": s, "step_mode": "relative", "coder": _RANS, **base}
@@ -85,7 +103,8 @@ def _klt(base):
 
 
 #: family name -> function(base) returning (settings per kind, labels)
-FAMILIES = {"uniform": _uniform, "ecsq": _ecsq, "turbo": _turbo, "klt": _klt}
+FAMILIES = {"uniform": _uniform, "uniform_groups": _uniform_groups, "ecsq": _ecsq,
+            "turbo": _turbo, "klt": _klt}
 
 
 def get_family(name: str, base: dict | None = None) -> Family:
@@ -103,6 +122,8 @@ def get_family(name: str, base: dict | None = None) -> Family:
     >>> f = get_family("uniform")
     >>> len(f), f.labels[2], f.settings["values"][2]["axis"]
     (8, '3 bits', 'token')
+    >>> get_family("uniform_groups").labels[:3]
+    ['1 bits g128/64', '2 bits g128/64', '1 bits g32/16']
     """
     if name not in FAMILIES:
         raise AllocationError(f"unknown family {name!r}; expected one of {sorted(FAMILIES)}")
