@@ -171,6 +171,17 @@ def main(argv=None) -> int:
                                "seconds": time.perf_counter() - t1})
             print(f"additivity, budget {b:g}: measured {meas:.4g} vs sum of groups {pred:.4g} "
                   f"(ratio {meas / pred:.3f}; calibration text, measurement)", flush=True)
+        n_l = sens.geometry["num_layers"]
+        for j in singles:
+            if not np.all(np.isfinite(sens.kl_nats_per_token[..., j])):
+                continue
+            meas = measure_assignment_kl(model, seqs, fam, np.full((n_l, 2), j), scored=scored)
+            pred = float(np.sum(sens.kl_nats_per_token[..., j]))
+            additivity.append({"single": fam.labels[j], "measured_kl_nats_per_token": meas,
+                               "sum_of_group_kls_nats_per_token": pred,
+                               "ratio_measured_over_sum": meas / pred})
+            print(f"additivity, single {fam.labels[j]}: measured {meas:.4g} vs sum of groups "
+                  f"{pred:.4g} (ratio {meas / pred:.3f})", flush=True)
     text, files = essays_text()
     ids_all = tok(text, return_tensors="pt").input_ids
     win = a.prefix + a.scored

@@ -84,3 +84,24 @@ def test_lower_hull_drops_dominated_and_non_convex_points():
     r = np.array([1.0, 2.0, 2.0, 3.0, 4.0, 5.0])
     c = np.array([5.0, 4.5, 3.0, 2.9, 1.0, 1.5])
     assert lower_hull(r, c) == [0, 2, 4]
+
+
+def test_the_dp_polish_finds_the_brute_force_optimum():
+    import itertools
+
+    from kvinfo.allocation import solve_allocation
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        rate = np.sort(rng.uniform(0.5, 6.0, (5, 4)), axis=1)
+        cost = np.sort(rng.lognormal(0, 2, (5, 4)), axis=1)[:, ::-1].copy()  # non-convex
+        budget = float(rng.uniform(rate[:, 0].mean() + 0.1, rate[:, -1].mean()))
+        best = min((sum(cost[s, k] for s, k in enumerate(ch)), ch)
+                   for ch in itertools.product(range(4), repeat=5)
+                   if np.mean([rate[s, k] for s, k in enumerate(ch)]) <= budget)
+        sol = solve_allocation(rate, cost, budget)
+        assert sol.rate <= budget + 1e-9
+        # the rates are rounded up to budget / 200,000: at worst a hair of budget unused
+        assert sol.cost <= best[0] * (1 + 1e-9), (sol.choice, best)
+        lagr = solve_allocation(rate, cost, budget, dp=False)
+        assert sol.cost <= lagr.cost
