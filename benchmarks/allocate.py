@@ -211,6 +211,13 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     single_rows = sorted((r for r in rows if r["kind"] == "single"),
                          key=lambda r: r["bits_per_element"])
+    # the best single setting at a rate: only singles that no other single beats at a lower
+    # or equal rate (a family such as uniform_groups is not monotone in its table order)
+    dominated = [r["key"] for r in single_rows if any(
+        o is not r and o["bits_per_element"] <= r["bits_per_element"]
+        and o["kl_nats_per_token"] < r["kl_nats_per_token"] for o in single_rows)]
+    single_rows = [r for r in single_rows if r["key"] not in dominated]
+    np.savez(out / "per_token_kl.npz", **{f"{r['kind']}_{r['key']}": r["_kl"] for r in rows})
     comparisons = []
     for r in (r for r in rows if r["kind"] == "plan"):
         x = r["bits_per_element"]
@@ -252,6 +259,7 @@ def main(argv=None) -> int:
                    plan["predicted"]["kl_nats_per_token_estimate"]} for b, plan, _ in plans],
         "rows": [{k: v for k, v in r.items() if k != "_kl"} for r in rows],
         "comparisons": comparisons,
+        "dominated_singles": [fam.labels[k] for k in dominated],
         "additivity": additivity,
         "cpu_threads": torch.get_num_threads(),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
