@@ -54,6 +54,20 @@ PERTURB_VERSION = 2
 _SCHEMA = "kvinfo.sensitivity"
 
 
+def check_measured_geometry(measured: dict, geometry: dict, where: str = "the dump") -> None:
+    """Refuse (:class:`AllocationError`) ``geometry`` unless it is the ``measured`` one
+    (layers, KV heads, head_dim); shared by every sensitivity file kind."""
+    keys = ("num_layers", "num_kv_heads", "head_dim")
+    if any(int(geometry[k]) != int(measured[k]) for k in keys):
+        g, h = measured, geometry
+        raise AllocationError(
+            f"the sensitivity was measured for {g['num_layers']} layers x "
+            f"{g['num_kv_heads']} KV heads x head_dim {g['head_dim']}; {where} has "
+            f"{h['num_layers']} x {h['num_kv_heads']} x {h['head_dim']}"
+        )
+
+
+
 @dataclass
 class PerturbSensitivity:
     """Measured KL per (layer, kind) group and family setting.
@@ -97,14 +111,7 @@ class PerturbSensitivity:
 
     def check_geometry(self, geometry: dict, where: str = "the dump") -> None:
         """Refuse (:class:`AllocationError`) a geometry other than the one measured."""
-        keys = ("num_layers", "num_kv_heads", "head_dim")
-        if any(int(geometry[k]) != int(self.geometry[k]) for k in keys):
-            g, h = self.geometry, geometry
-            raise AllocationError(
-                f"the sensitivity was measured for {g['num_layers']} layers x "
-                f"{g['num_kv_heads']} KV heads x head_dim {g['head_dim']}; {where} has "
-                f"{h['num_layers']} x {h['num_kv_heads']} x {h['head_dim']}"
-            )
+        check_measured_geometry(self.geometry, geometry, where)
 
     def check_family(self, family: Family) -> None:
         """Refuse a family whose settings table differs from the one measured."""

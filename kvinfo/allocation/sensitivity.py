@@ -50,11 +50,12 @@ from .._paths import (
 from .._version import __version__
 from ..codecs.spec import KINDS
 from ..errors import AllocationError
-from .perturb import PERTURB_VERSION, perturb_from_json
+from .perturb import PERTURB_VERSION, check_measured_geometry, perturb_from_json
 
 __all__ = ["Sensitivity", "measure_sensitivity", "load_sensitivity", "SENSITIVITY_SCHEMA"]
 
 SENSITIVITY_SCHEMA = "kvinfo.sensitivity"
+
 
 
 @dataclass
@@ -90,14 +91,7 @@ class Sensitivity:
 
     def check_geometry(self, geometry: dict, where: str = "the dump") -> None:
         """Refuse (:class:`AllocationError`) a geometry other than the one measured."""
-        keys = ("num_layers", "num_kv_heads", "head_dim")
-        if any(int(geometry[k]) != int(self.geometry[k]) for k in keys):
-            g, h = self.geometry, geometry
-            raise AllocationError(
-                f"the sensitivity was measured for {g['num_layers']} layers x "
-                f"{g['num_kv_heads']} KV heads x head_dim {g['head_dim']}; {where} has "
-                f"{h['num_layers']} x {h['num_kv_heads']} x {h['head_dim']}"
-            )
+        check_measured_geometry(self.geometry, geometry, where)
 
     def to_json(self) -> dict:
         return {

@@ -96,3 +96,19 @@ def scale_options(args) -> dict:
     return {"inputs": inputs, "dumps": inputs, "workers": args.workers,
             "scheduler": args.scheduler, "skip_failed": bool(args.skip_failed),
             "multi": multi}
+
+
+def family_from_args(args):
+    """The codec family of ``--family`` with ``--family-config`` (JSON) as its base config."""
+    import json
+
+    from ..allocation import get_family
+    from ..errors import AllocationError
+
+    base = None
+    if args.family_config:
+        try:
+            base = json.loads(args.family_config)
+        except json.JSONDecodeError as exc:
+            raise AllocationError(f"--family-config is not valid JSON: {exc.msg}") from None
+    return get_family(args.family, base)

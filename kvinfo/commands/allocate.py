@@ -12,8 +12,6 @@ See docs/allocation.md. Written to a temporary name and renamed on success.
 
 from __future__ import annotations
 
-import json
-
 from ..cli import recorded_command
 
 __all__ = ["add_arguments", "run"]
@@ -63,13 +61,13 @@ def run(args) -> int:
     from ..allocation import (
         PerturbSensitivity,
         allocate,
-        get_family,
         load_rd_curves,
         load_sensitivity,
         measure_rd_curves,
         save_plan,
     )
     from ..errors import AllocationError
+    from ._common import family_from_args
 
     inputs = [args.dump, args.sensitivity, args.curves]
     out = check_output_file(args.output, "-o", inputs=inputs)
@@ -77,13 +75,7 @@ def run(args) -> int:
         check_output_file(args.heatmap, "--heatmap", inputs=inputs + [args.output])
         if Path(args.heatmap).suffix not in (".png", ".svg"):
             raise AllocationError(f"--heatmap {args.heatmap}: expected a .png or .svg name")
-    base = None
-    if args.family_config:
-        try:
-            base = json.loads(args.family_config)
-        except json.JSONDecodeError as exc:
-            raise AllocationError(f"--family-config is not valid JSON: {exc.msg}") from None
-    fam = get_family(args.family, base)
+    fam = family_from_args(args)
     sens = load_sensitivity(args.sensitivity)
     if isinstance(sens, PerturbSensitivity):
         sens.check_family(fam)

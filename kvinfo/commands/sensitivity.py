@@ -48,13 +48,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import json
 
     from .._paths import check_output_file
-    from ..allocation import get_family, measure_perturb_sensitivity, measure_sensitivity
+    from ..allocation import measure_perturb_sensitivity, measure_sensitivity
     from ..dumps import open_dump
     from ..dumps.capture import load_model
     from ..errors import AllocationError
+    from ._common import family_from_args
 
     out = check_output_file(args.output, "-o", inputs=[args.dump])
     if args.max_tokens < 4:
@@ -67,13 +67,7 @@ def run(args) -> int:
         raise AllocationError(f"--max-sequences must be at least 1; got {args.max_sequences}")
     fam = None
     if args.method == "perturb":
-        base = None
-        if args.family_config:
-            try:
-                base = json.loads(args.family_config)
-            except json.JSONDecodeError as exc:
-                raise AllocationError(f"--family-config is not valid JSON: {exc.msg}") from None
-        fam = get_family(args.family, base)
+        fam = family_from_args(args)
     with open_dump(args.dump) as d:
         ids = d.token_ids
         seqs = [ids[a:b][: args.max_tokens] for a, b in d.sequences()]
