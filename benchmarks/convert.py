@@ -19,6 +19,7 @@ shared, and only the ratio to the peer in the same run carries over between mach
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -86,25 +87,31 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dump", required=True, help="a real dump (the default capture)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--codecs", default="rans", help="comma-separated kvinfo codec ids")
+    p.add_argument("--codecs", default="rans",
+                   help="kvinfo codecs: comma-separated ids, or ';'-separated JSON configs "
+                        "(e.g. '{\"id\": \"rans\", \"store_below\": 0.005};rans')")
     args = p.parse_args(argv)
     from kvinfo.kernels import warmup
 
     warmup()
-    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    sep = ";" if "{" in args.codecs else ","
+    specs = [c.strip() for c in args.codecs.split(sep) if c.strip()]
+    cfgs = {c: json.loads(c) if c.startswith("{") else {"id": c} for c in specs}
+    codecs = list(cfgs)
     tmp = Path(tempfile.mkdtemp(prefix="kvinfo-convert-"))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"python {platform.python_version()}; dump {args.dump}")
     print(f"before: {_load()}")
     # one untimed conversion each (file cache, zarr imports, codec set-up)
     for cid in codecs:
-        run_kvinfo(args.dump, tmp / "warm.zarr", {"id": cid})
+        run_kvinfo(args.dump, tmp / "warm.zarr", cfgs[cid])
     run_peer(args.dump, tmp / "warm-peer.zarr")
     runs: dict[str, list] = {cid: [] for cid in codecs}
     runs["zarr default (zstd), peer"] = []
     for _ in range(args.repeats):  # interleaved, so load changes hit every codec alike
         for cid in codecs:
-            runs[cid].append(run_kvinfo(args.dump, tmp / f"{cid}.zarr", {"id": cid}))
+            runs[cid].append(run_kvinfo(args.dump, tmp / f"run{codecs.index(cid)}.zarr",
+                                        cfgs[cid]))
         runs["zarr default (zstd), peer"].append(run_peer(args.dump, tmp / "peer.zarr"))
     def median_run(vals):
         return sorted(vals, key=lambda r: r[0])[len(vals) // 2]

@@ -64,9 +64,9 @@ __all__ = [
 
 MAGIC = b"KVIC"
 #: the version :func:`pack` writes; :func:`unpack` reads this one and every older one
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: versions :func:`unpack` reads
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 _PREAMBLE = struct.Struct("<4sHHIQI")
 PREAMBLE_SIZE = _PREAMBLE.size  # 24 (version 1)
 TRAILER_SIZE = 4
@@ -75,22 +75,31 @@ _DTYPE_CODES = {"uint8": 1, "uint16": 2, "int32": 3}
 _CODE_DTYPES = {v: k for k, v in _DTYPE_CODES.items()}
 #: the largest alphabet (max - min + 1) any coder accepts
 MAX_ALPHABET = 1 << 16
-#: version 2 codec codes (byte 5 of a stream)
+#: codec codes of versions 2 and 3 (byte 5 of a stream)
 CODEC_CODES = {"rans": 1, "huffman": 2, "arith": 3, "constriction-ans": 4,
                "constriction-range": 5}
 _CODE_CODECS = {v: k for k, v in CODEC_CODES.items()}
-#: version 2 layout of each codec: (parameter names, section names), in stream order
+#: layout of each codec per format version (2 and 3): ``LAYOUTS[codec_id][version]`` is
+#: ``(parameter names, section names, required section count)``, in stream order; the
+#: sections past the required count are optional (written only when not empty)
 LAYOUTS: dict = {}
 _MAX_NDIM = 32
 _MAX_PARAMS = 64
 _MAX_SECTIONS = 16
 
 
-def register_layout(codec_id: str, params: tuple, sections: tuple) -> None:
-    """Declare the version-2 parameter and section order of ``codec_id`` (once, by its module)."""
+def register_layout(codec_id: str, params: tuple, sections: tuple, versions=(2, 3),
+                    optional: tuple = ()) -> None:
+    """Declare the parameter and section order of ``codec_id`` in format ``versions`` (once
+    per layout, by the codec's module). ``optional`` sections follow ``sections`` and are
+    written only when not empty (the stream's section count says which are present)."""
     if codec_id not in CODEC_CODES:
         raise CodecConfigError(f"no container codec code for {codec_id!r}")
-    LAYOUTS[codec_id] = (tuple(params), tuple(sections))
+    for v in versions:
+        if v not in READ_VERSIONS or v < 2:
+            raise CodecConfigError(f"no container layout can be declared for version {v}")
+        LAYOUTS.setdefault(codec_id, {})[v] = (
+            tuple(params), tuple(sections) + tuple(optional), len(sections))
 
 
 def _align8(n: int) -> int:
@@ -115,6 +124,8 @@ class Container:
     version: int = FORMAT_VERSION
     #: byte offset of each section from the start of the stream
     offsets: dict = field(default_factory=dict)
+    #: the raw-stored channels a codec's parser found (``rans`` version 3), else None
+    stored: object = None
 
     @property
     def num_symbols(self) -> int:
@@ -177,13 +188,19 @@ def pack(
     sections: list,
     symbols_crc: int,
 ) -> bytes:
-    """Assemble a version-2 stream; ``sections`` is a list of ``(name, bytes or array)``
-    (numpy arrays are written as their little-endian bytes).
+    """Assemble a stream of the newest version that has a layout for ``codec_id``;
+    ``sections`` is a list of ``(name, bytes or array)`` (numpy arrays are written as their
+    little-endian bytes).
 
-    ``params`` and ``sections`` must follow the codec's :data:`LAYOUTS` entry.
+    ``params`` and ``sections`` must follow the codec's :data:`LAYOUTS` entry; optional
+    sections may be left out (from the end) and are dropped when empty.
     """
-    names, pnames = LAYOUTS[codec_id][1], LAYOUTS[codec_id][0]
-    if tuple(n for n, _ in sections) != names or tuple(params) != pnames:
+    version = max(LAYOUTS[codec_id])
+    pnames, names, required = LAYOUTS[codec_id][version]
+    while len(sections) > required and not len(_byte_view(sections[-1][1])):
+        sections = sections[:-1]
+    if tuple(n for n, _ in sections) != names[: len(sections)] or len(sections) < required or (
+            tuple(params) != pnames):
         raise CodecConfigError(
             f"{codec_id}: sections {[n for n, _ in sections]} / params {list(params)} do not "
             f"follow the layout {names} / {pnames}"
@@ -191,7 +208,7 @@ def pack(
     if len(shape) > _MAX_NDIM:
         raise CodecConfigError(f"{codec_id}: at most {_MAX_NDIM} dimensions, found {len(shape)}")
     head = bytearray(MAGIC)
-    head += bytes([FORMAT_VERSION, CODEC_CODES[codec_id], _DTYPE_CODES[dtype], len(shape)])
+    head += bytes([version, CODEC_CODES[codec_id], _DTYPE_CODES[dtype], len(shape)])
     for s in shape:
         _put_varint(head, int(s))
     _put_varint(head, len(params))
@@ -221,7 +238,7 @@ def _corrupt(msg: str) -> CorruptStreamError:
 
 
 class _Reader:
-    """Bounded reads from the version-2 header (every read past the end is corruption)."""
+    """Bounded reads from the version-2/3 header (every read past the end is corruption)."""
 
     def __init__(self, buf, pos: int):
         self.buf, self.pos, self.n = buf, pos, len(buf)
@@ -255,7 +272,7 @@ class _Reader:
 
 
 def unpack(data, expected_codec_id: str | None = None) -> Container:
-    """Parse and validate the codec-independent parts of a stream (version 1 or 2).
+    """Parse and validate the codec-independent parts of a stream (version 1, 2 or 3).
 
     Raises
     ------
@@ -274,9 +291,9 @@ def unpack(data, expected_codec_id: str | None = None) -> Container:
         raise _corrupt(f"expected magic {MAGIC!r}, found {bytes(buf[:4])!r}")
     if buf[4] == 1:
         return _unpack_v1(buf, expected_codec_id)
-    if buf[4] != 2:
-        raise _corrupt(f"expected format version 1 or 2, found {buf[4]}")
-    return _unpack_v2(buf, expected_codec_id)
+    if buf[4] not in READ_VERSIONS:
+        raise _corrupt(f"expected format version 1, 2 or 3, found {buf[4]}")
+    return _unpack_v2(buf, expected_codec_id, buf[4])
 
 
 def reseal(data: bytes) -> bytes:
@@ -289,7 +306,7 @@ def reseal(data: bytes) -> bytes:
     data = bytearray(data)
     if len(data) < 8 or bytes(data[:4]) != MAGIC:
         return bytes(data)
-    if data[4] == 1:
+    if data[4] == 1:  # versions 2 and 3 share the header structure
         if len(data) >= PREAMBLE_SIZE + TRAILER_SIZE:
             struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]) & 0xFFFFFFFF)
         return bytes(data)
@@ -316,13 +333,16 @@ def reseal(data: bytes) -> bytes:
     return bytes(data)
 
 
-def _unpack_v2(buf, expected_codec_id):
+def _unpack_v2(buf, expected_codec_id, version: int = 2):
+    """Versions 2 and 3 (one header structure; the codec's layout depends on the version)."""
     n = len(buf)
     r = _Reader(buf, 5)
     code = r.byte()
     codec_id = _CODE_CODECS.get(code)
     if codec_id is None or codec_id not in LAYOUTS:
         raise _corrupt(f"unknown codec code {code}")
+    if version not in LAYOUTS[codec_id]:
+        raise _corrupt(f"codec {codec_id!r} has no format version {version} layout")
     if expected_codec_id is not None and codec_id != expected_codec_id:
         raise _corrupt(f"expected a {expected_codec_id!r} stream, found codec {codec_id!r}")
     dtype = _CODE_DTYPES.get(r.byte())
@@ -339,15 +359,17 @@ def _unpack_v2(buf, expected_codec_id):
         count *= s
     if count >= 2**48:
         raise _corrupt(f"shape {shape} has too many elements")
-    pnames, snames = LAYOUTS[codec_id]
+    pnames, snames, required = LAYOUTS[codec_id][version]
     if r.varint("param count") != len(pnames):
         raise _corrupt(f"{codec_id} expects {len(pnames)} params")
     params = {}
     for k in pnames:
         z = r.varint(k)
         params[k] = (z >> 1) if not z & 1 else -((z + 1) >> 1)
-    if r.varint("section count") != len(snames):
-        raise _corrupt(f"{codec_id} expects {len(snames)} sections")
+    nsec = r.varint("section count")
+    if not required <= nsec <= len(snames):
+        raise _corrupt(f"{codec_id} expects {required} to {len(snames)} sections, found {nsec}")
+    snames = snames[:nsec]
     lens, crcs = [], []
     for _ in snames:
         lens.append(r.varint("section length"))
@@ -373,7 +395,7 @@ def _unpack_v2(buf, expected_codec_id):
         sections[name] = mv
         pos += ln
     return Container(codec={"id": codec_id}, shape=shape, dtype=dtype, params=params,
-                     sections=sections, symbols_crc32=sym_crc, total_len=n, version=2,
+                     sections=sections, symbols_crc32=sym_crc, total_len=n, version=version,
                      offsets=offsets)
 
 
@@ -384,7 +406,7 @@ def _unpack_v1(buf, expected_codec_id):
         raise _corrupt(f"expected at least {PREAMBLE_SIZE + TRAILER_SIZE} bytes, found {n}")
     magic, version, flags, meta_len, total_len, sym_crc = _PREAMBLE.unpack_from(buf, 0)
     if version != 1:
-        raise _corrupt(f"expected format version 1 or 2, found {version}")
+        raise _corrupt(f"expected format version 1, 2 or 3, found {version}")
     if flags != 0:
         raise _corrupt(f"expected flags 0, found {flags}")
     if total_len != n:
@@ -607,9 +629,7 @@ class ContainerCoder(Codec):
 
     def rate(self, data) -> RateBreakdown:
         c = unpack(data, self.codec_id)
-        r = RateBreakdown.from_bits(
-            8 * c.total_len, 8 * len(c.sections.get("payload", b"")), c.num_symbols
-        )
+        r = RateBreakdown.from_bits(8 * c.total_len, 8 * self._symbol_bytes(c), c.num_symbols)
         model = c.sections.get("tables", c.sections.get("lengths", b""))
         r["model_bits"] = 8 * len(model)
         p = c.params
@@ -618,3 +638,8 @@ class ContainerCoder(Codec):
         elif "num_channel_contexts" in p:
             r["num_tables"] = int(p["num_channel_contexts"]) << int(p.get("prev_bits", 0))
         return r
+
+    @staticmethod
+    def _symbol_bytes(c: Container) -> int:
+        """Bytes of ``c`` that carry the symbols themselves (the rest is side information)."""
+        return len(c.sections.get("payload", b""))

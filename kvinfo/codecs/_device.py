@@ -40,7 +40,15 @@ def check_coded(container: C.Container, shape, max_symbol) -> None:
             f"{tuple(shape)}"
         )
     p = container.params
-    if max_symbol is not None and container.num_symbols:
+    st = getattr(container, "stored", None)
+    if max_symbol is not None and st is not None and st.symbols.size:
+        lo, hi = int(st.symbols.min()), int(st.symbols.max())
+        if lo < 0 or hi > max_symbol:
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: stored symbols span [{lo}, {hi}], expected within "
+                f"[0, {max_symbol}]"
+            )
+    if max_symbol is not None and container.num_symbols and p["alphabet_size"]:
         lo, hi = p["min_symbol"], p["min_symbol"] + p["alphabet_size"] - 1
         if lo < 0 or hi > max_symbol:
             raise CorruptStreamError(

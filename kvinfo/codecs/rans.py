@@ -69,6 +69,8 @@ J. Johnson, "DietGPU: GPU-based lossless compression", github.com/facebookresear
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..errors import CodecConfigError, CorruptStreamError
@@ -112,7 +114,15 @@ _PARAM_SPEC = {
     "alphabet_size": (0, C.MAX_ALPHABET),
     "num_chunks": (0, 1 << 40),
 }
-C.register_layout("rans", tuple(_PARAM_SPEC), ("tables", "index", "payload"))
+C.register_layout("rans", tuple(_PARAM_SPEC), ("tables", "index", "payload"), versions=(2,))
+#: format version 3 parameters: version 2's plus the number of raw-stored channels
+_PARAM_SPEC_V3 = {**_PARAM_SPEC, "stored_channels": (0, 1 << 16)}
+C.register_layout("rans", tuple(_PARAM_SPEC_V3), ("tables", "index", "payload"), versions=(3,),
+                  optional=("stored",))
+
+#: default of ``store_below``: a channel is stored raw when coding it would save less than
+#: this fraction of its raw size (0.1 %, the coder's rate allowance)
+STORE_BELOW = 1e-3
 
 #: compressed bytes per chunk that the automatic layout aims at (32 lanes: ~0.02 % cost)
 AUTO_CHUNK_BYTES = 1 << 19
@@ -163,17 +173,33 @@ def _validate_int(name, value, lo, hi, codec_id):
         )
 
 
-def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool):
-    """Shared front end of the static coders: flat symbols, offset, tables and counts."""
+def per_channel_counts_fit(period: int, span: int) -> bool:
+    """Whether a per-channel histogram of ``period`` channels of ``span`` symbols is small
+    enough to take (at most 2**16 channels and 2**22 cells)."""
+    return period <= 1 << 16 and period * span <= 1 << 22
+
+
+def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool,
+                  histogram=None):
+    """Shared front end of the static coders: flat symbols, offset, tables and counts.
+
+    ``histogram`` is an optional ``(per-channel counts, min_symbol, alphabet_size)`` of
+    ``array`` already taken (so the symbols are not counted twice).
+    """
     a = C.as_symbol_array(array, codec_id)
     flat = a.reshape(-1)
     period = C.channel_period(a.shape)
     if flat.size == 0:
         return a, flat, period, 0, 0, None, None
-    lo, span = C.symbol_range(flat, codec_id)
+    if histogram is None:
+        lo, span = C.symbol_range(flat, codec_id)
+        known = None
+    else:
+        known, lo, span = histogram
     if per_channel == "auto":
-        if period > 1 and period <= 1 << 16 and period * span <= 1 << 22:
-            per = cpu.histogram(flat, lo, span, period, per_channel=True)
+        if period > 1 and per_channel_counts_fit(period, span):
+            per = known if known is not None else cpu.histogram(flat, lo, span, period,
+                                                                 per_channel=True)
             pooled = per.sum(axis=0, keepdims=True)
             # cheap screen first: the empirical gain of per-channel tables must beat a
             # generous table cost (12 bits per used entry) before both are quantized
@@ -189,8 +215,96 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool):
             return a, flat, period, lo, span, t1, pooled
         per_channel = False
     per = per_channel and period > 1
-    counts = cpu.histogram(flat, lo, span, period, per_channel=per)
+    if known is not None:
+        counts = known if per else known.sum(axis=0, keepdims=True)
+    else:
+        counts = cpu.histogram(flat, lo, span, period, per_channel=per)
     return a, flat, period, lo, span, _tables(counts, precision_bits, lo), counts
+
+
+def store_mask(counts: np.ndarray, symbol_bits: int, store_below: float,
+               precision_bits: int = 12) -> np.ndarray:
+    """Which channels to store raw: those whose coded size would be at least
+    ``(1 - store_below)`` of their raw size (``symbol_bits`` per symbol).
+
+    ``counts`` is the per-channel histogram ``(channels, alphabet)``. The coded size of a
+    channel is its ideal code length under its own quantized table (``precision_bits``, as
+    the coder would build it) plus the table's bytes; a channel whose empirical entropy
+    plus a generous table cost (16 bits per used symbol) stays below the threshold is not
+    examined further. A stored channel then costs at most ``store_below`` of its raw size
+    more than coding it would, and no time is spent coding it; a channel whose table
+    costs more than coding saves (small inputs of wide alphabets) is stored too.
+
+    >>> c = np.array([[1000, 1000], [1990, 10]])  # a fair coin and a skewed one
+    >>> store_mask(c, 1, 1e-3).tolist()
+    [True, False]
+    """
+    counts = np.asarray(counts)
+    mask = np.zeros(counts.shape[0], bool)
+    if store_below <= 0:
+        return mask
+    rows = counts.sum(axis=1)
+    for ch in range(counts.shape[0]):
+        raw = symbol_bits * int(rows[ch])
+        if not raw:
+            continue
+        row = counts[ch : ch + 1]
+        used = int((row > 0).sum())
+        if entropy_bits(row) + 16 * used < (1.0 - store_below) * raw:
+            continue
+        t = _tables(row, precision_bits, 0)
+        coded = t.cross_entropy_bits(row) + 8 * len(t.to_bytes(packed=True))
+        mask[ch] = coded >= (1.0 - store_below) * raw
+    return mask
+
+
+def _split_channels(flat: np.ndarray, mask: np.ndarray, stored_out: np.ndarray) -> np.ndarray:
+    """Rows of ``flat`` (``len(mask)`` channels each): the stored channels (``mask``) go to
+    ``stored_out`` (flat, row by row), the others come back as a flat array."""
+    period = mask.shape[0]
+    grid = flat.reshape(-1, period)
+    rows, k = grid.shape[0], int(mask.sum())
+    coded = np.empty((rows, period - k), flat.dtype)
+    raw = stored_out.reshape(rows, k)
+    if period <= 256:  # one strided copy per channel beats a gather on narrow rows
+        ci = si = 0
+        for ch in range(period):
+            if mask[ch]:
+                raw[:, si] = grid[:, ch]
+                si += 1
+            else:
+                coded[:, ci] = grid[:, ch]
+                ci += 1
+    else:
+        raw[:] = grid[:, mask]
+        coded[:] = grid[:, ~mask]
+    return coded.reshape(-1)
+
+
+def _merge_channels(coded: np.ndarray, stored: np.ndarray, mask: np.ndarray,
+                    out: np.ndarray) -> None:
+    """The inverse of :func:`_split_channels`, into the flat array ``out``."""
+    period = mask.shape[0]
+    grid = out.reshape(-1, period)
+    rows, k = grid.shape[0], int(mask.sum())
+    cod = coded.reshape(rows, period - k)
+    if period <= 256:
+        ci = si = 0
+        for ch in range(period):
+            if mask[ch]:
+                grid[:, ch] = stored[:, si]
+                si += 1
+            else:
+                grid[:, ch] = cod[:, ci]
+                ci += 1
+    else:
+        grid[:, mask] = stored
+        grid[:, ~mask] = cod
+
+
+def _bitmap(mask: np.ndarray) -> bytes:
+    """Little-endian bit order: channel ``c`` is bit ``c % 8`` of byte ``c // 8``."""
+    return np.packbits(mask.astype(np.uint8), bitorder="little").tobytes()
 
 
 def _tables(counts, precision_bits: int, lo: int) -> PerChannelTables:
@@ -238,7 +352,7 @@ class RansCodec(C.ContainerCoder):
     codec_id = "rans"
 
     def __init__(self, precision_bits: int = 12, chunk_size: int | None = None,
-                 per_channel: bool | str = "auto"):
+                 per_channel: bool | str = "auto", store_below: float = STORE_BELOW):
         _validate_int("precision_bits", precision_bits, 1, 16, self.codec_id)
         if chunk_size is not None:
             _validate_int("chunk_size", chunk_size, 32, 1 << 30, self.codec_id)
@@ -250,9 +364,15 @@ class RansCodec(C.ContainerCoder):
             raise CodecConfigError(
                 f"rans: per_channel must be true, false or 'auto', found {per_channel!r}"
             )
+        if (isinstance(store_below, bool) or not isinstance(store_below, int | float)
+                or not 0.0 <= store_below < 1.0):
+            raise CodecConfigError(
+                f"rans: store_below must be a number in [0, 1), found {store_below!r}"
+            )
         self.precision_bits = precision_bits
         self.chunk_size = chunk_size
         self.per_channel = per_channel
+        self.store_below = float(store_below)
 
     def get_config(self) -> dict:
         return {
@@ -260,13 +380,17 @@ class RansCodec(C.ContainerCoder):
             "precision_bits": self.precision_bits,
             "chunk_size": self.chunk_size,
             "per_channel": self.per_channel,
+            "store_below": self.store_below,
         }
 
     # -- encode ------------------------------------------------------------------------
     def encode(self, array: np.ndarray) -> bytes:
-        a, flat, period, lo, span, tables, counts = encode_tables(
-            self.codec_id, array, self.precision_bits, self.per_channel
+        whole = C.as_symbol_array(array, self.codec_id)
+        target, mask, raw, hist = self._split_stored(whole)
+        a, flat, coded_period, lo, span, tables, counts = encode_tables(
+            self.codec_id, target, self.precision_bits, self.per_channel, histogram=hist
         )
+        period = C.channel_period(whole.shape)
         n = flat.size
         if tables is not None and tables.num_tables == 1 and n >= AUTO_PRECISION_MIN_SYMBOLS:
             tables = refine_precision(tables, counts)
@@ -283,7 +407,7 @@ class RansCodec(C.ContainerCoder):
                 chunk, lanes = self.chunk_size, cpu.RANS_LANES
             nchunks = -(-n // chunk)
             words, num_words, states = cpu.rans_encode(
-                flat, lo, tables.frequencies, prec, chunk, period, counts=counts,
+                flat, lo, tables.frequencies, prec, chunk, coded_period, counts=counts,
                 num_lanes=lanes,
             )
             index = states.astype("<u4").tobytes() + _varints(num_words)
@@ -297,15 +421,65 @@ class RansCodec(C.ContainerCoder):
             "min_symbol": lo,
             "alphabet_size": span,
             "num_chunks": nchunks,
+            "stored_channels": 0 if mask is None else int(mask.sum()),
         }
+        stored = b"" if mask is None else raw  # the section, built by _split_stored
         return C.pack(
             self.codec_id,
-            a.shape,
-            a.dtype.name,
+            whole.shape,
+            whole.dtype.name,
             params,
-            [("tables", tbytes), ("index", index), ("payload", words)],
-            C.symbols_crc32(a),
+            [("tables", tbytes), ("index", index), ("payload", words), ("stored", stored)],
+            C.symbols_crc32(whole),
         )
+
+    def _split_stored(self, a: np.ndarray):
+        """``(array to code, stored mask or None, stored section, histogram or None)``.
+
+        The stored section holds the channel bitmap, then the stored symbols (the
+        little-endian).
+
+        The per-channel histogram taken for the choice is handed on to the table builder
+        (restricted to the coded channels and their symbol range), so the symbols are
+        counted once.
+        """
+        flat = a.reshape(-1)
+        period = C.channel_period(a.shape)
+        if not flat.size:
+            return a, None, None, None
+        lo, span = C.symbol_range(flat, self.codec_id)
+        if not per_channel_counts_fit(period, span) or (
+                self.store_below <= 0 and (self.per_channel != "auto" or period == 1)):
+            return a, None, None, None
+        per = cpu.histogram(flat, lo, span, period, per_channel=True)
+        mask = store_mask(per, 8 * a.dtype.itemsize, self.store_below, self.precision_bits)
+        if not mask.any():
+            return a, None, None, (per, lo, span)
+        rows = flat.size // period
+        k = int(mask.sum())
+        # the stored section (bitmap, then the stored symbols) is written in place
+        nmap = -(-period // 8)
+        section = np.empty(nmap + rows * k * a.dtype.itemsize, np.uint8)
+        section[:nmap] = np.frombuffer(_bitmap(mask), np.uint8)
+        raw = section[nmap:].view(a.dtype)
+        coded = _split_channels(flat, mask, raw)
+        if sys.byteorder == "big":  # the stream is little-endian
+            raw.byteswap(inplace=True)
+        coded = coded.reshape(rows, period - k)
+        if not coded.size:
+            return coded, mask, section, None
+        cper = per[~mask]
+        used = np.flatnonzero(cper.sum(axis=0))
+        first, last = int(used[0]), int(used[-1])
+        return coded, mask, section, (cper[:, first:last + 1], lo + first, last - first + 1)
+
+    @staticmethod
+    def _symbol_bytes(c) -> int:
+        """The payload and the raw-stored symbols (not their channel bitmap)."""
+        n = len(c.sections["payload"]) if "payload" in c.sections else 0
+        if "stored" in c.sections:
+            n += max(0, len(c.sections["stored"]) - (-(-int(c.params.get("period", 1)) // 8)))
+        return n
 
     # -- decode ------------------------------------------------------------------------
     def parse(self, data, max_output_bytes: int | None = None):
@@ -321,22 +495,26 @@ class RansCodec(C.ContainerCoder):
         c = C.unpack(data, self.codec_id)
         if c.version == 1:
             return self._parse_v1(c, max_output_bytes)
-        p = C.require_params(c.params, _PARAM_SPEC)
+        p = C.require_params(c.params, _PARAM_SPEC if c.version == 2 else _PARAM_SPEC_V3)
         self._check_claim(c, p, max_output_bytes)
-        n = c.num_symbols
+        self._check_period(c, p)
+        c.stored = self._stored(c, p)
+        # the coded part: every channel but the stored ones
+        coded_period = p["period"] - (0 if c.stored is None else c.stored.num_channels)
+        n = c.num_symbols // p["period"] * coded_period
         k_lanes = p["num_lanes"]
         C.check_chunks(p, n)
         if p["chunk_size"] % k_lanes:
             raise CorruptStreamError(
                 "corrupt kvinfo stream: rans chunk_size not a multiple of num_lanes"
             )
-        self._check_period(c, p)
         idx_dtype = _index_dtype(k_lanes)
         if n == 0:
-            if p["num_tables"] or p["alphabet_size"] or any(len(v) for v in c.sections.values()):
+            if p["num_tables"] or p["alphabet_size"] or any(
+                    len(c.sections[k]) for k in ("tables", "index", "payload")):
                 raise CorruptStreamError("corrupt kvinfo stream: empty array with non-empty data")
             return c, None, np.zeros(0, idx_dtype), np.empty(0, np.uint16)
-        tables = self._tables(c, p)
+        tables = self._tables(c, p, coded_period)
         nchunks = p["num_chunks"]
         raw = bytes(c.sections["index"])
         nstate = 4 * k_lanes * nchunks
@@ -359,6 +537,38 @@ class RansCodec(C.ContainerCoder):
         return c, tables, index, words
 
     @staticmethod
+    def _stored(c, p):
+        """The raw-stored channels of a version-3 stream (None when there are none)."""
+        k = p.get("stored_channels", 0)
+        if not k:
+            if "stored" in c.sections:
+                raise CorruptStreamError(
+                    "corrupt kvinfo stream: rans stored section without stored channels")
+            return None
+        period, n = p["period"], c.num_symbols
+        if k > period or n == 0 or "stored" not in c.sections:
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: {k} stored channels of {period} for {n} symbols"
+            )
+        raw = c.sections["stored"]
+        nmap = -(-period // 8)
+        rows = n // period
+        itemsize = np.dtype(c.dtype).itemsize
+        if len(raw) != nmap + rows * k * itemsize:
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: rans stored section holds {len(raw)} bytes, expected "
+                f"{nmap + rows * k * itemsize} ({k} channels of {rows} {c.dtype} symbols)"
+            )
+        bits = np.unpackbits(np.frombuffer(raw, np.uint8, nmap), bitorder="little")
+        if bits[period:].any() or int(bits[:period].sum()) != k:
+            raise CorruptStreamError(
+                f"corrupt kvinfo stream: rans stored-channel map does not mark {k} of "
+                f"{period} channels"
+            )
+        symbols = np.frombuffer(raw, np.dtype(c.dtype).newbyteorder("<"), rows * k, nmap)
+        return StoredChannels(bits[:period].astype(bool), symbols.reshape(rows, k))
+
+    @staticmethod
     def _check_claim(c, p, max_output_bytes):
         C.check_output_bytes(c.num_symbols * np.dtype(c.dtype).itemsize, max_output_bytes)
         # the tables' working memory: bounded by the stream's own size, not the limit
@@ -374,12 +584,14 @@ class RansCodec(C.ContainerCoder):
             raise CorruptStreamError(
                 f"corrupt kvinfo stream: period {p['period']} does not match shape {c.shape}"
             )
-        if set(c.sections) != {"tables", "index", "payload"}:
+        if not {"tables", "index", "payload"} <= set(c.sections) <= {
+                "tables", "index", "payload", "stored"}:
             raise CorruptStreamError(f"corrupt kvinfo stream: rans sections {sorted(c.sections)}")
 
     @staticmethod
-    def _tables(c, p):
-        if p["alphabet_size"] < 1 or p["num_tables"] not in (1, p["period"]):
+    def _tables(c, p, coded_period=None):
+        coded_period = p["period"] if coded_period is None else coded_period
+        if p["alphabet_size"] < 1 or p["num_tables"] not in (1, coded_period):
             raise CorruptStreamError(
                 f"corrupt kvinfo stream: alphabet_size {p['alphabet_size']} / num_tables "
                 f"{p['num_tables']} inconsistent with period {p['period']}"
@@ -450,13 +662,26 @@ class RansCodec(C.ContainerCoder):
         c, tables, index, words = self.parse(data)
         _device.check_coded(c, shape, max_symbol)
         p = c.params
-        return gpu.prepare_rans(
-            words, index["num_words"], index["states"],
-            None if tables is None else tables.frequencies, precision_bits=p["precision_bits"],
-            chunk_size=p["chunk_size"], min_symbol=p["min_symbol"], period=p["period"],
-            shape=c.shape, dtype=c.dtype, dequant=dequant,
-            verify=_device.crc_check(c) if dequant is None else None,
+        verify = _device.crc_check(c) if dequant is None else None
+        st = getattr(c, "stored", None)
+        if st is None:
+            return gpu.prepare_rans(
+                words, index["num_words"], index["states"],
+                None if tables is None else tables.frequencies,
+                precision_bits=p["precision_bits"], chunk_size=p["chunk_size"],
+                min_symbol=p["min_symbol"], period=p["period"], shape=c.shape, dtype=c.dtype,
+                dequant=dequant, verify=verify,
+            )
+        # the coded channels decode as their own (rows, coded channels) array, then one
+        # kernel interleaves them with the stored channels (and dequantizes)
+        rows, cp = st.symbols.shape[0], p["period"] - st.num_channels
+        coded = None if tables is None else gpu.prepare_rans(
+            words, index["num_words"], index["states"], tables.frequencies,
+            precision_bits=p["precision_bits"], chunk_size=p["chunk_size"],
+            min_symbol=p["min_symbol"], period=cp, shape=(rows, cp), dtype=c.dtype,
         )
+        return gpu.prepare_stored(coded, st.mask, st.symbols, shape=c.shape, dtype=c.dtype,
+                                  dequant=dequant, verify=verify)
 
     def decode(self, data, device: str = "cpu", max_output_bytes: int | None = None
                ) -> np.ndarray:
@@ -469,17 +694,43 @@ class RansCodec(C.ContainerCoder):
         work = 0 if tables is None else 8 * tables.num_tables * (
             2 * tables.alphabet_size + (1 << tables.precision_bits))
         out = C.allocate_output(c, max_output_bytes, work)
-        if c.num_symbols:
+        st = getattr(c, "stored", None)
+        coded, period = out, p["period"]
+        if st is not None:
+            period -= st.num_channels
+            coded = np.empty(st.symbols.shape[0] * period, out.dtype)
+        if coded.size:
             status = cpu.rans_decode(
                 words if words.dtype.isnative else words.astype(np.uint16),
                 np.ascontiguousarray(index["num_words"], dtype=np.uint32),
                 np.ascontiguousarray(index["states"], dtype=np.uint32), tables.frequencies,
-                p["precision_bits"], p["chunk_size"], p["min_symbol"], p["period"], out,
+                p["precision_bits"], p["chunk_size"], p["min_symbol"], period, coded,
             )
             C.raise_status(status, "rans")
+        if st is not None:
+            _merge_channels(coded, st.symbols, st.mask, out)
         out = out.reshape(c.shape)
         C.check_symbols(c, out)
         return out
+
+
+class StoredChannels:
+    """The raw-stored channels of a version-3 ``rans`` stream: ``mask`` (bool, one per
+    channel) and ``symbols`` (``(rows, stored channels)``, a read-only view of the
+    stream)."""
+
+    def __init__(self, mask: np.ndarray, symbols: np.ndarray):
+        self.mask = mask
+        self.symbols = symbols
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.symbols.shape[1])
+
+    @property
+    def map_bytes(self) -> int:
+        """Bytes of the channel bitmap at the start of the section."""
+        return -(-self.mask.shape[0] // 8)
 
 
 def _varints(values) -> bytes:

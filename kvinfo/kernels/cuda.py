@@ -64,6 +64,7 @@ __all__ = [
     "rans_kernel",
     "huffman_kernel",
     "fill_kernel",
+    "merge_kernel",
     "f64_to_f16_bits",
     "f64_to_bf16_bits",
 ]
@@ -574,6 +575,44 @@ def fill_kernel(mode: int):
             store(out, j, _deq_value(value, zero, step, sidx))
         else:
             out[j] = value
+
+    _KERNELS[key] = kernel
+    return kernel
+
+
+def merge_kernel(mode: int):
+    """Interleave a decoded array of coded channels with raw-stored channels.
+
+    ``out[j]`` for ``j = row * period + ch`` is ``coded[row * coded_period + colmap[ch]]``
+    when ``colmap[ch] >= 0``, else ``stored[row * stored_period + (-colmap[ch] - 1)]``; the
+    fused path dequantizes that symbol with its group's side information (as
+    :func:`fill_kernel` does).
+    """
+    key = ("merge", int(mode))
+    if key in _KERNELS:
+        return _KERNELS[key]
+    DEQ = mode != MODE_SYMBOLS
+    store = _make_store(mode)
+
+    @cuda.jit
+    def kernel(coded, stored, colmap, period, coded_period, stored_period, n, out, zero,
+               step, colterm, dq):
+        j = np.int64(cuda.blockIdx.x) * np.int64(cuda.blockDim.x) + np.int64(cuda.threadIdx.x)
+        if j >= n:
+            return
+        row = j // period
+        m = colmap[j - row * period]
+        if m >= 0:
+            q = coded[row * coded_period + m]
+        else:
+            q = stored[row * stored_period - m - 1]
+        if DEQ:
+            di = j % dq[0]
+            r2 = j // dq[0]
+            sidx = _rowterm(r2 // dq[1], r2 % dq[1], dq) + colterm[di]
+            store(out, j, _deq_value(q, zero, step, sidx))
+        else:
+            out[j] = q
 
     _KERNELS[key] = kernel
     return kernel

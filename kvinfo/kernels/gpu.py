@@ -60,6 +60,7 @@ __all__ = [
     "require_cuda",
     "Dequant",
     "prepare_rans",
+    "prepare_stored",
     "prepare_huffman",
     "PreparedStream",
     "rans_device_tables",
@@ -135,7 +136,8 @@ class PreparedStream:
     Attributes: ``shape``, ``dtype`` (numpy dtype of the returned array; bfloat16 is
     returned as uint16 bit patterns and ``result_dtype`` says "bfloat16"),
     ``num_elements``, ``compressed_bytes`` (the payload bytes the kernels read) and
-    ``kind`` ("rans", "huffman" or "fill").
+    ``kind`` ("rans", "rans-stored" for a stream with raw-stored channels, "huffman" or
+    "fill").
     """
 
     def __init__(self, kernels, kind, shape, out_dtype, result_dtype, launch, verify=None):
@@ -150,6 +152,8 @@ class PreparedStream:
         self._launch = launch  # (kernel, grid, block, args-before-out, args-after-out, status)
         self._verify = verify  # verify(host_symbols): the codec's CRC check
         self.compressed_bytes = 0
+        #: a stream decoded first, its device array the kernel's first argument
+        self._stage = None
 
     def empty(self):
         """A fresh (uninitialised) flat device array of ``num_elements`` of ``dtype``."""
@@ -185,6 +189,9 @@ class PreparedStream:
         if self.num_elements and self._launch is not None:
             kernel, grid, block, pre, post, status = self._launch
             target = flat if flat.dtype == self._kernel_dtype else flat.view(self._kernel_dtype)
+            if self._stage is not None:
+                pre = (self._stage.decode(check=check).reshape(self._stage.num_elements),
+                       *pre)
             kernel[grid, block](*pre, target, *post)
             if check and status is not None:
                 st = status.copy_to_host()
@@ -347,6 +354,56 @@ def prepare_rans(words, num_words, states, frequencies, *, precision_bits: int,
            np.int64(period), np.int64(num_tables), status)
     prep._launch = (kernel, _grid(nchunks, W), 32 * W, pre, (zero, step, colterm, dqp), status)
     prep.compressed_bytes = 2 * int(words.shape[0])
+    return prep
+
+
+def prepare_stored(coded: PreparedStream | None, stored_mask, stored, *, shape, dtype,
+                   dequant: Dequant | None = None, verify=None) -> PreparedStream:
+    """A stream some of whose channels are stored raw (``rans`` format version 3).
+
+    Parameters
+    ----------
+    coded : PreparedStream or None
+        The coded channels as their own ``(rows, coded channels)`` array of symbols (made
+        by :func:`prepare_rans` without ``dequant``); None when every channel is stored.
+    stored_mask : bool array (period,)
+        Which channels (the last axis of ``shape``) are stored.
+    stored : array (rows, stored channels)
+        The stored symbols, of ``dtype``.
+    shape, dtype, dequant, verify
+        As for :func:`prepare_rans`; ``dequant`` applies to every channel.
+
+    :meth:`PreparedStream.decode` decodes ``coded`` into a scratch array, then one kernel
+    writes every output element from it or from ``stored`` (dequantized on the fused path).
+    """
+    K = require_cuda()
+    cuda = K.cuda
+    mode, out_dtype, result_dtype = _output(shape, dtype, dequant)
+    prep = PreparedStream(K, "rans-stored", shape, out_dtype, result_dtype, None, verify)
+    if prep.num_elements == 0:
+        return prep
+    mask = np.asarray(stored_mask, bool)
+    period = mask.shape[0]
+    st = np.ascontiguousarray(stored, dtype=np.dtype(dtype))
+    k = int(mask.sum())
+    if st.ndim != 2 or st.shape[1] != k or st.shape[0] * period != prep.num_elements or (
+            (coded is None) != (k == period)) or (
+            coded is not None and coded.num_elements != st.shape[0] * (period - k)):
+        raise CodecConfigError(
+            f"stored channels: {k} of {period} channels, stored array {st.shape}, coded "
+            f"{None if coded is None else coded.num_elements} elements, do not make {shape}"
+        )
+    colmap = np.where(mask, -np.cumsum(mask), np.cumsum(~mask) - 1).astype(np.int64)
+    zero, step, colterm, dqp = _dq_inputs(cuda, dequant)
+    tpb = K.CONFIG.fill_threads_per_block
+    pre = ((cuda.to_device(st.reshape(-1)), cuda.to_device(colmap), np.int64(period),
+            np.int64(period - k), np.int64(max(k, 1)), np.int64(prep.num_elements)))
+    if coded is None:
+        pre = (cuda.to_device(np.zeros(1, st.dtype)), *pre)
+    prep._stage = coded
+    prep._launch = (K.merge_kernel(mode), _grid(prep.num_elements, tpb), tpb, pre,
+                    (zero, step, colterm, dqp), None)
+    prep.compressed_bytes = (0 if coded is None else coded.compressed_bytes) + st.nbytes
     return prep
 
 

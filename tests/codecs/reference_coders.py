@@ -46,11 +46,20 @@ V2_LAYOUTS = {
 }
 
 
+#: version 3: as version 2, but rans has the parameter stored_channels and an optional
+#: fourth section "stored" (present iff stored_channels > 0)
+V3_LAYOUTS = {**V2_LAYOUTS, 1: ("rans", V2_LAYOUTS[1][1] + ["stored_channels"],
+                                 V2_LAYOUTS[1][2] + ["stored"])}
+V3_REQUIRED = {1: 3}
+
+
 def parse_container(data: bytes) -> dict:
-    """Parse a stream (version 1 or 2) following the spec only; returns meta plus sections."""
+    """Parse a stream (version 1, 2 or 3) following the spec only; returns meta plus
+    sections."""
     assert data[:4] == b"KVIC"
-    if data[4] == 2:
-        codec_id, pnames, snames = V2_LAYOUTS[data[5]]
+    if data[4] in (2, 3):
+        version = data[4]
+        codec_id, pnames, snames = (V2_LAYOUTS if version == 2 else V3_LAYOUTS)[data[5]]
         dtype = {1: "uint8", 2: "uint16", 3: "int32"}[data[6]]
         pos = 8
         shape = []
@@ -64,7 +73,9 @@ def parse_container(data: bytes) -> dict:
             z, pos = _varint(data, pos)
             params[name] = z // 2 if z % 2 == 0 else -(z + 1) // 2
         count, pos = _varint(data, pos)
-        assert count == len(snames)
+        required = V3_REQUIRED.get(data[5], len(snames)) if version == 3 else len(snames)
+        assert required <= count <= len(snames)
+        snames = snames[:count]
         lens = []
         for _ in snames:
             ln, pos = _varint(data, pos)
@@ -79,7 +90,7 @@ def parse_container(data: bytes) -> dict:
             assert zlib.crc32(sections[name]) == crc
             pos += ln
         assert pos == len(data)
-        return {"version": 2, "codec": {"id": codec_id}, "shape": shape, "dtype": dtype,
+        return {"version": version, "codec": {"id": codec_id}, "shape": shape, "dtype": dtype,
                 "params": params, "sections": sections, "symbols_crc32": sym_crc}
     magic, version, flags, meta_len, total_len, sym_crc = struct.unpack_from("<4sHHIQI", data)
     assert magic == b"KVIC" and version == 1 and flags == 0 and total_len == len(data)
@@ -149,14 +160,45 @@ def decode_rans_stream(data: bytes) -> np.ndarray:
     n = math.prod(c["shape"])
     if n == 0:
         return np.zeros(c["shape"], dtype=c["dtype"])
-    if c["version"] == 2:
+    k = p.get("stored_channels", 0)
+    if k:  # version 3: channel bitmap, then the stored symbols row by row
+        period, raw = p["period"], c["sections"]["stored"]
+        nmap = (period + 7) // 8
+        stored = [bool(raw[ch // 8] >> (ch % 8) & 1) for ch in range(period)]
+        assert sum(stored) == k
+        rows = n // period
+        item = np.dtype(c["dtype"]).newbyteorder("<")
+        vals = np.frombuffer(raw, item, rows * k, nmap).reshape(rows, k)
+        coded = (_decode_coded(c, rows * (period - k), period - k) if period > k else [])
+        out, ci = [], 0
+        for r in range(rows):
+            si = 0
+            for ch in range(period):
+                if stored[ch]:
+                    out.append(int(vals[r, si]))
+                    si += 1
+                else:
+                    out.append(coded[ci])
+                    ci += 1
+        arr = np.array(out, dtype=c["dtype"]).reshape(c["shape"])
+    else:
+        arr = np.array(_decode_coded(c, n, p["period"]), dtype=c["dtype"]).reshape(c["shape"])
+    assert zlib.crc32(arr.astype(np.dtype(c["dtype"]).newbyteorder("<")).tobytes()) == c[
+        "symbols_crc32"]
+    return arr
+
+
+def _decode_coded(c: dict, n: int, period: int) -> list:
+    """The rANS-coded symbols of a stream: ``n`` of them, with ``period`` channels."""
+    p = c["params"]
+    if c["version"] >= 2:
         freqs = read_packed_tables(c["sections"]["tables"], p["num_tables"], p["alphabet_size"])
     else:
         freqs = read_tables(c["sections"]["tables"], p["num_tables"], p["alphabet_size"])
     idx = c["sections"]["index"]
     payload = c["sections"]["payload"]
     words, states = [], []
-    if c["version"] == 2:
+    if c["version"] >= 2:
         k_lanes, pos, off = p["num_lanes"], 4 * p["num_lanes"] * p["num_chunks"], 0
         for k in range(p["num_chunks"]):
             states.append(list(struct.unpack_from(f"<{k_lanes}I", idx, 4 * k_lanes * k)))
@@ -170,12 +212,8 @@ def decode_rans_stream(data: bytes) -> np.ndarray:
             off, nsym, nw = struct.unpack_from("<QII", idx, k * rec)
             states.append(list(struct.unpack_from(f"<{LANES}I", idx, k * rec + 16)))
             words.append(list(struct.unpack_from(f"<{nw}H", payload, off)))
-    out = rans_decode(words, states, n, p["min_symbol"], freqs, p["precision_bits"],
-                      p["chunk_size"], p["period"])
-    arr = np.array(out, dtype=c["dtype"]).reshape(c["shape"])
-    assert zlib.crc32(arr.astype(np.dtype(c["dtype"]).newbyteorder("<")).tobytes()) == c[
-        "symbols_crc32"]
-    return arr
+    return rans_decode(words, states, n, p["min_symbol"], freqs, p["precision_bits"],
+                       p["chunk_size"], period)
 
 
 def read_packed_tables(buf: bytes, num_tables: int, alphabet_size: int) -> list:

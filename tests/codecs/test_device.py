@@ -69,13 +69,14 @@ def test_dequant_modes_and_dtypes():
 @pytest.mark.parametrize("coder", ["rans", "huffman"])
 def test_coded_section_checks_before_dequantization(coder):
     codec = get_codec({"id": coder})
-    x = np.arange(60, dtype=np.uint8).reshape(6, 10) % 9  # symbols 0..8
+    # 60 rows: enough that coding beats storing the channels raw
+    x = (np.arange(600) % 9).astype(np.uint8).reshape(60, 10)  # symbols 0..8
     c = C.unpack(codec.encode(x), coder)
-    _device.check_coded(c, (6, 10), 15)  # fits a 4-bit quantizer
+    _device.check_coded(c, (60, 10), 15)  # fits a 4-bit quantizer
     with pytest.raises(CorruptStreamError, match=r"span \[0, 8\], expected within \[0, 7\]"):
-        _device.check_coded(c, (6, 10), 7)
+        _device.check_coded(c, (60, 10), 7)
     with pytest.raises(CorruptStreamError, match="decoded symbols have shape"):
-        _device.check_coded(c, (10, 6), 15)
+        _device.check_coded(c, (10, 60), 15)
     verify = _device.crc_check(c)
     verify(x.reshape(-1))
     bad = x.copy()

@@ -26,13 +26,18 @@ def _inputs():
     gauss = np.clip(np.round(rng.normal(7.5, 2.5, (96, 16))), 0, 15).astype(np.uint8)
     heavy = (rng.zipf(1.6, 700).clip(1, 300) - 20).astype(np.int32).reshape(70, 10)
     walk = (np.cumsum(rng.integers(-1, 2, (80, 8)), axis=0) % 16 + 1000).astype(np.uint16)
+    # two near-uniform byte channels beside two low-entropy ones: version 3's stored
+    # channels (with store_below=0.05 at this size)
+    mixed = np.stack([rng.integers(0, 256, 1500), rng.integers(0, 3, 1500),
+                      rng.integers(0, 256, 1500), rng.integers(40, 44, 1500)], 1).astype(np.uint8)
     return {"gauss": gauss, "heavy": heavy, "walk": walk, "empty": np.zeros((0, 3), np.uint8),
-            "single": np.full((5, 4), 9, np.int32)}
+            "single": np.full((5, 4), 9, np.int32), "mixed": mixed}
 
 
 CASES = [
     ("rans", {"id": "rans", "chunk_size": 512}),
     ("rans_pc", {"id": "rans", "per_channel": True, "chunk_size": 256, "precision_bits": 11}),
+    ("rans_store", {"id": "rans", "store_below": 0.05, "chunk_size": 512}),
     ("huffman", {"id": "huffman", "chunk_size": 512, "sub_block_size": 128}),
     ("arith", {"id": "arith", "chunk_size": 600}),
 ]

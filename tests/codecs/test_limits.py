@@ -62,7 +62,8 @@ def _rans_claim(n: int, chunk: int, lanes: int = 1) -> bytes:
     nchunks = -(-n // chunk)
     index = np.full(nchunks * lanes, L + 5, "<u4").tobytes() + b"\x01" * nchunks
     params = {"precision_bits": 12, "num_lanes": lanes, "chunk_size": chunk, "num_tables": 1,
-              "period": 1, "min_symbol": 0, "alphabet_size": 2, "num_chunks": nchunks}
+              "period": 1, "min_symbol": 0, "alphabet_size": 2, "num_chunks": nchunks,
+              "stored_channels": 0}
     return C.pack("rans", (n,), "uint8", params,
                   [("tables", t.to_bytes(packed=True)), ("index", index),
                    ("payload", bytes(2 * nchunks))], 0)
@@ -83,7 +84,7 @@ def test_rans_claim_is_refused_before_the_tables_are_built():
     period = 4096
     params = {"precision_bits": 12, "num_lanes": 1, "chunk_size": 1 << 20,
               "num_tables": period, "period": period, "min_symbol": 0,
-              "alphabet_size": 65536, "num_chunks": 1}
+              "alphabet_size": 65536, "num_chunks": 1, "stored_channels": 0}
     data = C.pack("rans", (256, period), "uint16", params,
                   [("tables", rows * period), ("index", struct.pack("<I", L) + b"\x00"),
                    ("payload", b"")], 0)

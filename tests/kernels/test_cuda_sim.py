@@ -74,10 +74,22 @@ def _cases(seed: int):
         ({"id": "rans"}, (rng.random(300) < 0.03).astype(np.uint8)),
         ({"id": "rans"}, np.clip(np.round(rng.normal(0, np.linspace(0.2, 6, 6), (40, 6))),
                                  -9, 9).astype(np.int32)),
+        # format version 3: raw-stored channels beside coded ones (uint8, uint16), and
+        # every channel stored
+        ({"id": "rans", "store_below": 0.05},
+         np.stack([rng.integers(0, 256, 300), rng.integers(0, 3, 300),
+                   rng.integers(0, 256, 300), rng.integers(7, 9, 300)], 1).astype(np.uint8)),
+        ({"id": "rans", "store_below": 0.05},
+         np.stack([rng.integers(0, 1 << 16, 200), rng.integers(5, 9, 200),
+                   rng.integers(0, 1 << 16, 200)], 1).astype(np.uint16)),
+        ({"id": "rans", "store_below": 0.05}, rng.integers(0, 256, 3000, dtype=np.uint8)),
     ]
     for cfg, x in sym:
         yield cfg, x
     x = rng.standard_normal((2, 40, 24)) * np.linspace(0.1, 4, 24)
+    # the fused decode-and-dequantize path through stored channels
+    yield ({"id": "uniform", "bits": 8, "axis": "channel", "group_size": 40,
+            "coder": {"id": "rans", "store_below": 0.2}}, x.astype(np.float16))
     yield ({"id": "uniform", "bits": 4, "axis": "channel", "group_size": 16,
             "coder": {"id": "rans", "chunk_size": 256}}, x.astype(np.float16))
     yield ({"id": "uniform", "bits": 3, "axis": "token", "group_size": 10,
@@ -120,7 +132,8 @@ def run_cases(seed: int) -> None:  # pragma: no cover - runs in the simulator su
         ok = got.shape == ref.shape and np.array_equal(_bits(got), _bits(ref.astype(
             got.dtype if prep.result_dtype != "bfloat16" else ref.dtype)))
         print(json.dumps({"case": cfg["id"], "cfg": cfg, "n": int(x.size), "ok": bool(ok),
-                          "dtype": prep.result_dtype, "seed": seed}), flush=True)
+                          "dtype": prep.result_dtype, "kind": prep.kind, "seed": seed}),
+              flush=True)
     # streams of format version 1 (the committed golden files) decode on the GPU too
     golden = ROOT / "tests" / "golden"
     for name, cfg in (("rans", {"id": "rans", "chunk_size": 512}),
@@ -245,9 +258,12 @@ def sim_results():
 
 def test_simulated_decode_matches_cpu(sim_results):
     cases = [r for r in sim_results if r.get("ok") is not None]
-    assert len(cases) == 22
+    assert len(cases) == 26
     bad = [r for r in cases if not r["ok"]]
     assert not bad, bad
+    # the version-3 cases went through the stored-channel merge (plain and fused)
+    stored = [r for r in cases if r["kind"] == "rans-stored"]
+    assert len(stored) >= 4 and {r["dtype"] for r in stored} >= {"uint8", "uint16", "float16"}
     assert {r["dtype"] for r in cases} >= {"uint8", "uint16", "int32", "float16", "bfloat16",
                                            "float32", "float64"}
 
