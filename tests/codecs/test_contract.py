@@ -15,6 +15,7 @@ from kvinfo.codecs.constriction_peers import categorical_models
 CONFIGS = [
     {"id": "rans"},
     {"id": "rans", "per_channel": True, "chunk_size": 64, "precision_bits": 14},
+    {"id": "rans", "store_below": 0.3, "chunk_size": 64},
     {"id": "huffman"},
     {"id": "huffman", "chunk_size": 64, "sub_block_size": 16, "max_code_length": 5},
     {"id": "huffman", "chunk_size": 64, "sub_block_size": 16, "per_channel": True},

@@ -79,13 +79,15 @@ def test_old_version_decodes(path):
     assert codec.rate(path.read_bytes())["total_bits"] == 8 * path.stat().st_size
 
 
+@pytest.mark.parametrize("version", range(1, FORMAT_VERSION))
 @pytest.mark.parametrize("name", ["rans", "rans_pc", "huffman", "arith"])
-def test_old_version_damage_is_always_caught(name):
-    """The exhaustive damaged-stream check on a version-1 stream: every single-byte change
-    and every truncation raises CorruptStreamError (the decoders still validate v1)."""
+def test_old_version_damage_is_always_caught(name, version):
+    """The exhaustive damaged-stream check on every older version's stream: every
+    single-byte change and every truncation raises CorruptStreamError (the decoders still
+    validate the old layouts)."""
     from kvinfo.codecs import CorruptStreamError
 
-    path = GOLDEN / f"v1_{name}_walk.kvic"
+    path = GOLDEN / f"v{version}_{name}_walk.kvic"
     data = path.read_bytes()
     codec = get_codec(dict(CASES)[name])
     for i in range(len(data)):

@@ -239,3 +239,85 @@ def test_encoder_refines_the_table_precision_only_where_it_pays():
     # below 2**16 symbols the requested precision is kept as it is
     small = codec.encode(heavy[:4096])
     assert codec.parse(small)[1].precision_bits == 12
+
+
+# -- version 3: channels stored raw ----------------------------------------------------
+
+
+def _mixed(rng, rows, dtype, noisy=(0, 2), bits=None):
+    """Near-uniform channels (``noisy``) beside low-entropy ones; fresh for every seed."""
+    bits = bits or 8 * np.dtype(dtype).itemsize
+    top = min(1 << bits, 1 << 31)
+    cols = []
+    for c in range(6):
+        if c in noisy:
+            cols.append(rng.integers(0, top, rows))
+        else:
+            cols.append(rng.integers(0, 2 + c, rows) + int(rng.integers(0, 100)))
+    return np.stack(cols, 1).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+@pytest.mark.parametrize("shape", [(3000, 6), (500, 6, 6), (1200, 3, 6)])
+def test_stored_channels_round_trip_and_are_recorded(dtype, shape):
+    rng = np.random.default_rng([7, len(shape), np.dtype(dtype).itemsize])
+    bits = 8 if dtype is np.uint8 else 16
+    x = _mixed(rng, int(np.prod(shape)) // 6, dtype, bits=bits).reshape(shape)
+    codec = get_codec({"id": "rans", "store_below": 0.05, "chunk_size": 512})
+    data = codec.encode(x)
+    params = ref.parse_container(data)["params"]
+    # the near-uniform channels of every 6-wide row are stored, the low-entropy ones coded;
+    # int32 symbols span at most 16 bits, so coding always beats their 32 raw bits
+    stored = 0 if dtype is np.int32 else 2 * (np.prod(shape[1:]) // 6)
+    assert params["stored_channels"] == stored
+    out = codec.decode(data)
+    assert out.dtype == x.dtype and out.shape == x.shape and np.array_equal(out, x)
+    assert np.array_equal(ref.decode_rans_stream(data), x)
+    r = codec.rate(data)
+    assert r["symbol_bits"] + r["side_bits"] == r["total_bits"] == 8 * len(data)
+
+
+def test_stored_channels_1d_and_all_stored():
+    rng = np.random.default_rng(11)
+    codec = get_codec({"id": "rans", "store_below": 0.05})
+    x = rng.integers(0, 256, 5000).astype(np.uint8)  # one channel, near uniform
+    data = codec.encode(x)
+    assert ref.parse_container(data)["params"]["stored_channels"] == 1
+    assert len(data) < x.size + 64
+    assert np.array_equal(codec.decode(data), x)
+    y = rng.integers(0, 65536, (400, 5)).astype(np.uint16)  # every channel stored
+    data = codec.encode(y)
+    p = ref.parse_container(data)["params"]
+    assert p["stored_channels"] == 5 and p["num_chunks"] == 0
+    assert np.array_equal(codec.decode(data), y)
+    assert np.array_equal(ref.decode_rans_stream(data), y)
+
+
+def test_store_below_zero_never_stores():
+    rng = np.random.default_rng(12)
+    x = _mixed(rng, 4000, np.uint8)
+    for sb in (0, 0.0):
+        data = get_codec({"id": "rans", "store_below": sb}).encode(x)
+        assert ref.parse_container(data)["params"]["stored_channels"] == 0
+    assert get_codec({"id": "rans", "store_below": 0}).get_config()["store_below"] == 0.0
+
+
+@pytest.mark.parametrize("seed", [101, 202, 303])
+def test_stored_rate_stays_close_to_the_per_channel_entropy(seed):
+    """Fresh sources: coded plus stored channels stay within 0.1 % + 64 bytes of the
+    per-channel order-0 entropy, stored channels counted at their raw size."""
+    rng = np.random.default_rng(seed)
+    x = _mixed(rng, 200_000, np.uint8, noisy=tuple(rng.choice(6, 2, replace=False)))
+    data = get_codec({"id": "rans", "store_below": 0.005}).encode(x)
+    bound = 0.0
+    for c in range(x.shape[1]):
+        counts = np.bincount(x[:, c])
+        p = counts[counts > 0] / x.shape[0]
+        bound += -(p * np.log2(p)).sum() * x.shape[0]
+    assert bound / 8 <= len(data) <= bound / 8 * 1.001 + 64 + 8 * 6  # + 8 header bytes per table row
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 2, True, "0.1", None])
+def test_bad_store_below_raises(bad):
+    with pytest.raises(CodecConfigError, match="store_below"):
+        get_codec({"id": "rans", "store_below": bad})
