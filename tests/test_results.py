@@ -21,7 +21,8 @@ from kvinfo.results import (
 
 FULL_U4 = {
     "id": "uniform", "bits": 4, "axis": "channel", "group_size": None, "side_dtype": "float16",
-    "coder": {"id": "rans", "precision_bits": 12, "chunk_size": None, "per_channel": "auto"},
+    "coder": {"id": "rans", "precision_bits": 12, "chunk_size": None, "per_channel": "auto",
+              "store_below": 0.001},
 }
 
 

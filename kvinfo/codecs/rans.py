@@ -69,6 +69,7 @@ J. Johnson, "DietGPU: GPU-based lossless compression", github.com/facebookresear
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -223,17 +224,20 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool,
 
 
 def store_mask(counts: np.ndarray, symbol_bits: int, store_below: float,
-               precision_bits: int = 12) -> np.ndarray:
+               precision_bits: int = 12, per_channel: bool | str = "auto") -> np.ndarray:
     """Which channels to store raw: those whose coded size would be at least
     ``(1 - store_below)`` of their raw size (``symbol_bits`` per symbol).
 
     ``counts`` is the per-channel histogram ``(channels, alphabet)``. The coded size of a
-    channel is its ideal code length under its own quantized table (``precision_bits``, as
-    the coder would build it) plus the table's bytes; a channel whose empirical entropy
-    plus a generous table cost (16 bits per used symbol) stays below the threshold is not
-    examined further. A stored channel then costs at most ``store_below`` of its raw size
-    more than coding it would, and no time is spent coding it; a channel whose table
-    costs more than coding saves (small inputs of wide alphabets) is stored too.
+    channel is the cheaper of what the coder could do with it (``per_channel``: ``True``
+    its own table, ``False`` the pooled table, ``"auto"`` either): its ideal code length
+    under its own quantized table (``precision_bits``, as the coder would build it) plus
+    the table's bytes, or under the table pooled over every channel plus a share of that
+    table's bytes in proportion to the channel's used symbols. A channel whose empirical entropy plus a generous table cost (16 bits per
+    used symbol) stays below the threshold is not examined further. A stored channel then
+    costs at most ``store_below`` of its raw size more than coding it would, and no time
+    is spent coding it; a channel whose table costs more than coding saves (small inputs
+    of wide alphabets) is stored too.
 
     >>> c = np.array([[1000, 1000], [1990, 10]])  # a fair coin and a skewed one
     >>> store_mask(c, 1, 1e-3).tolist()
@@ -244,17 +248,28 @@ def store_mask(counts: np.ndarray, symbol_bits: int, store_below: float,
     if store_below <= 0:
         return mask
     rows = counts.sum(axis=1)
+    pooled = None
     for ch in range(counts.shape[0]):
         raw = symbol_bits * int(rows[ch])
         if not raw:
             continue
         row = counts[ch : ch + 1]
         used = int((row > 0).sum())
-        if entropy_bits(row) + 16 * used < (1.0 - store_below) * raw:
+        limit = (1.0 - store_below) * raw
+        if per_channel is not False and entropy_bits(row) + 16 * used < limit:
             continue
-        t = _tables(row, precision_bits, 0)
-        coded = t.cross_entropy_bits(row) + 8 * len(t.to_bytes(packed=True))
-        mask[ch] = coded >= (1.0 - store_below) * raw
+        coded = math.inf
+        if per_channel is not False:
+            t = _tables(row, precision_bits, 0)
+            coded = t.cross_entropy_bits(row) + 8 * len(t.to_bytes(packed=True))
+        if per_channel is not True and coded >= limit:
+            if pooled is None:
+                total = counts.sum(axis=0, keepdims=True)
+                pooled = _tables(total, precision_bits, 0)
+                share = 8 * len(pooled.to_bytes(packed=True)) / max(1, int((counts > 0).sum()))
+            # the pooled table's bytes, shared among the channels by their used symbols
+            coded = min(coded, pooled.cross_entropy_bits(row) + share * used)
+        mask[ch] = coded >= limit
     return mask
 
 
@@ -452,7 +467,8 @@ class RansCodec(C.ContainerCoder):
                 self.store_below <= 0 and (self.per_channel != "auto" or period == 1)):
             return a, None, None, None
         per = cpu.histogram(flat, lo, span, period, per_channel=True)
-        mask = store_mask(per, 8 * a.dtype.itemsize, self.store_below, self.precision_bits)
+        mask = store_mask(per, 8 * a.dtype.itemsize, self.store_below, self.precision_bits,
+                          self.per_channel)
         if not mask.any():
             return a, None, None, (per, lo, span)
         rows = flat.size // period
