@@ -61,7 +61,46 @@ def test_layout_caps_adaptive_probabilities():
     assert AdaptiveContextModel.for_data(16, 128, "none").num_contexts == 1
 
 
-@pytest.mark.parametrize("bad", [{"context": "prev"}, {"adapt_limit": 0}, {"chunk_size": 0}])
+@pytest.mark.parametrize("bad", [{"context": "prev"}, {"adapt_limit": 0}, {"chunk_size": 0},
+                                 {"adapt_limit": "fast"}, {"adapt_limit": 1022.0}])
 def test_bad_config_raises(bad):
     with pytest.raises(CodecConfigError):
         get_codec({"id": "arith", **bad})
+
+
+def _limit(data) -> int:
+    from kvinfo.codecs import _container as C
+
+    return C.unpack(data).params["adapt_limit"]
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_auto_adapt_limit_is_the_smaller_of_the_fixed_encodings(seed):
+    """``adapt_limit="auto"`` measures both limits on the (only) chunk: the stream is
+    byte-identical to the smaller fixed-limit stream, on a stationary skewed source (slow
+    forgetting wins) and on a drifting one (fast forgetting wins)."""
+    rng = np.random.default_rng(seed)
+    stationary = (rng.random(200_000) < 0.01).astype(np.uint8)
+    p = np.repeat(rng.choice([0.002, 0.2], 100), 2000)  # the rate jumps every 2,000 symbols
+    drifting = (rng.random(p.size) < p).astype(np.uint8)
+    for x, want in ((stationary, 65534), (drifting, 1022)):
+        fixed = {a: get_codec({"id": "arith", "adapt_limit": a}).encode(x) for a in (1022, 65534)}
+        auto = get_codec({"id": "arith"}).encode(x)
+        assert _limit(auto) == want, (seed, {a: len(d) for a, d in fixed.items()})
+        assert auto == fixed[want] and len(auto) <= min(map(len, fixed.values()))
+        assert np.array_equal(get_codec({"id": "arith"}).decode(auto), x)
+
+
+def test_auto_adapt_limit_uses_the_first_chunk_for_long_streams():
+    """Above one chunk the choice is made on the first chunk and the whole stream is coded
+    with it (still decodable, limit recorded)."""
+    rng = np.random.default_rng(9)
+    x = (rng.random(5000) < 0.01).astype(np.uint8)
+    codec = get_codec({"id": "arith", "chunk_size": 1500})
+    data = codec.encode(x)
+    first = {a: len(get_codec({"id": "arith", "adapt_limit": a, "chunk_size": 1500}).encode(
+        x[:1500])) for a in (1022, 65534)}
+    assert _limit(data) == min(first, key=lambda a: (first[a], a != 1022))
+    assert data == get_codec({"id": "arith", "adapt_limit": _limit(data),
+                              "chunk_size": 1500}).encode(x)
+    assert np.array_equal(codec.decode(data), x)

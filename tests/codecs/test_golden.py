@@ -39,7 +39,7 @@ CASES = [
     ("rans_pc", {"id": "rans", "per_channel": True, "chunk_size": 256, "precision_bits": 11}),
     ("rans_store", {"id": "rans", "store_below": 0.05, "chunk_size": 512}),
     ("huffman", {"id": "huffman", "chunk_size": 512, "sub_block_size": 128}),
-    ("arith", {"id": "arith", "chunk_size": 600}),
+    ("arith", {"id": "arith", "chunk_size": 600, "adapt_limit": 1022}),
 ]
 PARAMS = [(name, cfg, key) for name, cfg in CASES for key in _inputs()]
 

@@ -77,7 +77,7 @@ def test_rans_within_0p5_percent_plus_64_bytes_at_64k_symbols(kind):
     _check({"id": "rans"}, kind, 1 << 16, 5e-3)
 
 
-@pytest.mark.parametrize("kind", ["bern0.02", "zipf256", "gauss16"])
+@pytest.mark.parametrize("kind", ["bern0.05", "bern0.02", "zipf256", "gauss16"])
 def test_arith_within_0p5_percent_plus_64_bytes_of_static_entropy(kind):
     _check({"id": "arith"}, kind, 1 << 20, 5e-3)
 
