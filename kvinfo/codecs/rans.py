@@ -275,25 +275,12 @@ def store_mask(counts: np.ndarray, symbol_bits: int, store_below: float,
 
 def _split_channels(flat: np.ndarray, mask: np.ndarray, stored_out: np.ndarray) -> np.ndarray:
     """Rows of ``flat`` (``len(mask)`` channels each): the stored channels (``mask``) go to
-    ``stored_out`` (flat, row by row), the others come back as a flat array."""
+    ``stored_out`` (flat, row by row), the others come back as a flat array (one pass
+    over the rows, :func:`kvinfo.kernels.cpu.split_channels`)."""
     period = mask.shape[0]
-    grid = flat.reshape(-1, period)
-    rows, k = grid.shape[0], int(mask.sum())
-    coded = np.empty((rows, period - k), flat.dtype)
-    raw = stored_out.reshape(rows, k)
-    if period <= 256:  # one strided copy per channel beats a gather on narrow rows
-        ci = si = 0
-        for ch in range(period):
-            if mask[ch]:
-                raw[:, si] = grid[:, ch]
-                si += 1
-            else:
-                coded[:, ci] = grid[:, ch]
-                ci += 1
-    else:
-        raw[:] = grid[:, mask]
-        coded[:] = grid[:, ~mask]
-    return coded.reshape(-1)
+    grid = np.ascontiguousarray(flat).reshape(-1, period)
+    raw = stored_out.reshape(grid.shape[0], int(mask.sum()))
+    return cpu.split_channels(grid, mask, raw).reshape(-1)
 
 
 def _merge_channels(coded: np.ndarray, stored: np.ndarray, mask: np.ndarray,
@@ -302,19 +289,10 @@ def _merge_channels(coded: np.ndarray, stored: np.ndarray, mask: np.ndarray,
     period = mask.shape[0]
     grid = out.reshape(-1, period)
     rows, k = grid.shape[0], int(mask.sum())
-    cod = coded.reshape(rows, period - k)
-    if period <= 256:
-        ci = si = 0
-        for ch in range(period):
-            if mask[ch]:
-                grid[:, ch] = stored[:, si]
-                si += 1
-            else:
-                grid[:, ch] = cod[:, ci]
-                ci += 1
-    else:
-        grid[:, mask] = stored
-        grid[:, ~mask] = cod
+    # the stored symbols are a little-endian view at any byte offset of the stream: a
+    # native, aligned copy only where they are not already
+    raw = np.require(stored, out.dtype, ["C", "A"]).reshape(rows, k)
+    cpu.merge_channels(np.ascontiguousarray(coded).reshape(rows, period - k), raw, mask, grid)
 
 
 def _bitmap(mask: np.ndarray) -> bytes:

@@ -40,6 +40,8 @@ __all__ = [
     "RANS_LANES",
     "RANS_STATE_LOWER",
     "histogram",
+    "split_channels",
+    "merge_channels",
     "rans_encode",
     "rans_decode",
     "rans_decode_table",
@@ -622,6 +624,77 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
                                 sidx, info, np.int64(precision_bits), np.int64(chunk_size),
                                 np.int64(min_symbol), np.int64(period), out, status)
     return status
+
+
+# ---------------------------------------------------------------------------------------
+# raw-stored channels (rans store_below): split and merge in one pass over the rows
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True, nogil=True)
+def _split_channels_kernel(grid, stored_idx, coded_idx, raw, coded):  # pragma: no cover
+    rows = grid.shape[0]
+    k = stored_idx.shape[0]
+    m = coded_idx.shape[0]
+    nparts = min(rows, 64)
+    for p in prange(nparts):
+        for r in range(p * rows // nparts, (p + 1) * rows // nparts):
+            for j in range(k):
+                raw[r, j] = grid[r, stored_idx[j]]
+            for j in range(m):
+                coded[r, j] = grid[r, coded_idx[j]]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _merge_channels_kernel(coded, raw, stored_idx, coded_idx, grid):  # pragma: no cover
+    rows = grid.shape[0]
+    k = stored_idx.shape[0]
+    m = coded_idx.shape[0]
+    nparts = min(rows, 64)
+    for p in prange(nparts):
+        for r in range(p * rows // nparts, (p + 1) * rows // nparts):
+            for j in range(k):
+                grid[r, stored_idx[j]] = raw[r, j]
+            for j in range(m):
+                grid[r, coded_idx[j]] = coded[r, j]
+
+
+def _channel_split_args(grid, mask, other, other_name):
+    _check(isinstance(grid, np.ndarray) and grid.ndim == 2 and grid.dtype.type in
+           _SYMBOL_DTYPES and grid.flags.c_contiguous,
+           "grid: expected a C-contiguous 2-D uint8, uint16 or int32 array")
+    mask = np.asarray(mask)
+    _check(mask.dtype == np.bool_ and mask.shape == (grid.shape[1],),
+           f"mask: expected {grid.shape[1]} booleans, found {mask.dtype} {mask.shape}")
+    k = int(mask.sum())
+    _check(isinstance(other, np.ndarray) and other.dtype == grid.dtype
+           and other.shape == (grid.shape[0], k) and other.flags.c_contiguous,
+           f"{other_name}: expected a C-contiguous {grid.dtype} array of shape "
+           f"{(grid.shape[0], k)}")
+    return np.flatnonzero(mask).astype(np.int64), np.flatnonzero(~mask).astype(np.int64)
+
+
+def split_channels(grid: np.ndarray, mask: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Channels (columns) of ``grid`` where ``mask`` is set go to ``raw`` (rows, k); the
+    others come back as a new ``(rows, channels - k)`` array. One pass over the rows (a
+    copy per channel would walk the whole array once per channel)."""
+    si, ci = _channel_split_args(grid, mask, raw, "raw")
+    coded = np.empty((grid.shape[0], ci.shape[0]), grid.dtype)
+    if grid.size:
+        with _threads_for(max(1, grid.nbytes >> 18)):
+            _split_channels_kernel(grid, si, ci, raw, coded)
+    return coded
+
+
+def merge_channels(coded: np.ndarray, raw: np.ndarray, mask: np.ndarray,
+                   grid: np.ndarray) -> None:
+    """The inverse of :func:`split_channels`, written into ``grid`` (rows, channels)."""
+    si, ci = _channel_split_args(grid, mask, raw, "raw")
+    _check(isinstance(coded, np.ndarray) and coded.dtype == grid.dtype
+           and coded.shape == (grid.shape[0], ci.shape[0]) and coded.flags.c_contiguous,
+           f"coded: expected a C-contiguous {grid.dtype} array of shape "
+           f"{(grid.shape[0], ci.shape[0])}")
+    if grid.size:
+        with _threads_for(max(1, grid.nbytes >> 18)):
+            _merge_channels_kernel(coded, raw, si, ci, grid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1382,5 +1455,10 @@ def warmup() -> None:
     huffman_decode(w, nw, so, lengths, 3, 64, 16, 70)
     p, nb = arith_encode(idx, 64, 7, 3, 7, 3, 1022)
     arith_decode(p, nb, 70, 64, 7, 3, 7, 3, 1022)
+    for dt in _SYMBOL_DTYPES:
+        g = np.zeros((3, 4), dt)
+        mk = np.array([True, False, True, False])
+        raw = np.empty((3, 2), dt)
+        merge_channels(split_channels(g, mk, raw), raw, mk, g)
     quantize_rows(np.array([[5, 0, 1, 2]], np.int64), 4)
     pack_frequency_tables(np.array([[5, 0, 1, 2]], np.int64))

@@ -101,3 +101,33 @@ def test_unpack_frequency_tables_refuses_a_truncated_table():
     buf = pack_frequency_tables(np.arange(1, 200)[None, :])
     with pytest.raises(CodecConfigError):
         cpu.unpack_frequency_tables(np.frombuffer(buf[: len(buf) // 2], np.uint8), 1, 199, 1 << 16)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_split_and_merge_channels_match_boolean_indexing(seed, dtype):
+    """The one-pass channel split of the rANS stored channels against numpy's boolean
+    column selection (the obvious reference), and the merge as its exact inverse."""
+    rng = np.random.default_rng([seed, np.dtype(dtype).itemsize])
+    rows, period = int(rng.integers(1, 3000)), int(rng.integers(1, 70))
+    info = np.iinfo(dtype)
+    grid = rng.integers(max(info.min, -(1 << 20)), min(info.max, 1 << 20), (rows, period),
+                        endpoint=True).astype(dtype)
+    mask = rng.random(period) < rng.random()
+    raw = np.empty((rows, int(mask.sum())), dtype)
+    coded = cpu.split_channels(grid, mask, raw)
+    assert np.array_equal(raw, grid[:, mask]) and np.array_equal(coded, grid[:, ~mask])
+    back = np.empty_like(grid)
+    cpu.merge_channels(coded, raw, mask, back)
+    assert np.array_equal(back, grid)
+
+
+def test_split_channels_refuses_bad_shapes():
+    grid = np.zeros((4, 3), np.uint8)
+    with pytest.raises(CodecConfigError, match="mask"):
+        cpu.split_channels(grid, np.array([True, False]), np.empty((4, 1), np.uint8))
+    with pytest.raises(CodecConfigError, match="raw"):
+        cpu.split_channels(grid, np.array([True, False, True]), np.empty((4, 1), np.uint8))
+    with pytest.raises(CodecConfigError, match="coded"):
+        cpu.merge_channels(np.empty((4, 2), np.uint8), np.empty((4, 2), np.uint8),
+                           np.array([True, False, True]), grid)
