@@ -248,15 +248,26 @@ def store_mask(counts: np.ndarray, symbol_bits: int, store_below: float,
     if store_below <= 0:
         return mask
     rows = counts.sum(axis=1)
+    # every channel's empirical entropy at once: no table can code a channel below it
+    # (Gibbs), so a channel whose entropy alone reaches the limit is stored without
+    # building its tables (the incompressible mantissa bytes of floats)
+    c = counts.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(c > 0, np.log2(c / np.maximum(rows, 1)[:, None]), 0.0)
+    ent = -(c * logs).sum(axis=1)
+    used_all = (counts > 0).sum(axis=1)
     pooled = None
     for ch in range(counts.shape[0]):
         raw = symbol_bits * int(rows[ch])
         if not raw:
             continue
         row = counts[ch : ch + 1]
-        used = int((row > 0).sum())
+        used = int(used_all[ch])
         limit = (1.0 - store_below) * raw
-        if per_channel is not False and entropy_bits(row) + 16 * used < limit:
+        if per_channel is not False and ent[ch] + 16 * used < limit:
+            continue
+        if ent[ch] >= limit:
+            mask[ch] = True
             continue
         coded = math.inf
         if per_channel is not False:

@@ -141,6 +141,20 @@ def _histogram_kernel(sym, min_symbol, period, alphabet, counts, bad):  # pragma
                     c[0, s] += 1
                 else:
                     nbad += 1
+        elif n % period == 0:
+            # whole rows per part: the channel is the position in the row, no counter
+            c0 = c[0]
+            up = np.uint64(period)
+            r0 = np.uint64(p * (n // period) // nparts)
+            r1 = np.uint64((p + 1) * (n // period) // nparts)
+            for r in range(r0, r1):
+                base = r * up
+                for ch in range(up):
+                    s = np.uint64(np.int64(sym[base + ch]) - min_symbol)
+                    if s < A:
+                        c0[ch * A + s] += 1
+                    else:
+                        nbad += 1
         else:
             off = np.uint64(a % period) * A
             c0 = c[0]
@@ -657,6 +671,11 @@ def _merge_channels_kernel(coded, raw, stored_idx, coded_idx, grid):  # pragma: 
                 grid[r, coded_idx[j]] = coded[r, j]
 
 
+#: up to this many channels a strided copy per channel is faster than the row kernel
+#: (the bytes of a float: 4 channels, measured 0.7 against 2.3 ms per 850 KB slab)
+_STRIDED_CHANNELS = 8
+
+
 def _channel_split_args(grid, mask, other, other_name):
     _check(isinstance(grid, np.ndarray) and grid.ndim == 2 and grid.dtype.type in
            _SYMBOL_DTYPES and grid.flags.c_contiguous,
@@ -678,7 +697,12 @@ def split_channels(grid: np.ndarray, mask: np.ndarray, raw: np.ndarray) -> np.nd
     copy per channel would walk the whole array once per channel)."""
     si, ci = _channel_split_args(grid, mask, raw, "raw")
     coded = np.empty((grid.shape[0], ci.shape[0]), grid.dtype)
-    if grid.size:
+    if grid.shape[1] <= _STRIDED_CHANNELS:  # a few strided copies beat the row loop
+        for j, ch in enumerate(si):
+            raw[:, j] = grid[:, ch]
+        for j, ch in enumerate(ci):
+            coded[:, j] = grid[:, ch]
+    elif grid.size:
         with _threads_for(max(1, grid.nbytes >> 18)):
             _split_channels_kernel(grid, si, ci, raw, coded)
     return coded
@@ -692,7 +716,12 @@ def merge_channels(coded: np.ndarray, raw: np.ndarray, mask: np.ndarray,
            and coded.shape == (grid.shape[0], ci.shape[0]) and coded.flags.c_contiguous,
            f"coded: expected a C-contiguous {grid.dtype} array of shape "
            f"{(grid.shape[0], ci.shape[0])}")
-    if grid.size:
+    if grid.shape[1] <= _STRIDED_CHANNELS:
+        for j, ch in enumerate(si):
+            grid[:, ch] = raw[:, j]
+        for j, ch in enumerate(ci):
+            grid[:, ch] = coded[:, j]
+    elif grid.size:
         with _threads_for(max(1, grid.nbytes >> 18)):
             _merge_channels_kernel(coded, raw, si, ci, grid)
 
