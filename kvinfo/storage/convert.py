@@ -37,10 +37,13 @@ True
 from __future__ import annotations
 
 import json
+import collections
+import contextlib
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,8 @@ STORE_VERSION = 1
 _CHUNKS_PER_WRITE = 12
 #: and at most this many bytes of KV buffered for one write
 _BYTES_PER_WRITE = 64 << 20
+#: layers read ahead of the one being written (a layer of the default dump: 2.5 MB)
+_READ_AHEAD = 6
 
 #: root attributes that the HDF5 format stores as JSON text
 _JSON_ATTRS = ("rope", "capture")
@@ -213,7 +218,7 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
                                       chunks=data.shape)
                 a[:] = data
             steps = [(k, lay) for k in sel for lay in range(d.num_layers)]
-            bar = tqdm(steps, desc="convert", unit="layer", file=sys.stderr,
+            bar = tqdm(total=len(steps), desc="convert", unit="layer", file=sys.stderr,
                        disable=not progress, dynamic_ncols=True)
             arrays = {}
             pending: list = []  # consecutive layers of one kind, written in one call
@@ -225,30 +230,59 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
                     arrays[kind][first:first + len(pending)] = block
                     pending.clear()
 
-            for kind, lay in bar:
-                t = d.tensor(kind, lay)
-                if kind not in arrays:
-                    shape = (d.num_layers, *t.shape)
-                    arrays[kind] = root.create_array(
-                        kind, shape=shape, dtype=storage, chunks=(1, 1, *t.shape[1:]),
-                        attributes={"dtype": d.dtype, "axes": "layer,head,token,channel"},
-                        # every slab is written: skip zarr's per-chunk comparison with the
-                        # fill value (a full pass over each chunk)
-                        config={"write_empty_chunks": True},
-                        **pipe,
-                    )
-                x = np.ascontiguousarray(t)
-                if pending and pending[0][0] != kind:
-                    flush()
-                pending.append((kind, lay, x.view(np.uint16) if bf16 else x))
-                kv_bytes += x.nbytes
-                chunks += t.shape[0]
-                # zarr encodes the chunks of one write concurrently (threads; the coders
-                # release the GIL): write several layers at once so that every core has
-                # chunks to encode, within a bounded buffer
-                if (len(pending) * t.shape[0] >= _CHUNKS_PER_WRITE
-                        or len(pending) * x.nbytes >= _BYTES_PER_WRITE):
-                    flush()
+            # the next layers are read on a thread while zarr encodes and writes the
+            # current ones (h5py reads and the coders' Numba kernels overlap: both release
+            # the GIL), at most _READ_AHEAD layers ahead
+            reader = ThreadPoolExecutor(1, thread_name_prefix="kvinfo-convert-read")
+            todo = iter(steps)
+            ahead: collections.deque = collections.deque()
+
+            def read_ahead():
+                while len(ahead) < _READ_AHEAD:
+                    step = next(todo, None)
+                    if step is None:
+                        return
+                    ahead.append((step, reader.submit(
+                        lambda k, la: np.ascontiguousarray(d.tensor(k, la)), *step)))
+
+            def layers():
+                try:
+                    read_ahead()
+                    while ahead:
+                        step, fut = ahead.popleft()
+                        t = fut.result()
+                        read_ahead()
+                        bar.update(1)
+                        yield step, t
+                finally:
+                    for _, fut in ahead:
+                        fut.cancel()
+                    reader.shutdown(wait=True)
+
+            with contextlib.closing(layers()) as stream:  # the reader stops on error
+                for (kind, lay), t in stream:
+                    if kind not in arrays:
+                        shape = (d.num_layers, *t.shape)
+                        arrays[kind] = root.create_array(
+                            kind, shape=shape, dtype=storage, chunks=(1, 1, *t.shape[1:]),
+                            attributes={"dtype": d.dtype, "axes": "layer,head,token,channel"},
+                            # every slab is written: skip zarr's per-chunk comparison with the
+                            # fill value (a full pass over each chunk)
+                            config={"write_empty_chunks": True},
+                            **pipe,
+                        )
+                    x = np.ascontiguousarray(t)
+                    if pending and pending[0][0] != kind:
+                        flush()
+                    pending.append((kind, lay, x.view(np.uint16) if bf16 else x))
+                    kv_bytes += x.nbytes
+                    chunks += t.shape[0]
+                    # zarr encodes the chunks of one write concurrently (threads; the coders
+                    # release the GIL): write several layers at once so that every core has
+                    # chunks to encode, within a bounded buffer
+                    if (len(pending) * t.shape[0] >= _CHUNKS_PER_WRITE
+                            or len(pending) * x.nbytes >= _BYTES_PER_WRITE):
+                        flush()
             flush()
             bar.close()
             attrs = _json_attrs(dict(d.meta))

@@ -91,6 +91,28 @@ def test_failed_conversion_leaves_nothing_complete(synthetic_dump, tmp_path, mon
     assert list(tmp_path.iterdir()) == []  # no store, no partial left behind
 
 
+def test_failed_read_ahead_leaves_nothing_and_stops_the_reader(synthetic_dump, tmp_path,
+                                                                monkeypatch):
+    """A layer that fails to read on the read-ahead thread fails the conversion with its
+    own error, no store or partial is left, and no reader thread outlives the call."""
+    import threading
+
+    from kvinfo.dumps import Dump
+
+    real = Dump.tensor
+
+    def failing(self, kind, layer, *args, **kwargs):
+        if kind == "values" and layer == 1:
+            raise OSError("bad sector in layer 1")
+        return real(self, kind, layer, *args, **kwargs)
+
+    monkeypatch.setattr(Dump, "tensor", failing)
+    with pytest.raises(OSError, match="bad sector"):
+        convert_dump(synthetic_dump, tmp_path / "f.zarr", {"id": "rans"})
+    assert list(tmp_path.iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("kvinfo-convert-read")]
+
+
 def test_incomplete_store_is_refused(synthetic_dump, tmp_path):
     import zarr
 
