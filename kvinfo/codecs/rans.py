@@ -233,11 +233,13 @@ def store_mask(counts: np.ndarray, symbol_bits: int, store_below: float,
     its own table, ``False`` the pooled table, ``"auto"`` either): its ideal code length
     under its own quantized table (``precision_bits``, as the coder would build it) plus
     the table's bytes, or under the table pooled over every channel plus a share of that
-    table's bytes in proportion to the channel's used symbols. A channel whose empirical entropy plus a generous table cost (16 bits per
-    used symbol) stays below the threshold is not examined further. A stored channel then
-    costs at most ``store_below`` of its raw size more than coding it would, and no time
-    is spent coding it; a channel whose table costs more than coding saves (small inputs
-    of wide alphabets) is stored too.
+    table's bytes in proportion to the channel's used symbols. A channel whose empirical
+    entropy plus a generous table cost (16 bits per used symbol) stays below the threshold
+    is not examined further, and one whose entropy alone reaches it is stored without
+    building tables (no table codes below the entropy). A stored channel then costs at
+    most ``store_below`` of its raw size more than coding it would, and no time is spent
+    coding it; a channel whose table costs more than coding saves (small inputs of wide
+    alphabets) is stored too.
 
     >>> c = np.array([[1000, 1000], [1990, 10]])  # a fair coin and a skewed one
     >>> store_mask(c, 1, 1e-3).tolist()

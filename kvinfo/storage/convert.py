@@ -36,9 +36,9 @@ True
 
 from __future__ import annotations
 
-import json
 import collections
 import contextlib
+import json
 import os
 import shutil
 import sys
