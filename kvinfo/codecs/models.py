@@ -68,6 +68,15 @@ def entropy_bits(counts: np.ndarray) -> float:
     return float(-(c * np.log2(c / total)).sum())
 
 
+def row_entropy_bits(counts: np.ndarray) -> np.ndarray:
+    """:func:`entropy_bits` of every row of a ``(rows, alphabet)`` count array at once."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(c > 0, np.log2(c / np.maximum(total, 1)), 0.0)
+    return -(c * logs).sum(axis=1)
+
+
 def min_precision_bits(num_used_symbols: int) -> int:
     """Smallest precision at which ``num_used_symbols`` symbols can each get frequency >= 1."""
     return max(1, math.ceil(math.log2(max(num_used_symbols, 1))))

@@ -79,7 +79,7 @@ from ..kernels import cpu
 from . import _container as C
 from . import _device
 from ._deprecated import deprecated_aliases
-from .models import PerChannelTables, entropy_bits, min_precision_bits
+from .models import PerChannelTables, entropy_bits, min_precision_bits, row_entropy_bits
 from .registry import register_codec
 
 __all__ = ["RansCodec", "RANS_INDEX_DTYPE"]
@@ -204,7 +204,7 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool,
             pooled = per.sum(axis=0, keepdims=True)
             # cheap screen first: the empirical gain of per-channel tables must beat a
             # generous table cost (12 bits per used entry) before both are quantized
-            gain = entropy_bits(pooled) - sum(entropy_bits(row) for row in per)
+            gain = entropy_bits(pooled) - float(row_entropy_bits(per).sum())
             if gain < AUTO_PER_CHANNEL_MIN_GAIN * entropy_bits(pooled) + 12 * int(
                     (per > 0).sum()):
                 return a, flat, period, lo, span, _tables(pooled, precision_bits, lo), pooled
@@ -253,10 +253,7 @@ def store_mask(counts: np.ndarray, symbol_bits: int, store_below: float,
     # every channel's empirical entropy at once: no table can code a channel below it
     # (Gibbs), so a channel whose entropy alone reaches the limit is stored without
     # building its tables (the incompressible mantissa bytes of floats)
-    c = counts.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.where(c > 0, np.log2(c / np.maximum(rows, 1)[:, None]), 0.0)
-    ent = -(c * logs).sum(axis=1)
+    ent = row_entropy_bits(counts)
     used_all = (counts > 0).sum(axis=1)
     pooled = None
     for ch in range(counts.shape[0]):

@@ -643,6 +643,11 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
 # ---------------------------------------------------------------------------------------
 # raw-stored channels (rans store_below): split and merge in one pass over the rows
 # ---------------------------------------------------------------------------------------
+# Deliberate twins: split and merge are one loop with the copy direction reversed, but the
+# merge must accept read-only sources (the stored section is a view of the stream), and a
+# Numba kernel that writes to an argument on either branch refuses read-only arrays (tried:
+# typing error). The strided paths below stay per-channel copies too: numpy's gather
+# ``grid[:, idx]`` measured 3.1 ms against 0.7 for four float byte channels.
 @njit(cache=True, parallel=True, nogil=True)
 def _split_channels_kernel(grid, stored_idx, coded_idx, raw, coded):  # pragma: no cover
     rows = grid.shape[0]

@@ -271,7 +271,7 @@ def convert_dump(dump, out, codec, *, kinds=None, progress: bool = False) -> dic
                             config={"write_empty_chunks": True},
                             **pipe,
                         )
-                    x = np.ascontiguousarray(t)
+                    x = t  # contiguous: the reader made it so
                     if pending and pending[0][0] != kind:
                         flush()
                     pending.append((kind, lay, x.view(np.uint16) if bf16 else x))

@@ -17,6 +17,7 @@ from kvinfo.codecs.models import (
     entropy_bits,
     min_precision_bits,
     quantize_counts,
+    row_entropy_bits,
 )
 from kvinfo.errors import CodecConfigError, CorruptStreamError
 from kvinfo.kernels import cpu
@@ -27,6 +28,16 @@ _spec = importlib.util.spec_from_file_location(
 _ref = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_ref)
 reference_quantize_counts = _ref.quantize_counts
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_row_entropy_bits_is_entropy_bits_of_each_row(seed):
+    rng = np.random.default_rng(seed)
+    c = rng.integers(0, 50, (9, 33))
+    c[2] = 0  # an empty row
+    c[3, 1:] = 0  # a single-symbol row
+    assert row_entropy_bits(c) == pytest.approx([entropy_bits(r) for r in c], abs=1e-9)
+    assert row_entropy_bits(c)[2] == 0.0 and row_entropy_bits(c)[3] == 0.0
 
 
 def test_entropy_bits_is_the_plug_in_formula():

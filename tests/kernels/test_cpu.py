@@ -122,6 +122,21 @@ def test_split_and_merge_channels_match_boolean_indexing(seed, dtype):
     assert np.array_equal(back, grid)
 
 
+@pytest.mark.parametrize("period", [4, 64])
+def test_merge_channels_reads_read_only_sources(period):
+    """The decoder merges from read-only views of the stream (both the strided path and the
+    row kernel)."""
+    rng = np.random.default_rng(period)
+    grid = rng.integers(0, 256, (300, period), dtype=np.uint8)
+    mask = np.arange(period) % 3 == 0
+    raw = np.empty((300, int(mask.sum())), np.uint8)
+    coded = cpu.split_channels(grid, mask, raw)
+    raw.flags.writeable = coded.flags.writeable = False
+    back = np.empty_like(grid)
+    cpu.merge_channels(coded, raw, mask, back)
+    assert np.array_equal(back, grid)
+
+
 def test_split_channels_refuses_bad_shapes():
     grid = np.zeros((4, 3), np.uint8)
     with pytest.raises(CodecConfigError, match="mask"):
