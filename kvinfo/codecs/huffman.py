@@ -179,7 +179,7 @@ class HuffmanCodec(C.ContainerCoder):
     def _code_lengths(self, flat, lo, span, period):
         """``(lengths (num_tables, span), num_tables)``: one pooled code, or per-channel
         codes when asked for or (``"auto"``) when they pay for their tables."""
-        pooled = cpu.histogram(flat, lo, span)[0]
+        pooled = cpu.histogram(flat, lo, span, range_checked=True)[0]
 
         def limit(counts):
             used = int((counts > 0).sum(axis=-1).max())
@@ -190,7 +190,7 @@ class HuffmanCodec(C.ContainerCoder):
         if not want or period < 2 or period > 1 << 16 or period * span > 1 << 22 or (
                 flat.size % period):
             return one
-        per = cpu.histogram(flat, lo, span, period, per_channel=True)
+        per = cpu.histogram(flat, lo, span, period, per_channel=True, range_checked=True)
         lim = limit(per)
         rows = np.stack([huffman_code_lengths(c, lim) for c in per])
         single = (per > 0).sum(axis=1) == 1  # a lone symbol still needs a 1-bit code

@@ -199,8 +199,8 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool,
         known, lo, span = histogram
     if per_channel == "auto":
         if period > 1 and per_channel_counts_fit(period, span):
-            per = known if known is not None else cpu.histogram(flat, lo, span, period,
-                                                                 per_channel=True)
+            per = known if known is not None else cpu.histogram(
+                flat, lo, span, period, per_channel=True, range_checked=True)
             pooled = per.sum(axis=0, keepdims=True)
             # cheap screen first: the empirical gain of per-channel tables must beat a
             # generous table cost (12 bits per used entry) before both are quantized
@@ -219,7 +219,8 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool,
     if known is not None:
         counts = known if per else known.sum(axis=0, keepdims=True)
     else:
-        counts = cpu.histogram(flat, lo, span, period, per_channel=per)
+        # the range was taken from this array's min and max just above
+        counts = cpu.histogram(flat, lo, span, period, per_channel=per, range_checked=True)
     return a, flat, period, lo, span, _tables(counts, precision_bits, lo), counts
 
 
@@ -454,7 +455,7 @@ class RansCodec(C.ContainerCoder):
         if not per_channel_counts_fit(period, span) or (
                 self.store_below <= 0 and (self.per_channel != "auto" or period == 1)):
             return a, None, None, None
-        per = cpu.histogram(flat, lo, span, period, per_channel=True)
+        per = cpu.histogram(flat, lo, span, period, per_channel=True, range_checked=True)
         mask = store_mask(per, 8 * a.dtype.itemsize, self.store_below, self.precision_bits,
                           self.per_channel)
         if not mask.any():
