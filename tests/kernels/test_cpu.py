@@ -40,9 +40,38 @@ def test_histogram_matches_bincount(seed, per_channel):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_byte_histogram_eight_at_a_time_matches_bincount(seed, per_channel):
+    # uint8 inputs of 4096+ symbols take the eight-per-load kernel (periods dividing 8),
+    # at any start offset (unaligned head and tail bytes); other periods the row kernel
+    rng = np.random.default_rng(100 + seed)
+    period = int(rng.choice([1, 2, 4, 8, 3, 16, 64]))
+    n = int(rng.integers(4096, 50000)) // period * period
+    off = int(rng.integers(0, 8))
+    a = int(rng.integers(1, 257))
+    lo = int(rng.integers(0, 257 - a))
+    x = np.empty(n + off, np.uint8)[off:]
+    x[:] = lo + rng.integers(0, a, n)
+    got = cpu.histogram(x, lo, a, period=period, per_channel=per_channel)
+    if per_channel:
+        want = np.stack([np.bincount(x[c::period].astype(int) - lo, minlength=a)
+                         for c in range(period)])
+    else:
+        want = np.bincount(x.astype(int) - lo, minlength=a)[None, :]
+    np.testing.assert_array_equal(got, want)
+    # a symbol outside the range is refused on every path
+    x[int(rng.integers(0, n))] = lo + a if lo + a < 256 else lo - 1 if lo else 255
+    if not (lo == 0 and a == 256):
+        with pytest.raises(CodecConfigError):
+            cpu.histogram(x, lo, a, period=period, per_channel=per_channel)
+
+
 def test_histogram_refuses_symbols_out_of_range():
     with pytest.raises(CodecConfigError):
         cpu.histogram(np.array([0, 5], np.int32), 0, 4)
+    with pytest.raises(CodecConfigError):
+        cpu.histogram(np.array([-1, 2] * 40000, np.int32), 0, 4, 2, per_channel=True)
 
 
 @pytest.mark.parametrize("seed", range(4))
