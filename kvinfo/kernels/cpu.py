@@ -458,6 +458,9 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     return words, num_words.astype(np.uint32), states
 
 
+#: lane counts the decoder's rare-renormalisation loop serves (lane states in registers)
+RANS_SPARSE_LANES = (1, 2, 4)
+
 #: decode tables up to this many bytes use the direct slot table (entry and symbol value per
 #: slot); larger ones, which would leave the L1 cache, map a slot to a symbol index (one or
 #: two bytes per slot) and look the frequency up per symbol
@@ -509,6 +512,24 @@ def _rans_renorm(x, words, ptr):  # pragma: no cover - numba
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _rans_step_direct(x, entries, values, out, o, mask, P):  # pragma: no cover - numba
+    # one decoder step of lane state x with the direct table (rows entries[0] and
+    # values[0], 1-D), the symbol to out[o]; the state before renormalisation
+    slot = x & mask
+    e = entries[slot]
+    out[o] = values[slot]
+    return ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rans_renorm64(x, words, ptr):  # pragma: no cover - numba
+    # _rans_renorm with the state kept as uint64 (the register-resident lanes)
+    m = np.uint64(x < np.uint64(RANS_STATE_LOWER))
+    w = np.uint64(words[ptr]) & (np.uint64(0) - m)
+    return (x << (m << np.uint64(4))) | w, ptr + m
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _rans_step_indirect(x, t, sidx, info, mask, P):  # pragma: no cover - numba
     slot = x & mask
     s = sidx[t, slot]
@@ -516,9 +537,76 @@ def _rans_step_indirect(x, t, sidx, info, mask, P):  # pragma: no cover - numba
     return ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + slot - (e >> np.uint32(16)), s
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rans_decode_sparse(words, ptr, end, st, K, ent, val, out, start, nfull, mask,
+                        P):  # pragma: no cover - numba
+    # The full steps of one chunk of 1, 2 or 4 lanes with one direct table, for
+    # low-entropy streams (rare renormalisation): the lane states live in registers,
+    # every lane steps, and a single test per step of K symbols sends it to the
+    # branch-free renormalisation only when some lane fell below 2**16. Measured 2.2x
+    # faster than renormalising every lane at 0.05 bit per symbol (at high entropy every
+    # step would take the branch; 16 lanes in registers measured no faster than the
+    # array: too few registers). A function of its own: inside the chunk loop of the
+    # parallel kernel the same loop measured 1.5x slower. Returns (ptr, bad); st is
+    # updated.
+    lower = np.uint64(RANS_STATE_LOWER)
+    one = np.uint64(1)
+    x0 = np.uint64(st[0])
+    x1 = np.uint64(st[1]) if K > 1 else lower
+    x2 = np.uint64(st[2]) if K > 2 else lower
+    x3 = np.uint64(st[3]) if K > 2 else lower
+    bad = 0
+    uK = np.uint64(K)
+    b = np.uint64(start)
+    if K == 4:  # the common case without the lane-count tests
+        for _ in range(nfull):
+            if ptr > end:
+                bad = 1
+                break
+            x0 = _rans_step_direct(x0, ent, val, out, b, mask, P)
+            x1 = _rans_step_direct(x1, ent, val, out, b + one, mask, P)
+            x2 = _rans_step_direct(x2, ent, val, out, b + np.uint64(2), mask, P)
+            x3 = _rans_step_direct(x3, ent, val, out, b + np.uint64(3), mask, P)
+            b += uK
+            if min(min(x0, x1), min(x2, x3)) < lower:
+                x0, ptr = _rans_renorm64(x0, words, ptr)
+                x1, ptr = _rans_renorm64(x1, words, ptr)
+                x2, ptr = _rans_renorm64(x2, words, ptr)
+                x3, ptr = _rans_renorm64(x3, words, ptr)
+        nfull = 0
+    for _ in range(nfull):
+        if ptr > end:
+            bad = 1
+            break
+        x0 = _rans_step_direct(x0, ent, val, out, b, mask, P)
+        mn = x0
+        if K > 1:
+            x1 = _rans_step_direct(x1, ent, val, out, b + one, mask, P)
+            mn = min(mn, x1)
+        if K > 2:
+            x2 = _rans_step_direct(x2, ent, val, out, b + np.uint64(2), mask, P)
+            x3 = _rans_step_direct(x3, ent, val, out, b + np.uint64(3), mask, P)
+            mn = min(mn, min(x2, x3))
+        b += uK
+        if mn < lower:  # lane order, as the encoder wrote the words
+            x0, ptr = _rans_renorm64(x0, words, ptr)
+            if K > 1:
+                x1, ptr = _rans_renorm64(x1, words, ptr)
+            if K > 2:
+                x2, ptr = _rans_renorm64(x2, words, ptr)
+                x3, ptr = _rans_renorm64(x3, words, ptr)
+    st[0] = np.uint32(x0)
+    if K > 1:
+        st[1] = np.uint32(x1)
+    if K > 2:
+        st[2] = np.uint32(x2)
+        st[3] = np.uint32(x3)
+    return ptr, bad
+
+
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, values, sidx,
-                        info, precision, chunk_size, min_symbol, period, out,
+def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, entries, values,
+                        sidx, info, precision, chunk_size, min_symbol, period, out,
                         status):  # pragma: no cover - numba
     # ``words`` is padded with at least 32 words after the last chunk, and the pointer is
     # checked once per step of K symbols (a step reads at most K words), so no read leaves
@@ -550,7 +638,11 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, entries, val
         nfull = (stop - start) // K
         bad = 0
         done = start
-        if K == 32 and direct:
+        if direct and sparse:
+            ptr, bad = _rans_decode_sparse(words, ptr, end, st, K, entries[0], values[0],
+                                           out, start, nfull, mask, P)
+            done = start + K * nfull
+        elif K == 32 and direct:
             for t in range(nfull):
                 if ptr > end:
                     bad = 1
@@ -681,6 +773,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
         entries, values = rans_decode_table(frequencies, precision_bits, min_symbol, out.dtype)
     else:
         entries, values = np.zeros((1, 1), np.uint32), np.zeros((1, 1), out.dtype)
+    # rare renormalisation: at most a quarter of the steps of K symbols read a word
+    sparse = direct and K in RANS_SPARSE_LANES and 4 * K * total <= n
     padded = np.empty(total + 2 * RANS_LANES, dtype=np.uint16)
     padded[:total] = words
     padded[total:] = 0
@@ -690,9 +784,10 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     status = np.zeros(nchunks, dtype=np.int64)
     if nchunks:
         with _threads_for(nchunks):
-            _rans_decode_kernel(padded, offsets, num_words, states, direct, entries, values,
-                                sidx, info, np.int64(precision_bits), np.int64(chunk_size),
-                                np.int64(min_symbol), np.int64(period), out, status)
+            _rans_decode_kernel(padded, offsets, num_words, states, direct, sparse, entries,
+                                values, sidx, info, np.int64(precision_bits),
+                                np.int64(chunk_size), np.int64(min_symbol), np.int64(period),
+                                out, status)
     return status
 
 
