@@ -59,6 +59,8 @@ __all__ = [
 
 RANS_LANES = 32
 RANS_STATE_LOWER = 1 << 16
+#: lane counts the coders' rare-renormalisation loops serve (lane states in registers)
+RANS_SPARSE_LANES = (1, 2, 4)
 _U32 = np.uint64(0xFFFFFFFF)
 _ZERO = np.uint64(0)
 _S16 = np.uint64(16)
@@ -274,9 +276,89 @@ def _rans_put(x, k, tab, rcp, scratch, ptr):  # pragma: no cover - numba
     return x + tab[k, 1] + q * tab[k, 2], ptr, xm != 0
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _rans_put_sparse(x, k, tab, rcp):  # pragma: no cover - numba
+    # the encoder step without renormalisation (the caller has renormalised x)
+    q = np.uint64(np.int64((np.float64(np.int64(x)) + 0.5) * rcp[k]))
+    return x + tab[k, 1] + q * tab[k, 2]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rans_emit(x, xm, scratch, ptr):  # pragma: no cover - numba
+    # branch-free renormalisation of the encoder: emit the low word when x >= xm
+    scratch[ptr - np.uint64(1)] = np.uint16(x & np.uint64(0xFFFF))
+    m = np.uint64(x >= xm)
+    return x >> (m << np.uint64(4)), ptr - m
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _rans_encode_sparse(sym, min_symbol, A, tab, rcp, start, nfull, K, st, scratch,
+                        ptr):  # pragma: no cover - numba
+    # The full steps of one chunk of 1, 2 or 4 lanes with one table, walking backwards,
+    # for low-entropy streams: the decoder's rare-renormalisation twin. The lane states
+    # live in registers, and one test per step of K symbols sends it to the branch-free
+    # renormalisation only when some lane must emit a word (lanes in descending order,
+    # as the general loop emits them). Returns (ptr, ok); st is updated.
+    x0 = st[0]
+    x1 = st[1]
+    x2 = st[2]
+    x3 = st[3]
+    zero = np.uint64(0)
+    uA = np.uint64(A)
+    ok = True
+    for step in range(nfull - 1, -1, -1):
+        b = np.uint64(start + K * step)
+        s0 = np.uint64(np.int64(sym[b]) - min_symbol)
+        ok = ok and s0 < uA
+        s0 = s0 if s0 < uA else zero
+        m0 = tab[s0, 0]
+        ok = ok and m0 != 0
+        need = x0 >= m0
+        s1 = s2 = s3 = zero
+        m1 = m2 = m3 = zero
+        if K > 1:
+            s1 = np.uint64(np.int64(sym[b + np.uint64(1)]) - min_symbol)
+            ok = ok and s1 < uA
+            s1 = s1 if s1 < uA else zero
+            m1 = tab[s1, 0]
+            ok = ok and m1 != 0
+            need = need or x1 >= m1
+        if K > 2:
+            s2 = np.uint64(np.int64(sym[b + np.uint64(2)]) - min_symbol)
+            s3 = np.uint64(np.int64(sym[b + np.uint64(3)]) - min_symbol)
+            ok = ok and s2 < uA and s3 < uA
+            s2 = s2 if s2 < uA else zero
+            s3 = s3 if s3 < uA else zero
+            m2 = tab[s2, 0]
+            m3 = tab[s3, 0]
+            ok = ok and m2 != 0 and m3 != 0
+            need = need or x2 >= m2 or x3 >= m3
+        if not ok:
+            break
+        if need:  # descending lanes, as the decoder reads them back
+            if K > 2:
+                x3, ptr = _rans_emit(x3, m3, scratch, ptr)
+                x2, ptr = _rans_emit(x2, m2, scratch, ptr)
+            if K > 1:
+                x1, ptr = _rans_emit(x1, m1, scratch, ptr)
+            x0, ptr = _rans_emit(x0, m0, scratch, ptr)
+        x0 = _rans_put_sparse(x0, s0, tab, rcp)
+        if K > 1:
+            x1 = _rans_put_sparse(x1, s1, tab, rcp)
+        if K > 2:
+            x2 = _rans_put_sparse(x2, s2, tab, rcp)
+            x3 = _rans_put_sparse(x3, s3, tab, rcp)
+    st[0] = x0
+    st[1] = x1
+    st[2] = x2
+    st[3] = x3
+    return ptr, ok
+
+
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, chunk_size, num_lanes,
-                        scratch, word_start, num_words, states, status):  # pragma: no cover
+                        sparse, scratch, word_start, num_words, states,
+                        status):  # pragma: no cover
     # Flat tables, row k = table * alphabet + symbol index s (one index computation and
     # one cache line per step; four (table, symbol) arrays measured 1.3x to 1.9x slower
     # with 64 tables): tab[k] = (xmax, cum, cmpl) with xmax = f << (32 - P) (the
@@ -319,7 +401,10 @@ def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, chunk_size,
             st[l], ptr, good = _rans_put(st[l], tb + (s if s < A else zero), tab, rcp,
                                          scratch, ptr)
             ok = ok and good
-        if num_tables == 1 and K == 32:
+        if sparse and ok:
+            ptr, ok = _rans_encode_sparse(sym, min_symbol, alphabet, tab, rcp, start, nfull,
+                                          K, st, scratch, ptr)
+        elif num_tables == 1 and K == 32:
             for step in range(nfull - 1, -1, -1):
                 if not ok:
                     break
@@ -371,6 +456,13 @@ def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, chunk_size,
         num_words[k] = region_end - ptr
         for l in range(K):
             states[k, l] = np.uint32(st[l])
+
+
+def _table_bits(freq: np.ndarray, precision_bits: int) -> float:
+    """Entropy in bits per symbol of one quantized table (what a source that follows it
+    costs)."""
+    f = freq[freq > 0].astype(np.float64)
+    return float(precision_bits - (f * np.log2(f)).sum() / float(1 << precision_bits))
 
 
 def _rans_tables(frequencies: np.ndarray, precision_bits: int) -> None:
@@ -440,11 +532,15 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     tab[:, 2] = np.uint64(1 << precision_bits) - f
     with np.errstate(divide="ignore"):
         rcp = 1.0 / frequencies.reshape(-1)
+    # rare renormalisation (as the decoder): one table of 1, 2 or 4 lanes whose entropy
+    # puts at most one word per 4 * num_lanes symbols
+    sparse = bool(num_tables == 1 and num_lanes in RANS_SPARSE_LANES and (
+        _table_bits(frequencies[0], precision_bits) * num_lanes <= 4.0))
     if nchunks:
         with _threads_for(nchunks):
             _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), np.int64(a),
-                                tab, rcp, np.int64(chunk_size), np.int64(num_lanes), scratch,
-                                word_start, num_words, states, status)
+                                tab, rcp, np.int64(chunk_size), np.int64(num_lanes), sparse,
+                                scratch, word_start, num_words, states, status)
     if status.any():
         lo, hi = int(symbols.min()), int(symbols.max())
         _check(lo >= min_symbol and hi < min_symbol + a,
@@ -457,9 +553,6 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
                                 for s, w in zip(word_start, num_words, strict=True)])
     return words, num_words.astype(np.uint32), states
 
-
-#: lane counts the decoder's rare-renormalisation loop serves (lane states in registers)
-RANS_SPARSE_LANES = (1, 2, 4)
 
 #: decode tables up to this many bytes use the direct slot table (entry and symbol value per
 #: slot); larger ones, which would leave the L1 cache, map a slot to a symbol index (one or

@@ -208,3 +208,44 @@ def test_rans_sparse_decoder_round_trips_and_catches_damage(seed, lanes):
         bad = cpu.rans_decode(w2, nw, st2, freq, 12, chunk, 0, 1, out).any()
         assert bad or not np.array_equal(out, x) or (
             np.array_equal(w2, words) and np.array_equal(st2, st))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rans_sparse_encoder_writes_the_general_loops_stream(seed):
+    # the encoder's rare-renormalisation loop (one table, 1, 2 or 4 lanes) must write
+    # exactly the words and final states of the general loop, and refuse the same chunks
+    from kvinfo.codecs.models import quantize_counts
+
+    rng = np.random.default_rng(300 + seed)
+    for _ in range(20):
+        k = int(rng.choice([1, 2, 4]))
+        n = int(rng.integers(1, 40000))
+        x = (rng.random(n) < float(rng.choice([0.001, 0.01, 0.1, 0.4]))).astype(
+            np.uint8) * rng.integers(1, 4, n).astype(np.uint8)
+        if rng.random() < 0.2:
+            x[rng.integers(0, n)] = 7  # outside the table: the chunk is refused
+        counts = np.bincount(x[x < 4], minlength=4).astype(np.int64)
+        freq = quantize_counts(np.maximum(counts, 0) if counts.sum() else np.ones(4, np.int64),
+                               12).reshape(1, -1).astype(np.int64)
+        chunk = k * int(rng.integers(1, n // k + 2))
+        f = freq.astype(np.uint64).reshape(-1)
+        tab = np.stack([f << np.uint64(20), np.concatenate([[0], np.cumsum(f)[:-1]]).astype(
+            np.uint64), np.uint64(4096) - f], axis=1)
+        with np.errstate(divide="ignore"):
+            rcp = 1.0 / freq.reshape(-1)
+        res = []
+        for sparse in (False, True):
+            nch = -(-n // chunk)
+            scratch = np.zeros(n + nch, np.uint16)
+            ws, nw = np.zeros(nch, np.uint64), np.zeros(nch, np.uint64)
+            st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
+            cpu._rans_encode_kernel(x, np.int64(0), np.int64(1), np.int64(4), tab, rcp,
+                                    np.int64(chunk), np.int64(k), sparse, scratch, ws, nw, st,
+                                    status)
+            words = [scratch[int(a):int(a + b)].copy() for a, b in zip(ws, nw, strict=True)]
+            res.append((status, words, st))
+        (s0, w0, t0), (s1, w1, t1) = res
+        np.testing.assert_array_equal(s0, s1)
+        for i in np.flatnonzero(s0 == 0):
+            np.testing.assert_array_equal(w0[i], w1[i])
+            np.testing.assert_array_equal(t0[i], t1[i])
