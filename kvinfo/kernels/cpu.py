@@ -292,13 +292,16 @@ def _rans_emit(x, xm, scratch, ptr):  # pragma: no cover - numba
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _rans_encode_sparse(sym, min_symbol, A, tab, rcp, start, nfull, K, st, scratch,
+def _rans_encode_sparse(sym, min_symbol, A, tab, rcp, start, nfull, K, rare, st, scratch,
                         ptr):  # pragma: no cover - numba
     # The full steps of one chunk of 1, 2 or 4 lanes with one table, walking backwards,
     # for low-entropy streams: the decoder's rare-renormalisation twin. The lane states
     # live in registers, and one test per step of K symbols sends it to the branch-free
     # renormalisation only when some lane must emit a word (lanes in descending order,
-    # as the general loop emits them). Returns (ptr, ok); st is updated.
+    # as the general loop emits them). With ``rare`` False (higher entropy, where the
+    # test would be a coin toss) every step renormalises branch-free, the states still in
+    # registers (4 lanes in an array measured 1.6x slower: each lane's state goes through
+    # memory). Returns (ptr, ok); st is updated.
     x0 = st[0]
     x1 = st[1]
     x2 = st[2]
@@ -335,7 +338,7 @@ def _rans_encode_sparse(sym, min_symbol, A, tab, rcp, start, nfull, K, st, scrat
             need = need or x2 >= m2 or x3 >= m3
         if not ok:
             break
-        if need:  # descending lanes, as the decoder reads them back
+        if need or not rare:  # descending lanes, as the decoder reads them back
             if K > 2:
                 x3, ptr = _rans_emit(x3, m3, scratch, ptr)
                 x2, ptr = _rans_emit(x2, m2, scratch, ptr)
@@ -357,7 +360,7 @@ def _rans_encode_sparse(sym, min_symbol, A, tab, rcp, start, nfull, K, st, scrat
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, chunk_size, num_lanes,
-                        sparse, scratch, word_start, num_words, states,
+                        sparse, rare, scratch, word_start, num_words, states,
                         status):  # pragma: no cover
     # Flat tables, row k = table * alphabet + symbol index s (one index computation and
     # one cache line per step; four (table, symbol) arrays measured 1.3x to 1.9x slower
@@ -403,7 +406,7 @@ def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, chunk_size,
             ok = ok and good
         if sparse and ok:
             ptr, ok = _rans_encode_sparse(sym, min_symbol, alphabet, tab, rcp, start, nfull,
-                                          K, st, scratch, ptr)
+                                          K, rare, st, scratch, ptr)
         elif num_tables == 1 and K == 32:
             for step in range(nfull - 1, -1, -1):
                 if not ok:
@@ -532,15 +535,16 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     tab[:, 2] = np.uint64(1 << precision_bits) - f
     with np.errstate(divide="ignore"):
         rcp = 1.0 / frequencies.reshape(-1)
-    # rare renormalisation (as the decoder): one table of 1, 2 or 4 lanes whose entropy
-    # puts at most one word per 4 * num_lanes symbols
-    sparse = bool(num_tables == 1 and num_lanes in RANS_SPARSE_LANES and (
-        _table_bits(frequencies[0], precision_bits) * num_lanes <= 4.0))
+    # one table of 1, 2 or 4 lanes: the lane states in registers, and rare
+    # renormalisation (as the decoder) when its entropy puts at most one word per
+    # 4 * num_lanes symbols
+    sparse = bool(num_tables == 1 and num_lanes in RANS_SPARSE_LANES)
+    rare = sparse and _table_bits(frequencies[0], precision_bits) * num_lanes <= 4.0
     if nchunks:
         with _threads_for(nchunks):
             _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), np.int64(a),
                                 tab, rcp, np.int64(chunk_size), np.int64(num_lanes), sparse,
-                                scratch, word_start, num_words, states, status)
+                                rare, scratch, word_start, num_words, states, status)
     if status.any():
         lo, hi = int(symbols.min()), int(symbols.max())
         _check(lo >= min_symbol and hi < min_symbol + a,
@@ -633,7 +637,7 @@ def _rans_step_indirect(x, so, io, sidx, info, mask, P):  # pragma: no cover - n
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _rans_decode_sparse(words, ptr, end, st, K, ent, val, out, start, nfull, mask,
+def _rans_decode_sparse(words, ptr, end, st, K, rare, ent, val, out, start, nfull, mask,
                         P):  # pragma: no cover - numba
     # The full steps of one chunk of 1, 2 or 4 lanes with one direct table, for
     # low-entropy streams (rare renormalisation): the lane states live in registers,
@@ -641,9 +645,10 @@ def _rans_decode_sparse(words, ptr, end, st, K, ent, val, out, start, nfull, mas
     # branch-free renormalisation only when some lane fell below 2**16. Measured 2.2x
     # faster than renormalising every lane at 0.05 bit per symbol (at high entropy every
     # step would take the branch; 16 lanes in registers measured no faster than the
-    # array: too few registers). A function of its own: inside the chunk loop of the
-    # parallel kernel the same loop measured 1.5x slower. Returns (ptr, bad); st is
-    # updated.
+    # array: too few registers). With ``rare`` False (higher entropy) every step
+    # renormalises branch-free, the states still in registers. A function of its own:
+    # inside the chunk loop of the parallel kernel the same loop measured 1.5x slower.
+    # Returns (ptr, bad); st is updated.
     lower = np.uint64(RANS_STATE_LOWER)
     one = np.uint64(1)
     x0 = np.uint64(st[0])
@@ -663,7 +668,7 @@ def _rans_decode_sparse(words, ptr, end, st, K, ent, val, out, start, nfull, mas
             x2 = _rans_step_direct(x2, ent, val, out, b + np.uint64(2), mask, P)
             x3 = _rans_step_direct(x3, ent, val, out, b + np.uint64(3), mask, P)
             b += uK
-            if min(min(x0, x1), min(x2, x3)) < lower:
+            if not rare or min(min(x0, x1), min(x2, x3)) < lower:
                 x0, ptr = _rans_renorm64(x0, words, ptr)
                 x1, ptr = _rans_renorm64(x1, words, ptr)
                 x2, ptr = _rans_renorm64(x2, words, ptr)
@@ -683,7 +688,7 @@ def _rans_decode_sparse(words, ptr, end, st, K, ent, val, out, start, nfull, mas
             x3 = _rans_step_direct(x3, ent, val, out, b + np.uint64(3), mask, P)
             mn = min(mn, min(x2, x3))
         b += uK
-        if mn < lower:  # lane order, as the encoder wrote the words
+        if not rare or mn < lower:  # lane order, as the encoder wrote the words
             x0, ptr = _rans_renorm64(x0, words, ptr)
             if K > 1:
                 x1, ptr = _rans_renorm64(x1, words, ptr)
@@ -700,9 +705,9 @@ def _rans_decode_sparse(words, ptr, end, st, K, ent, val, out, start, nfull, mas
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, entries, values,
-                        sidx, info, num_tables, precision, chunk_size, min_symbol, period,
-                        out, status):  # pragma: no cover - numba
+def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare, entries,
+                        values, sidx, info, num_tables, precision, chunk_size, min_symbol,
+                        period, out, status):  # pragma: no cover - numba
     # ``words`` is padded with at least 32 words after the last chunk, and the pointer is
     # checked once per step of K symbols (a step reads at most K words), so no read leaves
     # the array however damaged the stream is. Tables: ``direct`` (one table that fits
@@ -738,8 +743,8 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, entr
         bad = 0
         done = start
         if direct and sparse:
-            ptr, bad = _rans_decode_sparse(words, ptr, end, st, K, entries[0], values[0],
-                                           out, start, nfull, mask, P)
+            ptr, bad = _rans_decode_sparse(words, ptr, end, st, K, rare, entries[0],
+                                           values[0], out, start, nfull, mask, P)
             done = start + K * nfull
         elif K == 32 and direct:
             for t in range(nfull):
@@ -890,8 +895,10 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
         entries, values = rans_decode_table(frequencies, precision_bits, min_symbol, out.dtype)
     else:
         entries, values = np.zeros((1, 1), np.uint32), np.zeros((1, 1), out.dtype)
-    # rare renormalisation: at most a quarter of the steps of K symbols read a word
-    sparse = direct and K in RANS_SPARSE_LANES and 4 * K * total <= n
+    # 1, 2 or 4 lanes: states in registers; rare renormalisation when at most a quarter
+    # of the steps of K symbols read a word
+    sparse = direct and K in RANS_SPARSE_LANES
+    rare = sparse and 4 * K * total <= n
     padded = np.empty(total + 2 * RANS_LANES, dtype=np.uint16)
     padded[:total] = words
     padded[total:] = 0
@@ -901,8 +908,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     status = np.zeros(nchunks, dtype=np.int64)
     if nchunks:
         with _threads_for(nchunks):
-            _rans_decode_kernel(padded, offsets, num_words, states, direct, sparse, entries,
-                                values, sidx.reshape(-1), info.reshape(-1),
+            _rans_decode_kernel(padded, offsets, num_words, states, direct, sparse, rare,
+                                entries, values, sidx.reshape(-1), info.reshape(-1),
                                 np.int64(num_tables), np.int64(precision_bits),
                                 np.int64(chunk_size), np.int64(min_symbol), np.int64(period),
                                 out, status)

@@ -179,22 +179,29 @@ def test_split_channels_refuses_bad_shapes():
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("lanes", [1, 2, 4])
-def test_rans_sparse_decoder_round_trips_and_catches_damage(seed, lanes):
-    # low-entropy streams of 1, 2 or 4 lanes take the rare-renormalisation decode loop
-    # (at most one word read per 4 * lanes symbols); it must equal the encoder's input,
-    # across chunk tails, and damage to the words or the final states must show in the
-    # status (or, at worst, in the output, which the container CRC then catches)
+@pytest.mark.parametrize("rare", [True, False])
+def test_rans_sparse_decoder_round_trips_and_catches_damage(seed, lanes, rare):
+    # streams of 1, 2 or 4 lanes take the register decode loop, low-entropy ones (at most
+    # one word read per 4 * lanes symbols) with rare renormalisation; it must equal the
+    # encoder's input, across chunk tails, and damage to the words or the final states
+    # must show in the status (or, at worst, in the output, which the container CRC then
+    # catches)
     from kvinfo.codecs.models import quantize_counts
 
     rng = np.random.default_rng(200 + seed)
     n = int(rng.integers(20_000, 120_000))
-    x = (rng.random(n) < rng.uniform(0.002, 0.02)).astype(np.uint8) * rng.integers(
-        1, 3, n).astype(np.uint8)
+    if rare:
+        x = (rng.random(n) < rng.uniform(0.002, 0.02)).astype(np.uint8) * rng.integers(
+            1, 3, n).astype(np.uint8)
+    else:  # about 6 bits per symbol
+        x = rng.integers(0, 64, n).astype(np.uint8)
     counts = np.bincount(x, minlength=3).astype(np.int64)
     freq = quantize_counts(counts, 12).reshape(1, -1).astype(np.int64)
     chunk = lanes * int(rng.integers(n // (3 * lanes), n // lanes + 1))
     words, nw, st = cpu.rans_encode(x, 0, freq, 12, chunk, 1, num_lanes=lanes)
-    assert 4 * lanes * words.size <= n  # the decoder's sparse criterion holds
+    # the decoder's rare-renormalisation criterion holds, or (register loop with a
+    # branch-free renormalisation at every step) does not
+    assert (4 * lanes * words.size <= n) == rare
     out = np.empty(n, np.uint8)
     assert not cpu.rans_decode(words, nw, st, freq, 12, chunk, 0, 1, out).any()
     np.testing.assert_array_equal(out, x)
@@ -212,7 +219,8 @@ def test_rans_sparse_decoder_round_trips_and_catches_damage(seed, lanes):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_rans_sparse_encoder_writes_the_general_loops_stream(seed):
-    # the encoder's rare-renormalisation loop (one table, 1, 2 or 4 lanes) must write
+    # the encoder's register loop (one table, 1, 2 or 4 lanes; renormalisation tested per
+    # step or branch-free at every step) must write
     # exactly the words and final states of the general loop, and refuse the same chunks
     from kvinfo.codecs.models import quantize_counts
 
@@ -234,18 +242,19 @@ def test_rans_sparse_encoder_writes_the_general_loops_stream(seed):
         with np.errstate(divide="ignore"):
             rcp = 1.0 / freq.reshape(-1)
         res = []
-        for sparse in (False, True):
+        for sparse, rare in ((False, False), (True, False), (True, True)):
             nch = -(-n // chunk)
             scratch = np.zeros(n + nch, np.uint16)
             ws, nw = np.zeros(nch, np.uint64), np.zeros(nch, np.uint64)
             st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
             cpu._rans_encode_kernel(x, np.int64(0), np.int64(1), np.int64(4), tab, rcp,
-                                    np.int64(chunk), np.int64(k), sparse, scratch, ws, nw, st,
-                                    status)
+                                    np.int64(chunk), np.int64(k), sparse, rare, scratch, ws, nw,
+                                    st, status)
             words = [scratch[int(a):int(a + b)].copy() for a, b in zip(ws, nw, strict=True)]
             res.append((status, words, st))
-        (s0, w0, t0), (s1, w1, t1) = res
-        np.testing.assert_array_equal(s0, s1)
-        for i in np.flatnonzero(s0 == 0):
-            np.testing.assert_array_equal(w0[i], w1[i])
-            np.testing.assert_array_equal(t0[i], t1[i])
+        s0, w0, t0 = res[0]
+        for s1, w1, t1 in res[1:]:
+            np.testing.assert_array_equal(s0, s1)
+            for i in np.flatnonzero(s0 == 0):
+                np.testing.assert_array_equal(w0[i], w1[i])
+                np.testing.assert_array_equal(t0[i], t1[i])
