@@ -258,3 +258,17 @@ def test_rans_sparse_encoder_writes_the_general_loops_stream(seed):
             for i in np.flatnonzero(s0 == 0):
                 np.testing.assert_array_equal(w0[i], w1[i])
                 np.testing.assert_array_equal(t0[i], t1[i])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32])
+def test_wide_per_channel_histogram_flushes_its_16_bit_counters(dtype):
+    # 40 channels of 256 symbols take the uint16 sub-counter kernel; 66,000 rows of one
+    # repeated value per channel overflow a counter unless it is flushed every 65,535 rows
+    rng = np.random.default_rng(7)
+    rows, period = 66_000, 40
+    x = np.tile(rng.integers(0, 256, period), rows).astype(dtype)
+    x[rng.integers(0, x.size, 1000)] = 255
+    got = cpu.histogram(x, 0, 256, period, per_channel=True)
+    want = np.stack([np.bincount(x[c::period].astype(np.int64), minlength=256)
+                     for c in range(period)])
+    np.testing.assert_array_equal(got, want)
