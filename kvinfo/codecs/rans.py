@@ -18,8 +18,9 @@ chunk_size : int or None, default None
     to pay for 32 lane states, one chunk with fewer lanes (1, 2, 4, 8 or 16), so the
     per-chunk cost (about 3 bytes per lane plus a varint) scales with the compressed
     size, not the symbol count; at most 4 lanes at :data:`AUTO_SPARSE_BITS` bits per
-    symbol or less (the CPU coders then keep the lanes in registers). An int (a multiple of 32) fixes the chunk size and uses
-    32 lanes, as a GPU decoder that wants many chunks prefers.
+    symbol or less (the CPU coders then keep the lanes in registers). An int (a multiple
+    of 32) fixes the chunk size and uses 32 lanes, as a GPU decoder that wants many
+    chunks prefers.
 per_channel : bool or "auto", default "auto"
     Give every channel (the last axis, for arrays of 2 or more dimensions) its own
     frequency table. ``"auto"`` measures both (ideal code length under the quantized

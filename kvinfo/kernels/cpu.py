@@ -398,8 +398,8 @@ def _rans_encode_sparse(sym, min_symbol, A, tab, rcp, start, nfull, K, rare, st,
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, chunk_size, num_lanes,
-                        sparse, rare, scratch, word_start, num_words, states,
+def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, loff, chunk_size,
+                        num_lanes, sparse, rare, scratch, word_start, num_words, states,
                         status):  # pragma: no cover
     # Flat tables, row k = table * alphabet + symbol index s (one index computation and
     # one cache line per step; four (table, symbol) arrays measured 1.3x to 1.9x slower
@@ -478,6 +478,21 @@ def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, chunk_size,
                     tb = cb + ltab[ul] if num_tables > 1 else zero
                     st[ul], ptr, good = _rans_put(st[ul], tb + (s if s < A else zero), tab,
                                                   rcp, scratch, ptr)
+                    ok = ok and good
+        elif loff.shape[0] == period:
+            # any period up to 256: the row offset of lane l in a step whose first
+            # channel is c is loff[c, l] (no channel counter, no multiply per symbol)
+            for step in range(nfull - 1, -1, -1):
+                if not ok:
+                    break
+                base = np.uint64(start + K * step)
+                row = loff[(start + K * step) % period]
+                for l in range(K - 1, -1, -1):
+                    ul = np.uint64(l)
+                    s = np.uint64(np.int64(sym[base + ul]) - min_symbol)
+                    ok = ok and s < A
+                    st[ul], ptr, good = _rans_put(st[ul], row[ul] + (s if s < A else zero),
+                                                  tab, rcp, scratch, ptr)
                     ok = ok and good
         else:
             for step in range(nfull - 1, -1, -1):
@@ -579,11 +594,18 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     # 4 * num_lanes symbols
     sparse = bool(num_tables == 1 and num_lanes in RANS_SPARSE_LANES)
     rare = sparse and _table_bits(frequencies[0], precision_bits) * num_lanes <= 4.0
+    if num_tables > 1 and period % num_lanes and num_lanes % period and period <= 256:
+        # lane offsets per first channel of a step, for periods that neither divide nor
+        # are divided by the lane count (the three coded byte channels of a float32 dump)
+        ch = (np.arange(period)[:, None] + np.arange(num_lanes)[None, :]) % period
+        loff = (ch * a).astype(np.uint64)
+    else:
+        loff = np.zeros((0, 0), np.uint64)
     if nchunks:
         with _threads_for(nchunks):
             _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), np.int64(a),
-                                tab, rcp, np.int64(chunk_size), np.int64(num_lanes), sparse,
-                                rare, scratch, word_start, num_words, states, status)
+                                tab, rcp, loff, np.int64(chunk_size), np.int64(num_lanes),
+                                sparse, rare, scratch, word_start, num_words, states, status)
     if status.any():
         lo, hi = int(symbols.min()), int(symbols.max())
         _check(lo >= min_symbol and hi < min_symbol + a,

@@ -248,8 +248,8 @@ def test_rans_sparse_encoder_writes_the_general_loops_stream(seed):
             ws, nw = np.zeros(nch, np.uint64), np.zeros(nch, np.uint64)
             st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
             cpu._rans_encode_kernel(x, np.int64(0), np.int64(1), np.int64(4), tab, rcp,
-                                    np.int64(chunk), np.int64(k), sparse, rare, scratch, ws, nw,
-                                    st, status)
+                                    np.zeros((0, 0), np.uint64), np.int64(chunk), np.int64(k),
+                                    sparse, rare, scratch, ws, nw, st, status)
             words = [scratch[int(a):int(a + b)].copy() for a, b in zip(ws, nw, strict=True)]
             res.append((status, words, st))
         s0, w0, t0 = res[0]
@@ -272,3 +272,43 @@ def test_wide_per_channel_histogram_flushes_its_16_bit_counters(dtype):
     want = np.stack([np.bincount(x[c::period].astype(np.int64), minlength=256)
                      for c in range(period)])
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("period", [3, 5, 6, 7, 12, 100])
+def test_rans_encoder_lane_offset_table_matches_the_channel_counter(period):
+    # periods that neither divide nor are divided by the lanes code with a table of lane
+    # offsets per first channel of a step; the words must be the channel counter's
+    rng = np.random.default_rng(period)
+    a = 16
+    rows = int(rng.integers(50, 3000))
+    x = np.clip(np.round(rng.laplace(0, rng.uniform(0.5, 4, period), (rows, period))) + 8,
+                0, a - 1).astype(np.uint8).reshape(-1)
+    counts = np.stack([np.bincount(x[c::period], minlength=a) for c in range(period)])
+    freq = cpu.quantize_rows(counts.astype(np.int64), 12)
+    f = freq.astype(np.uint64).reshape(-1)
+    cum = (np.cumsum(freq, axis=1) - freq).astype(np.uint64).reshape(-1)
+    tab = np.stack([f << np.uint64(20), cum, np.uint64(4096) - f], axis=1)
+    with np.errstate(divide="ignore"):
+        rcp = 1.0 / freq.reshape(-1)
+    n = x.size
+    for k in (16, 32):
+        chunk = k * int(rng.integers(1, n // k + 2))
+        ch = (np.arange(period)[:, None] + np.arange(k)[None, :]) % period
+        res = []
+        for loff in (np.zeros((0, 0), np.uint64), (ch * a).astype(np.uint64)):
+            nch = -(-n // chunk)
+            scratch = np.zeros(n + nch, np.uint16)
+            ws, nw = np.zeros(nch, np.uint64), np.zeros(nch, np.uint64)
+            st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
+            cpu._rans_encode_kernel(x, np.int64(0), np.int64(period), np.int64(a), tab, rcp,
+                                    loff, np.int64(chunk), np.int64(k), False, False,
+                                    scratch, ws, nw, st, status)
+            assert not status.any()
+            res.append((np.concatenate([scratch[int(b):int(b + c)]
+                                        for b, c in zip(ws, nw, strict=True)]), st))
+        np.testing.assert_array_equal(res[0][0], res[1][0])
+        np.testing.assert_array_equal(res[0][1], res[1][1])
+        out = np.empty(n, np.uint8)
+        assert not cpu.rans_decode(res[1][0], nw.astype(np.uint32), res[1][1], freq, 12,
+                                   chunk, 0, period, out).any()
+        np.testing.assert_array_equal(out, x)
