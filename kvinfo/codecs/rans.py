@@ -221,9 +221,15 @@ def encode_tables(codec_id: str, array, precision_bits: int, per_channel: bool,
             if gain < AUTO_PER_CHANNEL_MIN_GAIN * entropy_bits(pooled) + 12 * int(
                     (per > 0).sum()):
                 return a, flat, period, lo, span, _tables(pooled, precision_bits, lo), pooled
-            t1, t2 = (_tables(c, precision_bits, lo) for c in (pooled, per))
-            s1, s2 = (t.cross_entropy_bits(c) + 8 * len(t.to_bytes(packed=True))
-                      for t, c in ((t1, pooled), (t2, per)))
+            t2 = _tables(per, precision_bits, lo)
+            s2 = t2.cross_entropy_bits(per) + 8 * len(t2.to_bytes(packed=True))
+            # the pooled stream costs at least the pooled entropy (no table codes below
+            # it): when the per-channel stream beats even that, the pooled table need not
+            # be built (the same choice as comparing the two sizes)
+            if s2 < (1 - AUTO_PER_CHANNEL_MIN_GAIN) * entropy_bits(pooled):
+                return a, flat, period, lo, span, t2, per
+            t1 = _tables(pooled, precision_bits, lo)
+            s1 = t1.cross_entropy_bits(pooled) + 8 * len(t1.to_bytes(packed=True))
             if s2 < (1 - AUTO_PER_CHANNEL_MIN_GAIN) * s1:
                 return a, flat, period, lo, span, t2, per
             return a, flat, period, lo, span, t1, pooled
