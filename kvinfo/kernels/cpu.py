@@ -302,20 +302,6 @@ def histogram(symbols: np.ndarray, min_symbol: int, alphabet_size: int, period: 
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _rans_put(x, k, tab, rcp, scratch, ptr):  # pragma: no cover - numba
-    # one encoder step of lane state x for row k = table * alphabet + symbol index of the
-    # flat tables; returns the new state, the new word pointer and whether the symbol was
-    # codable (f > 0)
-    xm = tab[k, 0]
-    scratch[ptr - np.uint64(1)] = np.uint16(x & np.uint64(0xFFFF))
-    m = np.uint64(x >= xm)
-    ptr -= m
-    x = x >> (m << np.uint64(4))
-    q = np.uint64(np.int64((np.float64(np.int64(x)) + 0.5) * rcp[k]))
-    return x + tab[k, 1] + q * tab[k, 2], ptr, xm != 0
-
-
-@njit(cache=True, inline="always", error_model="numpy")
 def _rans_put_sparse(x, k, tab, rcp):  # pragma: no cover - numba
     # the encoder step without renormalisation (the caller has renormalised x)
     q = np.uint64(np.int64((np.float64(np.int64(x)) + 0.5) * rcp[k]))
@@ -328,6 +314,16 @@ def _rans_emit(x, xm, scratch, ptr):  # pragma: no cover - numba
     scratch[ptr - np.uint64(1)] = np.uint16(x & np.uint64(0xFFFF))
     m = np.uint64(x >= xm)
     return x >> (m << np.uint64(4)), ptr - m
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _rans_put(x, k, tab, rcp, scratch, ptr):  # pragma: no cover - numba
+    # one encoder step of lane state x for row k = table * alphabet + symbol index of the
+    # flat tables; returns the new state, the new word pointer and whether the symbol was
+    # codable (f > 0)
+    xm = tab[k, 0]
+    x, ptr = _rans_emit(x, xm, scratch, ptr)
+    return _rans_put_sparse(x, k, tab, rcp), ptr, xm != 0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -661,12 +657,20 @@ def rans_slot_symbols(frequencies: np.ndarray, precision_bits: int) -> np.ndarra
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _rans_renorm64(x, words, ptr):  # pragma: no cover - numba
+    # the decoder's renormalisation with the state kept as uint64 (the register-resident
+    # lanes); _rans_renorm is this with the uint32 state of the lane arrays
+    m = np.uint64(x < np.uint64(RANS_STATE_LOWER))
+    w = np.uint64(words[ptr]) & (np.uint64(0) - m)
+    return (x << (m << np.uint64(4))) | w, ptr + m
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _rans_renorm(x, words, ptr):  # pragma: no cover - numba
     # branch-free: whether a lane needs a word is a coin toss the predictor cannot learn
     # (arithmetic, not a select: LLVM turns a select around the word load into a branch)
-    m = np.uint64(x < np.uint64(RANS_STATE_LOWER))
-    w = np.uint64(words[ptr]) & (np.uint64(0) - m)
-    return np.uint32((x << (m << np.uint64(4))) | w), ptr + m
+    x, ptr = _rans_renorm64(np.uint64(x), words, ptr)
+    return np.uint32(x), ptr
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -677,14 +681,6 @@ def _rans_step_direct(x, entries, values, out, o, mask, P):  # pragma: no cover 
     e = entries[slot]
     out[o] = values[slot]
     return ((e & np.uint32(0xFFFF)) + np.uint64(1)) * (x >> P) + (e >> np.uint32(16))
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _rans_renorm64(x, words, ptr):  # pragma: no cover - numba
-    # _rans_renorm with the state kept as uint64 (the register-resident lanes)
-    m = np.uint64(x < np.uint64(RANS_STATE_LOWER))
-    w = np.uint64(words[ptr]) & (np.uint64(0) - m)
-    return (x << (m << np.uint64(4))) | w, ptr + m
 
 
 @njit(cache=True, inline="always", error_model="numpy")
