@@ -35,6 +35,13 @@ import numpy as np
 from numba import njit, prange
 
 from ..errors import CodecConfigError
+from .simd import (
+    GATHER_PAD_BYTES,
+    HOST_HAS_SIMD_DECODE,
+    SIMD_LANES,
+    decode_direct_step16,
+    decode_step16,
+)
 
 __all__ = [
     "RANS_LANES",
@@ -61,6 +68,9 @@ RANS_LANES = 32
 RANS_STATE_LOWER = 1 << 16
 #: lane counts the coders' rare-renormalisation loops serve (lane states in registers)
 RANS_SPARSE_LANES = (1, 2, 4)
+#: whether :func:`rans_decode` takes the 16-lane vector steps of :mod:`kvinfo.kernels.simd`
+#: by default (hosts with AVX-512 and VBMI2; the scalar loops elsewhere)
+RANS_SIMD_DECODE = HOST_HAS_SIMD_DECODE
 _U32 = np.uint64(0xFFFFFFFF)
 _ZERO = np.uint64(0)
 _S16 = np.uint64(16)
@@ -762,9 +772,9 @@ def _rans_decode_sparse(words, ptr, end, st, K, rare, ent, val, out, start, nful
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare, entries,
-                        values, sidx, info, num_tables, precision, chunk_size, min_symbol,
-                        period, out, status):  # pragma: no cover - numba
+def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare, simd,
+                        entries, values, sidx, info, ent32, num_tables, precision, chunk_size,
+                        min_symbol, period, out, status):  # pragma: no cover - numba
     # ``words`` is padded with at least 32 words after the last chunk, and the pointer is
     # checked once per step of K symbols (a step reads at most K words), so no read leaves
     # the array however damaged the stream is. Tables: ``direct`` (one table that fits
@@ -802,6 +812,33 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare
         if direct and sparse:
             ptr, bad = _rans_decode_sparse(words, ptr, end, st, K, rare, entries[0],
                                            values[0], out, start, nfull, mask, P)
+            done = start + K * nfull
+        elif simd:
+            # 16 lanes per vector step (kvinfo.kernels.simd; the caller sets simd only for
+            # 16 or 32 lanes and one table or a period that is a multiple of the lanes)
+            multi = np.uint64(1 if num_tables > 1 else 0)
+            cb = np.uint64(start % period) * multi
+            sstep = M * multi
+            astep = A * multi
+            ent0 = entries[0]
+            val0 = values[0]
+            for t in range(nfull):
+                if ptr > end:
+                    bad = 1
+                    break
+                base = np.uint64(start + K * t)
+                for h in range(0, K, 16):
+                    uh = np.uint64(h)
+                    if direct:
+                        ptr = decode_direct_step16(st, uh, ent0, val0, words, ptr, out,
+                                                   base + uh, P)
+                    else:
+                        tb = (cb + uh) * multi
+                        ptr = decode_step16(st, uh, sidx, tb << P, sstep, ent32, tb * A,
+                                            astep, words, ptr, out, base + uh, min_symbol, P)
+                cb += np.uint64(K) * multi
+                if cb == up:
+                    cb = zero
             done = start + K * nfull
         elif K == 32 and direct:
             for t in range(nfull):
@@ -931,7 +968,8 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare
 
 def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
                 frequencies: np.ndarray, precision_bits: int, chunk_size: int,
-                min_symbol: int, period: int, out: np.ndarray, table=None) -> np.ndarray:
+                min_symbol: int, period: int, out: np.ndarray, table=None,
+                simd: bool | None = None) -> np.ndarray:
     """Decode into ``out`` (1-D, the symbol dtype); returns the per-chunk status array.
 
     Status 0 means the chunk consumed exactly its words and every lane ended in the
@@ -979,6 +1017,18 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     # of the steps of K symbols read a word
     sparse = direct and K in RANS_SPARSE_LANES
     rare = sparse and 4 * K * total <= n
+    if simd is None:
+        simd = RANS_SIMD_DECODE
+    # vector steps of 16 lanes: 16 or 32 lanes, one table or one per lane's channel
+    simd = bool(simd) and K % SIMD_LANES == 0 and (num_tables == 1 or period % K == 0)
+    pad = GATHER_PAD_BYTES
+    sidx = np.concatenate([sidx.reshape(-1), np.zeros(pad, sidx.dtype)])
+    if simd:
+        # the gathers read 4 bytes at an element: room after the last one
+        values = np.concatenate([values, np.zeros((values.shape[0], pad), values.dtype)], 1)
+        ent32 = ((frequencies - 1) | (cum << 16)).astype(np.uint32).reshape(-1)
+    else:
+        ent32 = np.zeros(1, np.uint32)
     padded = np.empty(total + 2 * RANS_LANES, dtype=np.uint16)
     padded[:total] = words
     padded[total:] = 0
@@ -989,7 +1039,7 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     if nchunks:
         with _threads_for(nchunks):
             _rans_decode_kernel(padded, offsets, num_words, states, direct, sparse, rare,
-                                entries, values, sidx.reshape(-1), info.reshape(-1),
+                                simd, entries, values, sidx, info.reshape(-1), ent32,
                                 np.int64(num_tables), np.int64(precision_bits),
                                 np.int64(chunk_size), np.int64(min_symbol), np.int64(period),
                                 out, status)

@@ -1,0 +1,193 @@
+"""Explicit SIMD steps for the CPU rANS decoder, written as LLVM IR through Numba intrinsics.
+
+One call decodes one symbol in each of 16 consecutive interleaved lanes, the way the
+scalar loop of :mod:`kvinfo.kernels.cpu` does lane after lane: the 16 states are one
+vector, the table look-ups are gathers (``llvm.masked.gather``), and the renormalisation
+reads the lanes' words with one expanding load (``llvm.masked.expandload``): lane ``i``
+that needs a word takes ``words[ptr + (number of lanes below i that need one)]``, which is
+the order in which the scalar loop reads them, so the two decode the same streams to the
+same symbols, states and word pointer (tested against each other, damaged streams
+included).
+
+These are generic LLVM intrinsics, correct on every target; they are fast where the
+target has AVX-512 gathers and VBMI2's ``vpexpandw`` (:data:`HOST_HAS_SIMD_DECODE`).
+Elsewhere LLVM scalarises the expanding load, which would be slower than the scalar loop,
+so the decoder uses them only where the host has them.
+
+Each step reads 4 bytes at every gathered table index: a table of 1- or 2-byte elements
+must be padded with at least 3 (or 1) elements after its last (:data:`GATHER_PAD_BYTES`).
+"""
+
+from __future__ import annotations
+
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: lanes per SIMD step
+SIMD_LANES = 16
+#: bytes that a table read by :func:`decode_step16` must hold after its last element
+GATHER_PAD_BYTES = 4
+
+
+def _host_features() -> set[str]:
+    try:
+        feats = llvm_binding.get_host_cpu_features()
+    except Exception:  # pragma: no cover - a host llvmlite cannot describe
+        return set()
+    return {name for name, on in feats.items() if on}
+
+
+#: whether this host decodes faster through :func:`decode_step16` (AVX-512 with VBMI2)
+HOST_HAS_SIMD_DECODE = {"avx512f", "avx512bw", "avx512vbmi2"} <= _host_features()
+
+_I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+
+
+def _vec(t):
+    return ir.VectorType(t, SIMD_LANES)
+
+
+def _splat(builder, value, t):
+    v = builder.insert_element(ir.Constant(_vec(t), ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(_vec(_I32), [0] * SIMD_LANES))
+
+
+def _function(builder, name, ret, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _gather_u32(builder, base, index64, itemsize):
+    """``base[index]`` for 16 int64 indices into an array of ``itemsize``-byte unsigned
+    elements (1, 2 or 4), as i32: one gather of 4 bytes at each element, masked."""
+    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64), _I64),
+                       builder.mul(index64, ir.Constant(_vec(_I64), [itemsize] * SIMD_LANES)))
+    ptrs = builder.inttoptr(addr, ir.VectorType(_I32.as_pointer(), SIMD_LANES))
+    gather = _function(builder, "llvm.masked.gather.v16i32.v16p0", _vec(_I32),
+                       [ptrs.type, _I32, _vec(_I1), _vec(_I32)])
+    got = builder.call(gather, [ptrs, ir.Constant(_I32, 1 if itemsize < 4 else 4),
+                                ir.Constant(_vec(_I1), [1] * SIMD_LANES),
+                                ir.Constant(_vec(_I32), [0] * SIMD_LANES)])
+    if itemsize < 4:
+        keep = (1 << (8 * itemsize)) - 1
+        got = builder.and_(got, ir.Constant(_vec(_I32), [keep] * SIMD_LANES))
+    return got
+
+
+def _lane_offsets(builder, first, step):
+    """``first + i * step`` for i in 0..15, int64 vector (table offsets per lane)."""
+    lanes = ir.Constant(_vec(_I64), list(range(SIMD_LANES)))
+    return builder.add(_splat(builder, first, _I64),
+                       builder.mul(lanes, _splat(builder, step, _I64)))
+
+
+def _element_ptr(builder, context, arytype, ary, index):
+    a = context.make_array(arytype)(context, builder, ary)
+    return builder.gep(a.data, [index]), a.data
+
+
+def _renormalise(builder, context, x, words_t, words, ptr):
+    """Lanes below 2**16 take the next words in lane order; returns (states, ptr)."""
+    need = builder.icmp_unsigned("<", x, ir.Constant(_vec(_I32), [1 << 16] * SIMD_LANES))
+    wptr, _ = _element_ptr(builder, context, words_t, words, ptr)
+    expand = _function(builder, "llvm.masked.expandload.v16i16", _vec(_I16),
+                       [wptr.type, _vec(_I1), _vec(_I16)])
+    w = builder.call(expand, [wptr, need, ir.Constant(_vec(_I16), [0] * SIMD_LANES)])
+    shifted = builder.or_(builder.shl(x, ir.Constant(_vec(_I32), [16] * SIMD_LANES)),
+                          builder.zext(w, _vec(_I32)))
+    x = builder.select(need, shifted, x)
+    bits = builder.zext(builder.bitcast(need, _I16), _I64)
+    popcount = _function(builder, "llvm.ctpop.i64", _I64, [_I64])
+    return x, builder.add(ptr, builder.call(popcount, [bits]))
+
+
+def _store_symbols(builder, context, out_t, out, obase, values32):
+    optr, _ = _element_ptr(builder, context, out_t, out, obase)
+    width = out_t.dtype.bitwidth
+    v = values32 if width == 32 else builder.trunc(values32, _vec(ir.IntType(width)))
+    vp = builder.bitcast(optr, _vec(ir.IntType(width)).as_pointer())
+    builder.store(v, vp, align=1)
+
+
+def _load_states(builder, context, st_t, st, lane0):
+    sptr, _ = _element_ptr(builder, context, st_t, st, lane0)
+    vp = builder.bitcast(sptr, _vec(_I32).as_pointer())
+    return builder.load(vp, align=4), vp
+
+
+@intrinsic
+def decode_step16(typingctx, st, lane0, sidx, so, sstep, ent, io, astep, words, ptr, out,
+                  obase, min_symbol, precision):
+    """Decode one symbol in each of lanes ``lane0 .. lane0 + 15`` through the flat
+    indirect tables; returns the new word pointer.
+
+    Lane ``lane0 + i`` uses the table whose slots start at ``so + i * sstep`` in ``sidx``
+    (slot -> symbol index, uint8 or uint16) and whose entries start at ``io + i * astep``
+    in ``ent`` (uint32, ``(f - 1) | cum << 16`` per symbol); the symbols go to
+    ``out[obase + i]`` as ``min_symbol + index``. Scalars are uint64 (``min_symbol``
+    int64); ``st`` is the uint32 lane-state array."""
+    sig = types.uint64(st, lane0, sidx, so, sstep, ent, io, astep, words, ptr, out, obase,
+                       min_symbol, precision)
+
+    def codegen(context, builder, signature, args):
+        (st_v, lane0_v, sidx_v, so_v, sstep_v, ent_v, io_v, astep_v, words_v, ptr_v, out_v,
+         obase_v, min_v, prec_v) = args
+        ta = signature.args
+        x, xp = _load_states(builder, context, ta[0], st_v, lane0_v)
+        prec32 = builder.trunc(prec_v, _I32)
+        mask = builder.sub(builder.shl(ir.Constant(_I32, 1), prec32), ir.Constant(_I32, 1))
+        slot = builder.and_(x, _splat(builder, mask, _I32))
+        _, sbase = _element_ptr(builder, context, ta[2], sidx_v, ir.Constant(_I64, 0))
+        sidx_index = builder.add(_lane_offsets(builder, so_v, sstep_v),
+                                 builder.zext(slot, _vec(_I64)))
+        s = _gather_u32(builder, sbase, sidx_index, ta[2].dtype.bitwidth // 8)
+        _, ebase = _element_ptr(builder, context, ta[5], ent_v, ir.Constant(_I64, 0))
+        e = _gather_u32(builder, ebase, builder.add(_lane_offsets(builder, io_v, astep_v),
+                                                    builder.zext(s, _vec(_I64))), 4)
+        f = builder.add(builder.and_(e, ir.Constant(_vec(_I32), [0xFFFF] * SIMD_LANES)),
+                        ir.Constant(_vec(_I32), [1] * SIMD_LANES))
+        cum = builder.lshr(e, ir.Constant(_vec(_I32), [16] * SIMD_LANES))
+        x = builder.sub(builder.add(builder.mul(f, builder.lshr(x, _splat(builder, prec32,
+                                                                             _I32))), slot),
+                        cum)
+        _store_symbols(builder, context, ta[10], out_v, obase_v,
+                       builder.add(s, _splat(builder, builder.trunc(min_v, _I32), _I32)))
+        x, ptr_new = _renormalise(builder, context, x, ta[8], words_v, ptr_v)
+        builder.store(x, xp, align=4)
+        return ptr_new
+
+    return sig, codegen
+
+
+@intrinsic
+def decode_direct_step16(typingctx, st, lane0, entries, values, words, ptr, out, obase,
+                         precision):
+    """Decode one symbol in each of lanes ``lane0 .. lane0 + 15`` through one direct slot
+    table: ``entries[slot]`` = ``(f - 1) | (slot - cum) << 16`` (uint32) and
+    ``values[slot]`` the output value (the output dtype, padded by
+    :data:`GATHER_PAD_BYTES`); returns the new word pointer."""
+    sig = types.uint64(st, lane0, entries, values, words, ptr, out, obase, precision)
+
+    def codegen(context, builder, signature, args):
+        st_v, lane0_v, ent_v, val_v, words_v, ptr_v, out_v, obase_v, prec_v = args
+        ta = signature.args
+        x, xp = _load_states(builder, context, ta[0], st_v, lane0_v)
+        prec32 = builder.trunc(prec_v, _I32)
+        mask = builder.sub(builder.shl(ir.Constant(_I32, 1), prec32), ir.Constant(_I32, 1))
+        slot = builder.zext(builder.and_(x, _splat(builder, mask, _I32)), _vec(_I64))
+        _, ebase = _element_ptr(builder, context, ta[2], ent_v, ir.Constant(_I64, 0))
+        _, vbase = _element_ptr(builder, context, ta[3], val_v, ir.Constant(_I64, 0))
+        e = _gather_u32(builder, ebase, slot, 4)
+        v = _gather_u32(builder, vbase, slot, ta[3].dtype.bitwidth // 8)
+        f = builder.add(builder.and_(e, ir.Constant(_vec(_I32), [0xFFFF] * SIMD_LANES)),
+                        ir.Constant(_vec(_I32), [1] * SIMD_LANES))
+        x = builder.add(builder.mul(f, builder.lshr(x, _splat(builder, prec32, _I32))),
+                        builder.lshr(e, ir.Constant(_vec(_I32), [16] * SIMD_LANES)))
+        _store_symbols(builder, context, ta[6], out_v, obase_v, v)
+        x, ptr_new = _renormalise(builder, context, x, ta[4], words_v, ptr_v)
+        builder.store(x, xp, align=4)
+        return ptr_new
+
+    return sig, codegen
