@@ -977,7 +977,10 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     mismatch. ``states`` has one column per lane (1..32); element ``i`` of a chunk
     belongs to lane ``i % num_lanes``. ``words`` must hold ``num_words.sum()`` words (a
     padded copy is made). ``table`` is accepted for compatibility and ignored (the
-    tables are built here, in the form that suits their size).
+    tables are built here, in the form that suits their size). ``simd`` chooses the
+    16-lane vector steps of :mod:`kvinfo.kernels.simd` for streams of 16 or 32 lanes with
+    one table or one per channel (``None``: :data:`RANS_SIMD_DECODE`, true on hosts with
+    AVX-512 and VBMI2); both paths give the same symbols and status on every stream.
     """
     del table
     # words may be an unaligned view of the stream: they are copied into a padded buffer

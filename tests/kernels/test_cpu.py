@@ -312,3 +312,66 @@ def test_rans_encoder_lane_offset_table_matches_the_channel_counter(period):
         assert not cpu.rans_decode(res[1][0], nw.astype(np.uint32), res[1][1], freq, 12,
                                    chunk, 0, period, out).any()
         np.testing.assert_array_equal(out, x)
+
+
+def _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo, period, n, dtype):
+    outs = []
+    for simd in (False, True):
+        out = np.full(n, 0, dtype)
+        status = cpu.rans_decode(words, nw, st, freq, prec, chunk, lo, period, out, simd=simd)
+        outs.append((out, status))
+    return outs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rans_vector_decoder_equals_the_scalar_loops_and_catches_damage(seed):
+    # the 16-lane vector steps (kvinfo.kernels.simd: gathers and one expanding word load
+    # per 16 lanes) must give the scalar loops' symbols and status on every stream: 16 or
+    # 32 lanes, one table (direct or, for a large alphabet, indirect) or one per channel,
+    # every symbol dtype, chunk tails, and damaged words, states and word counts; they are
+    # generic LLVM intrinsics, so this holds on hosts without AVX-512 too
+    from kvinfo.codecs.models import quantize_counts
+
+    rng = np.random.default_rng(400 + seed)
+    for _ in range(12):
+        lanes = int(rng.choice([16, 32]))
+        dtype = rng.choice([np.uint8, np.uint16, np.int32])
+        alphabet = int(rng.choice([2, 16, 200, 700 if dtype != np.uint8 else 256]))
+        period = int(rng.choice([1, lanes, 2 * lanes, 3 * lanes]))
+        tables = 1 if rng.random() < 0.4 else period
+        prec = int(rng.choice([10, 12, 14, 16] if alphabet < 1000 else [12, 14]))
+        prec = max(prec, int(np.ceil(np.log2(alphabet))) + 1)
+        rows = int(rng.integers(1, 3000 // period + 2)) * lanes
+        n = rows * period // lanes * lanes + int(rng.integers(0, lanes))
+        scale = rng.uniform(0.5, 0.05 * alphabet + 1, tables)
+        ch = np.arange(n) % tables
+        x = np.minimum(np.abs(rng.laplace(0, scale[ch])), alphabet - 1).astype(np.int64)
+        lo = int(rng.integers(-100, 100)) if dtype == np.int32 else 0
+        counts = np.stack([np.bincount(x[ch == t], minlength=alphabet) for t in range(tables)])
+        freq = np.stack([quantize_counts(c + (c.sum() == 0), prec) for c in counts]).astype(
+            np.int64)
+        sym = (x + lo).astype(dtype)
+        chunk = lanes * int(rng.integers(max(1, n // (3 * lanes)), n // lanes + 2))
+        words, nw, st = cpu.rans_encode(sym, lo, freq, prec, chunk,
+                                        period if tables > 1 else 1, num_lanes=lanes)
+        per = period if tables > 1 else 1
+        (o0, s0), (o1, s1) = _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo,
+                                                        per, n, dtype)
+        np.testing.assert_array_equal(o0, sym)
+        np.testing.assert_array_equal(o1, sym)
+        assert not s0.any() and not s1.any()
+        for _ in range(4):
+            w2, st2, nw2 = words.copy(), st.copy(), nw.copy()
+            r = rng.random()
+            if r < 0.5 and w2.size:
+                w2[rng.integers(0, w2.size)] ^= np.uint16(1 << int(rng.integers(0, 16)))
+            elif r < 0.8:
+                st2[rng.integers(0, st2.shape[0]), rng.integers(0, lanes)] ^= np.uint32(
+                    1 << int(rng.integers(0, 16)))
+            elif nw2.size > 1 and nw2[0] > 0:  # words moved from one chunk to the next
+                nw2[0] -= 1
+                nw2[1] += 1
+            (o0, s0), (o1, s1) = _scalar_and_vector_decodes(w2, nw2, st2, freq, prec, chunk,
+                                                            lo, per, n, dtype)
+            np.testing.assert_array_equal(s0, s1)
+            np.testing.assert_array_equal(o0, o1)
