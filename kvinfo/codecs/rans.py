@@ -15,7 +15,8 @@ chunk_size : int or None, default None
     Symbols per independently decodable chunk. ``None`` (the default) chooses the chunk
     size and the number of interleaved lanes from the data: chunks of about
     :data:`AUTO_CHUNK_BYTES` compressed bytes with 32 lanes, and for streams too small
-    to pay for 32 lane states, one chunk with fewer lanes (1, 2, 4, 8 or 16), so the
+    to pay for 32 lane states, fewer lanes (1, 2, 4, 8 or 16; at low entropy two chunks
+    from :data:`AUTO_SPLIT_BYTES`, so that two threads share the work), so the
     per-chunk cost (about 3 bytes per lane plus a varint) scales with the compressed
     size, not the symbol count; at most 4 lanes at :data:`AUTO_SPARSE_BITS` bits per
     symbol or less (the CPU coders then keep the lanes in registers). An int (a multiple
@@ -129,6 +130,12 @@ STORE_BELOW = 1e-3
 
 #: compressed bytes per chunk that the automatic layout aims at (32 lanes: ~0.02 % cost)
 AUTO_CHUNK_BYTES = 1 << 19
+#: estimated compressed bytes from which the automatic layout makes at least two chunks
+#: of a low-entropy stream (:data:`AUTO_SPARSE_BITS`), which would otherwise be one chunk
+#: of at most 4 lanes: two threads then share the work, and the second chunk's 4 lane
+#: states and word count cost at most ~0.03 % from here (a second chunk of 32 lanes at
+#: 0.6 MB, 100 bytes, measured too much for the 0.1 % budget on a 256-level Zipf source)
+AUTO_SPLIT_BYTES = 1 << 16
 #: compressed bytes per lane below which the automatic layout halves the lane count
 AUTO_LANE_BYTES = 4096
 #: the same for inputs of fewer than :data:`AUTO_SMALL_SYMBOLS` symbols, where the fixed
@@ -148,8 +155,9 @@ AUTO_PER_CHANNEL_MIN_GAIN = 5e-3
 def auto_layout(num_symbols: int, estimated_bytes: float) -> tuple[int, int]:
     """``(chunk_size, num_lanes)`` for ``num_symbols`` symbols that code to about
     ``estimated_bytes``: chunks of about :data:`AUTO_CHUNK_BYTES` compressed bytes (at
-    most 2**30 symbols; an even number of them when there are several, so that two
-    threads share the work evenly), 32 lanes, fewer (a power of two) while a lane would
+    most 2**30 symbols; an even number of them when there are several, and at least two
+    of a low-entropy stream from :data:`AUTO_SPLIT_BYTES`, so that two threads share the
+    work evenly), 32 lanes, fewer (a power of two) while a lane would
     carry less than :data:`AUTO_LANE_BYTES` (:data:`AUTO_SMALL_LANE_BYTES` below
     :data:`AUTO_SMALL_SYMBOLS` symbols), and at most 4 at :data:`AUTO_SPARSE_BITS` bits per
     symbol or less (the CPU decoder keeps up to 4 lanes in registers).
@@ -158,18 +166,22 @@ def auto_layout(num_symbols: int, estimated_bytes: float) -> tuple[int, int]:
     (1048576, 1)
     >>> auto_layout(4 << 20, 1.5 * (1 << 20))  # 3 bits/symbol: 4 chunks of 32 lanes
     (1048576, 32)
-    >>> auto_layout(4 << 20, 74000.0)  # 0.14 bit/symbol: one chunk of 4 lanes
+    >>> auto_layout(4 << 20, 74000.0)  # 0.14 bit/symbol: two chunks of 4 lanes
+    (2097152, 4)
+    >>> auto_layout(4 << 20, 26000.0)  # 0.05 bit/symbol: one chunk of 4 lanes
     (4194304, 4)
     >>> auto_layout(1 << 16, 37000.0)  # 64 K symbols of a heavy tail: 2 lanes
     (65536, 2)
     """
-    nchunks = max(1, int(estimated_bytes // AUTO_CHUNK_BYTES), -(-num_symbols // (1 << 30)))
+    sparse = 8 * estimated_bytes <= AUTO_SPARSE_BITS * num_symbols
+    nchunks = max(1, int(estimated_bytes // AUTO_CHUNK_BYTES), -(-num_symbols // (1 << 30)),
+                  2 if sparse and estimated_bytes >= AUTO_SPLIT_BYTES else 1)
     if nchunks > 1:
         nchunks += nchunks % 2
     per_chunk = estimated_bytes / nchunks
     lane_bytes = AUTO_LANE_BYTES if num_symbols >= AUTO_SMALL_SYMBOLS else AUTO_SMALL_LANE_BYTES
     lanes = cpu.RANS_LANES
-    if 8 * estimated_bytes <= AUTO_SPARSE_BITS * num_symbols:
+    if sparse:
         # low entropy: the CPU decoder's rare-renormalisation loop (lanes in registers)
         # serves up to 4 lanes, and fewer lane states cost less
         lanes = max(cpu.RANS_SPARSE_LANES)
