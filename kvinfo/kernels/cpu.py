@@ -36,11 +36,13 @@ from numba import njit, prange
 
 from ..errors import CodecConfigError
 from .simd import (
+    ENCODE_BAD_BIT,
     GATHER_PAD_BYTES,
     HOST_HAS_SIMD_DECODE,
     SIMD_LANES,
     decode_direct_step16,
     decode_step16,
+    encode_step16,
 )
 
 __all__ = [
@@ -71,6 +73,9 @@ RANS_SPARSE_LANES = (1, 2, 4)
 #: whether :func:`rans_decode` takes the 16-lane vector steps of :mod:`kvinfo.kernels.simd`
 #: by default (hosts with AVX-512 and VBMI2; the scalar loops elsewhere)
 RANS_SIMD_DECODE = HOST_HAS_SIMD_DECODE
+#: the same for :func:`rans_encode` (gathers and a compressing word store)
+RANS_SIMD_ENCODE = HOST_HAS_SIMD_DECODE
+_EMPTY_U64 = np.zeros(1, np.uint64)
 _U32 = np.uint64(0xFFFFFFFF)
 _ZERO = np.uint64(0)
 _S16 = np.uint64(16)
@@ -406,7 +411,7 @@ def _rans_encode_sparse(sym, min_symbol, A, tab, rcp, start, nfull, K, rare, st,
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
 def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, loff, chunk_size,
                         num_lanes, sparse, rare, scratch, word_start, num_words, states,
-                        status):  # pragma: no cover
+                        status, simd, ftab, voff, vrows, precision):  # pragma: no cover
     # Flat tables, row k = table * alphabet + symbol index s (one index computation and
     # one cache line per step; four (table, symbol) arrays measured 1.3x to 1.9x slower
     # with 64 tables): tab[k] = (xmax, cum, cmpl) with xmax = f << (32 - P) (the
@@ -452,6 +457,23 @@ def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, loff, chunk
         if sparse and ok:
             ptr, ok = _rans_encode_sparse(sym, min_symbol, alphabet, tab, rcp, start, nfull,
                                           K, rare, st, scratch, ptr)
+        elif simd:
+            # 16 lanes per vector step (kvinfo.kernels.simd), upper lanes first; the row
+            # offset of lane l in a step whose first channel is c is voff[c * K + l]
+            uP = np.uint64(precision)
+            for step in range(nfull - 1, -1, -1):
+                if not ok:
+                    break
+                base = np.uint64(start + K * step)
+                ro = np.uint64((start + K * step) % vrows) * np.uint64(K)
+                for h in range(K - 16, -1, -16):
+                    uh = np.uint64(h)
+                    r = encode_step16(st, uh, sym, base + uh, min_symbol, A, voff, ro + uh,
+                                      ftab, rcp, scratch, ptr, uP)
+                    if r >> np.uint64(ENCODE_BAD_BIT):
+                        ok = False
+                        break
+                    ptr = r
         elif num_tables == 1 and K == 32:
             for step in range(nfull - 1, -1, -1):
                 if not ok:
@@ -540,7 +562,7 @@ def _rans_tables(frequencies: np.ndarray, precision_bits: int) -> None:
 
 def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
                 precision_bits: int, chunk_size: int, period: int = 1, counts=None,
-                num_lanes: int = RANS_LANES):
+                num_lanes: int = RANS_LANES, simd: bool | None = None):
     """Encode flat ``symbols`` with static interleaved rANS.
 
     Parameters
@@ -563,6 +585,10 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     num_lanes : int
         Interleaved lanes per chunk, 1..32 (element ``i`` of a chunk belongs to lane
         ``i % num_lanes``); ``chunk_size`` must be a multiple of it.
+    simd : bool or None
+        The 16-lane vector steps of :mod:`kvinfo.kernels.simd` for 16 or 32 lanes with one
+        table or a period up to 256 (``None``: :data:`RANS_SIMD_ENCODE`, true on hosts with
+        AVX-512 and VBMI2); both paths write the same words and states.
 
     Returns
     -------
@@ -607,11 +633,27 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
         loff = (ch * a).astype(np.uint64)
     else:
         loff = np.zeros((0, 0), np.uint64)
+    if simd is None:
+        simd = RANS_SIMD_ENCODE
+    # vector steps of 16 lanes: 16 or 32 lanes, one table or a period up to 256 (a
+    # lane-offset row per first channel of a step)
+    simd = (bool(simd) and not sparse and num_lanes % SIMD_LANES == 0
+            and (num_tables == 1 or period <= 256))
+    ftab, voff, vrows = _EMPTY_U64, _EMPTY_U64, 1
+    if simd:
+        ftab = f | (tab[:, 1] << np.uint64(32))
+        if num_tables > 1:
+            vrows = period
+            ch = (np.arange(period)[:, None] + np.arange(num_lanes)[None, :]) % period
+            voff = (ch * a).astype(np.uint64).reshape(-1)
+        else:
+            voff = np.zeros(num_lanes, np.uint64)
     if nchunks:
         with _threads_for(nchunks):
             _rans_encode_kernel(symbols, np.int64(min_symbol), np.int64(period), np.int64(a),
                                 tab, rcp, loff, np.int64(chunk_size), np.int64(num_lanes),
-                                sparse, rare, scratch, word_start, num_words, states, status)
+                                sparse, rare, scratch, word_start, num_words, states, status,
+                                simd, ftab, voff, np.int64(vrows), np.int64(precision_bits))
     if status.any():
         lo, hi = int(symbols.min()), int(symbols.max())
         _check(lo >= min_symbol and hi < min_symbol + a,

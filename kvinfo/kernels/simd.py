@@ -191,3 +191,94 @@ def decode_direct_step16(typingctx, st, lane0, entries, values, words, ptr, out,
         return ptr_new
 
     return sig, codegen
+
+
+#: bit of :func:`encode_step16`'s result that flags a symbol it could not code
+ENCODE_BAD_BIT = 63
+
+
+def _gather(builder, base, index64, elem):
+    """``base[index]`` for 16 int64 indices into an array of 8-byte ``elem`` elements."""
+    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64), _I64),
+                       builder.mul(index64, ir.Constant(_vec(_I64), [8] * SIMD_LANES)))
+    ptrs = builder.inttoptr(addr, ir.VectorType(elem.as_pointer(), SIMD_LANES))
+    name = "v16i64" if elem == _I64 else "v16f64"
+    gather = _function(builder, f"llvm.masked.gather.{name}.v16p0", _vec(elem),
+                       [ptrs.type, _I32, _vec(_I1), _vec(elem)])
+    return builder.call(gather, [ptrs, ir.Constant(_I32, 8),
+                                 ir.Constant(_vec(_I1), [1] * SIMD_LANES),
+                                 ir.Constant(_vec(elem), [0] * SIMD_LANES)])
+
+
+@intrinsic
+def encode_step16(typingctx, st, lane0, sym, base, min_symbol, alphabet, loff, ro, ftab, rcp,
+                  scratch, ptr, precision):
+    """Encode one symbol in each of lanes ``lane0 + 15`` down to ``lane0`` (the encoder
+    walks backwards), as the scalar encoder does lane after lane.
+
+    ``st`` is the uint64 lane-state array; the symbols are ``sym[base .. base + 15]``;
+    lane ``lane0 + i`` codes with table row ``loff[ro + i] + symbol index`` of ``ftab``
+    (uint64, ``f | cum << 32``) and ``rcp`` (float64, ``1 / f``). The lanes whose state
+    reaches ``f << (32 - precision)`` first emit their low 16 bits, stored with one
+    compressing store just below ``scratch[ptr]`` in ascending lane order (where the
+    scalar loop, walking the lanes down, puts them). Returns the new word pointer, with
+    bit :data:`ENCODE_BAD_BIT` set when a symbol lies outside the alphabet or has
+    frequency 0 (the states are then meaningless and the chunk is refused)."""
+    sig = types.uint64(st, lane0, sym, base, min_symbol, alphabet, loff, ro, ftab, rcp,
+                       scratch, ptr, precision)
+
+    def codegen(context, builder, signature, args):
+        (st_v, lane0_v, sym_v, base_v, min_v, a_v, loff_v, ro_v, ftab_v, rcp_v, scr_v, ptr_v,
+         prec_v) = args
+        ta = signature.args
+        sptr, _ = _element_ptr(builder, context, ta[0], st_v, lane0_v)
+        xp = builder.bitcast(sptr, _vec(_I64).as_pointer())
+        x = builder.load(xp, align=8)
+        # symbol indices, checked against the alphabet
+        width = ta[2].dtype.bitwidth
+        yptr, _ = _element_ptr(builder, context, ta[2], sym_v, base_v)
+        y = builder.load(builder.bitcast(yptr, _vec(ir.IntType(width)).as_pointer()), align=1)
+        signed = getattr(ta[2].dtype, "signed", False)
+        y = builder.sext(y, _vec(_I64)) if signed else builder.zext(y, _vec(_I64))
+        s = builder.sub(y, _splat(builder, min_v, _I64))
+        inside = builder.icmp_unsigned("<", s, _splat(builder, a_v, _I64))
+        zero64 = ir.Constant(_vec(_I64), [0] * SIMD_LANES)
+        s = builder.select(inside, s, zero64)
+        lptr, _ = _element_ptr(builder, context, ta[6], loff_v, ro_v)
+        row = builder.add(builder.load(builder.bitcast(lptr, _vec(_I64).as_pointer()), align=8),
+                          s)
+        _, fbase = _element_ptr(builder, context, ta[8], ftab_v, ir.Constant(_I64, 0))
+        _, rbase = _element_ptr(builder, context, ta[9], rcp_v, ir.Constant(_I64, 0))
+        g = _gather(builder, fbase, row, _I64)
+        r = _gather(builder, rbase, row, ir.DoubleType())
+        f = builder.and_(g, ir.Constant(_vec(_I64), [0xFFFFFFFF] * SIMD_LANES))
+        cum = builder.lshr(g, ir.Constant(_vec(_I64), [32] * SIMD_LANES))
+        codable = builder.and_(inside, builder.icmp_unsigned("!=", f, zero64))
+        all_ok = builder.icmp_unsigned("==", builder.bitcast(codable, _I16),
+                                       ir.Constant(_I16, 0xFFFF))
+        # renormalisation: emit the low word where x >= f << (32 - P)
+        shift = builder.sub(ir.Constant(_I64, 32), prec_v)
+        xmax = builder.shl(f, _splat(builder, shift, _I64))
+        need = builder.icmp_unsigned(">=", x, xmax)
+        count = builder.zext(builder.bitcast(need, _I16), _I64)
+        popcount = _function(builder, "llvm.ctpop.i64", _I64, [_I64])
+        ptr_new = builder.sub(ptr_v, builder.call(popcount, [count]))
+        wptr, _ = _element_ptr(builder, context, ta[10], scr_v, ptr_new)
+        compress = _function(builder, "llvm.masked.compressstore.v16i16", ir.VoidType(),
+                             [_vec(_I16), wptr.type, _vec(_I1)])
+        builder.call(compress, [builder.trunc(x, _vec(_I16)), wptr, need])
+        x = builder.select(need, builder.lshr(x, ir.Constant(_vec(_I64), [16] * SIMD_LANES)), x)
+        # x -> (x // f) << P | (x % f) + cum, as x + cum + q * (2**P - f) with
+        # q = floor((x + 1/2) / f) from the float64 reciprocal (exact: see the scalar step)
+        r = builder.select(codable, r, ir.Constant(_vec(ir.DoubleType()), [0.0] * SIMD_LANES))
+        xf = builder.fadd(builder.sitofp(x, _vec(ir.DoubleType())),
+                          ir.Constant(_vec(ir.DoubleType()), [0.5] * SIMD_LANES))
+        q = builder.fptosi(builder.fmul(xf, r), _vec(_I64))
+        m = builder.shl(ir.Constant(_I64, 1), prec_v)
+        cmpl = builder.sub(_splat(builder, m, _I64), f)
+        x = builder.add(builder.add(x, cum), builder.mul(q, cmpl))
+        builder.store(x, xp, align=8)
+        bad = builder.select(all_ok, ir.Constant(_I64, 0), ir.Constant(_I64, 1 << ENCODE_BAD_BIT))
+        return builder.or_(ptr_new, bad)
+
+    return sig, codegen

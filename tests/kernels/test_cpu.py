@@ -249,7 +249,9 @@ def test_rans_sparse_encoder_writes_the_general_loops_stream(seed):
             st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
             cpu._rans_encode_kernel(x, np.int64(0), np.int64(1), np.int64(4), tab, rcp,
                                     np.zeros((0, 0), np.uint64), np.int64(chunk), np.int64(k),
-                                    sparse, rare, scratch, ws, nw, st, status)
+                                    sparse, rare, scratch, ws, nw, st, status, False,
+                                    np.zeros(1, np.uint64), np.zeros(1, np.uint64),
+                                    np.int64(1), np.int64(12))
             words = [scratch[int(a):int(a + b)].copy() for a, b in zip(ws, nw, strict=True)]
             res.append((status, words, st))
         s0, w0, t0 = res[0]
@@ -302,7 +304,9 @@ def test_rans_encoder_lane_offset_table_matches_the_channel_counter(period):
             st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
             cpu._rans_encode_kernel(x, np.int64(0), np.int64(period), np.int64(a), tab, rcp,
                                     loff, np.int64(chunk), np.int64(k), False, False,
-                                    scratch, ws, nw, st, status)
+                                    scratch, ws, nw, st, status, False,
+                                    np.zeros(1, np.uint64), np.zeros(1, np.uint64),
+                                    np.int64(1), np.int64(12))
             assert not status.any()
             res.append((np.concatenate([scratch[int(b):int(b + c)]
                                         for b, c in zip(ws, nw, strict=True)]), st))
@@ -375,3 +379,58 @@ def test_rans_vector_decoder_equals_the_scalar_loops_and_catches_damage(seed):
                                                             lo, per, n, dtype)
             np.testing.assert_array_equal(s0, s1)
             np.testing.assert_array_equal(o0, o1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rans_vector_encoder_writes_the_scalar_loops_stream(seed):
+    # the encoder's 16-lane vector steps (gathers, a compressing word store) must write
+    # exactly the scalar loops' words and final states: 16 or 32 lanes, one table or one
+    # per channel over periods that are multiples, divisors or neither of the lane count,
+    # every symbol dtype, chunk tails; and refuse the same inputs (a symbol outside the
+    # alphabet or of frequency 0)
+    from kvinfo.codecs.models import quantize_counts
+
+    rng = np.random.default_rng(500 + seed)
+    for _ in range(12):
+        lanes = int(rng.choice([16, 32]))
+        dtype = rng.choice([np.uint8, np.uint16, np.int32])
+        alphabet = int(rng.choice([2, 16, 200, 700 if dtype != np.uint8 else 256]))
+        period = int(rng.choice([1, 3, 4, lanes, 2 * lanes, 100, 256]))
+        tables = 1 if rng.random() < 0.4 else period
+        prec = int(rng.choice([12, 14, 16]))
+        prec = max(prec, int(np.ceil(np.log2(alphabet))) + 1)
+        n = int(rng.integers(1, 40_000))
+        ch = np.arange(n) % tables
+        scale = rng.uniform(0.5, 0.05 * alphabet + 1, tables)
+        x = np.minimum(np.abs(rng.laplace(0, scale[ch])), alphabet - 1).astype(np.int64)
+        lo = int(rng.integers(-100, 100)) if dtype == np.int32 else 0
+        counts = np.stack([np.bincount(x[ch == t], minlength=alphabet) for t in range(tables)])
+        freq = np.stack([quantize_counts(c + (c.sum() == 0), prec) for c in counts]).astype(
+            np.int64)
+        r = rng.random()
+        if r < 0.15:
+            x[rng.integers(0, n)] = alphabet + 1  # outside the alphabet
+        elif r < 0.3:
+            t0 = int(rng.integers(0, tables))  # a symbol whose frequency is 0
+            z = np.flatnonzero(freq[t0] == 0)
+            idx = np.flatnonzero(ch == t0)
+            if z.size and idx.size:
+                x[idx[rng.integers(0, idx.size)]] = z[0]
+        sym = (x + lo).astype(dtype) if dtype != np.int32 else (x + lo).astype(np.int32)
+        chunk = lanes * int(rng.integers(1, n // lanes + 2))
+        per = period if tables > 1 else 1
+        res = []
+        for simd in (False, True):
+            try:
+                res.append(cpu.rans_encode(sym, lo, freq, prec, chunk, per, num_lanes=lanes,
+                                           simd=simd))
+            except CodecConfigError as e:
+                res.append(type(e))
+        if isinstance(res[0], type):
+            assert res[1] is res[0]
+            continue
+        for a, b in zip(res[0], res[1], strict=True):
+            np.testing.assert_array_equal(a, b)
+        out = np.empty(n, sym.dtype)
+        assert not cpu.rans_decode(*res[1], freq, prec, chunk, lo, per, out).any()
+        np.testing.assert_array_equal(out, sym)
