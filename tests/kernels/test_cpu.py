@@ -327,6 +327,31 @@ def _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo, period, n, 
     return outs
 
 
+def _random_coding_case(rng, periods, precisions, num_symbols):
+    """A random stream for the vector-vs-scalar tests: ``(lanes, dtype, alphabet, period
+    (1 with one table), number of tables, precision, channel of each symbol, symbol indices,
+    min_symbol, frequencies)``; ``periods(lanes)`` and ``num_symbols(lanes, period)`` draw."""
+    from kvinfo.codecs.models import quantize_counts
+
+    lanes = int(rng.choice([16, 32]))
+    dtype = rng.choice([np.uint8, np.uint16, np.int32])
+    alphabet = int(rng.choice([2, 16, 200, 700 if dtype != np.uint8 else 256]))
+    period = int(rng.choice(periods(lanes)))
+    tables = 1 if rng.random() < 0.4 else period
+    prec = int(rng.choice(precisions))
+    prec = max(prec, int(np.ceil(np.log2(alphabet))) + 1)
+    n = num_symbols(lanes, period)
+    ch = np.arange(n) % tables
+    scale = rng.uniform(0.5, 0.05 * alphabet + 1, tables)
+    x = np.minimum(np.abs(rng.laplace(0, scale[ch])), alphabet - 1).astype(np.int64)
+    lo = int(rng.integers(-100, 100)) if dtype == np.int32 else 0
+    counts = np.stack([np.bincount(x[ch == t], minlength=alphabet) for t in range(tables)])
+    freq = np.stack([quantize_counts(c + (c.sum() == 0), prec) for c in counts]).astype(
+        np.int64)
+    return (lanes, dtype, alphabet, period if tables > 1 else 1, tables, prec, ch, x, lo,
+            freq)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_rans_vector_decoder_equals_the_scalar_loops_and_catches_damage(seed):
     # the 16-lane vector steps (kvinfo.kernels.simd: gathers and one expanding word load
@@ -334,31 +359,20 @@ def test_rans_vector_decoder_equals_the_scalar_loops_and_catches_damage(seed):
     # 32 lanes, one table (direct or, for a large alphabet, indirect) or one per channel,
     # every symbol dtype, chunk tails, and damaged words, states and word counts; they are
     # generic LLVM intrinsics, so this holds on hosts without AVX-512 too
-    from kvinfo.codecs.models import quantize_counts
 
     rng = np.random.default_rng(400 + seed)
-    for _ in range(12):
-        lanes = int(rng.choice([16, 32]))
-        dtype = rng.choice([np.uint8, np.uint16, np.int32])
-        alphabet = int(rng.choice([2, 16, 200, 700 if dtype != np.uint8 else 256]))
-        period = int(rng.choice([1, lanes, 2 * lanes, 3 * lanes]))
-        tables = 1 if rng.random() < 0.4 else period
-        prec = int(rng.choice([10, 12, 14, 16] if alphabet < 1000 else [12, 14]))
-        prec = max(prec, int(np.ceil(np.log2(alphabet))) + 1)
+
+    def size(lanes, period):
         rows = int(rng.integers(1, 3000 // period + 2)) * lanes
-        n = rows * period // lanes * lanes + int(rng.integers(0, lanes))
-        scale = rng.uniform(0.5, 0.05 * alphabet + 1, tables)
-        ch = np.arange(n) % tables
-        x = np.minimum(np.abs(rng.laplace(0, scale[ch])), alphabet - 1).astype(np.int64)
-        lo = int(rng.integers(-100, 100)) if dtype == np.int32 else 0
-        counts = np.stack([np.bincount(x[ch == t], minlength=alphabet) for t in range(tables)])
-        freq = np.stack([quantize_counts(c + (c.sum() == 0), prec) for c in counts]).astype(
-            np.int64)
+        return rows * period // lanes * lanes + int(rng.integers(0, lanes))
+
+    for _ in range(12):
+        lanes, dtype, _, per, _, prec, _, x, lo, freq = _random_coding_case(
+            rng, lambda k: [1, k, 2 * k, 3 * k], [10, 12, 14, 16], size)
+        n = x.size
         sym = (x + lo).astype(dtype)
         chunk = lanes * int(rng.integers(max(1, n // (3 * lanes)), n // lanes + 2))
-        words, nw, st = cpu.rans_encode(sym, lo, freq, prec, chunk,
-                                        period if tables > 1 else 1, num_lanes=lanes)
-        per = period if tables > 1 else 1
+        words, nw, st = cpu.rans_encode(sym, lo, freq, prec, chunk, per, num_lanes=lanes)
         (o0, s0), (o1, s1) = _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo,
                                                         per, n, dtype)
         np.testing.assert_array_equal(o0, sym)
@@ -388,25 +402,13 @@ def test_rans_vector_encoder_writes_the_scalar_loops_stream(seed):
     # per channel over periods that are multiples, divisors or neither of the lane count,
     # every symbol dtype, chunk tails; and refuse the same inputs (a symbol outside the
     # alphabet or of frequency 0)
-    from kvinfo.codecs.models import quantize_counts
 
     rng = np.random.default_rng(500 + seed)
     for _ in range(12):
-        lanes = int(rng.choice([16, 32]))
-        dtype = rng.choice([np.uint8, np.uint16, np.int32])
-        alphabet = int(rng.choice([2, 16, 200, 700 if dtype != np.uint8 else 256]))
-        period = int(rng.choice([1, 3, 4, lanes, 2 * lanes, 100, 256]))
-        tables = 1 if rng.random() < 0.4 else period
-        prec = int(rng.choice([12, 14, 16]))
-        prec = max(prec, int(np.ceil(np.log2(alphabet))) + 1)
-        n = int(rng.integers(1, 40_000))
-        ch = np.arange(n) % tables
-        scale = rng.uniform(0.5, 0.05 * alphabet + 1, tables)
-        x = np.minimum(np.abs(rng.laplace(0, scale[ch])), alphabet - 1).astype(np.int64)
-        lo = int(rng.integers(-100, 100)) if dtype == np.int32 else 0
-        counts = np.stack([np.bincount(x[ch == t], minlength=alphabet) for t in range(tables)])
-        freq = np.stack([quantize_counts(c + (c.sum() == 0), prec) for c in counts]).astype(
-            np.int64)
+        lanes, dtype, alphabet, per, tables, prec, ch, x, lo, freq = _random_coding_case(
+            rng, lambda k: [1, 3, 4, k, 2 * k, 100, 256], [12, 14, 16],
+            lambda k, p: int(rng.integers(1, 40_000)))
+        n = x.size
         r = rng.random()
         if r < 0.15:
             x[rng.integers(0, n)] = alphabet + 1  # outside the alphabet
@@ -416,9 +418,8 @@ def test_rans_vector_encoder_writes_the_scalar_loops_stream(seed):
             idx = np.flatnonzero(ch == t0)
             if z.size and idx.size:
                 x[idx[rng.integers(0, idx.size)]] = z[0]
-        sym = (x + lo).astype(dtype) if dtype != np.int32 else (x + lo).astype(np.int32)
+        sym = (x + lo).astype(dtype)
         chunk = lanes * int(rng.integers(1, n // lanes + 2))
-        per = period if tables > 1 else 1
         res = []
         for simd in (False, True):
             try:
