@@ -38,7 +38,7 @@ from ..errors import CodecConfigError
 from .simd import (
     ENCODE_BAD_BIT,
     GATHER_PAD_BYTES,
-    HOST_HAS_SIMD_DECODE,
+    HOST_HAS_SIMD,
     SIMD_LANES,
     decode_direct_step16,
     decode_step16,
@@ -72,9 +72,9 @@ RANS_STATE_LOWER = 1 << 16
 RANS_SPARSE_LANES = (1, 2, 4)
 #: whether :func:`rans_decode` takes the 16-lane vector steps of :mod:`kvinfo.kernels.simd`
 #: by default (hosts with AVX-512 and VBMI2; the scalar loops elsewhere)
-RANS_SIMD_DECODE = HOST_HAS_SIMD_DECODE
+RANS_SIMD_DECODE = HOST_HAS_SIMD
 #: the same for :func:`rans_encode` (gathers and a compressing word store)
-RANS_SIMD_ENCODE = HOST_HAS_SIMD_DECODE
+RANS_SIMD_ENCODE = HOST_HAS_SIMD
 _EMPTY_U64 = np.zeros(1, np.uint64)
 _U32 = np.uint64(0xFFFFFFFF)
 _ZERO = np.uint64(0)
@@ -560,6 +560,13 @@ def _rans_tables(frequencies: np.ndarray, precision_bits: int) -> None:
            f"every frequency row must be non-negative and sum to 2**{precision_bits}")
 
 
+def _lane_offset_rows(period: int, num_lanes: int, alphabet: int) -> np.ndarray:
+    """Flat table row offset of lane ``l`` in a step whose first channel is ``c``:
+    ``((c + l) % period) * alphabet``, shape ``(period, num_lanes)``, uint64."""
+    ch = (np.arange(period)[:, None] + np.arange(num_lanes)[None, :]) % period
+    return (ch * alphabet).astype(np.uint64)
+
+
 def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
                 precision_bits: int, chunk_size: int, period: int = 1, counts=None,
                 num_lanes: int = RANS_LANES, simd: bool | None = None):
@@ -629,8 +636,7 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     if num_tables > 1 and period % num_lanes and num_lanes % period and period <= 256:
         # lane offsets per first channel of a step, for periods that neither divide nor
         # are divided by the lane count (the three coded byte channels of a float32 dump)
-        ch = (np.arange(period)[:, None] + np.arange(num_lanes)[None, :]) % period
-        loff = (ch * a).astype(np.uint64)
+        loff = _lane_offset_rows(period, num_lanes, a)
     else:
         loff = np.zeros((0, 0), np.uint64)
     if simd is None:
@@ -644,8 +650,7 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
         ftab = f | (tab[:, 1] << np.uint64(32))
         if num_tables > 1:
             vrows = period
-            ch = (np.arange(period)[:, None] + np.arange(num_lanes)[None, :]) % period
-            voff = (ch * a).astype(np.uint64).reshape(-1)
+            voff = (loff if loff.size else _lane_offset_rows(period, num_lanes, a)).reshape(-1)
         else:
             voff = np.zeros(num_lanes, np.uint64)
     if nchunks:
@@ -1065,17 +1070,19 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     rare = sparse and 4 * K * total <= n
     packed = _EMPTY_U64
     if sparse:  # f | (slot - cum) << 32 | symbol index << 48 per slot
-        e = entries[0].astype(np.uint64)
-        packed = (((e & np.uint64(0xFFFF)) + np.uint64(1)) | ((e >> np.uint64(16)) << np.uint64(32))
-                  | (sidx[0].astype(np.uint64) << np.uint64(48)))
+        s0 = sidx[0].astype(np.intp)
+        bias = (np.arange(m) - cum[0, s0]).astype(np.uint64)  # slot - cum, in [0, f)
+        packed = (frequencies[0, s0].astype(np.uint64) | (bias << np.uint64(32))
+                  | (s0.astype(np.uint64) << np.uint64(48)))
     if simd is None:
         simd = RANS_SIMD_DECODE
     # vector steps of 16 lanes: 16 or 32 lanes, one table or one per lane's channel
     simd = bool(simd) and K % SIMD_LANES == 0 and (num_tables == 1 or period % K == 0)
-    pad = GATHER_PAD_BYTES
-    sidx = np.concatenate([sidx.reshape(-1), np.zeros(pad, sidx.dtype)])
+    sidx = sidx.reshape(-1)
     if simd:
         # the gathers read 4 bytes at an element: room after the last one
+        pad = GATHER_PAD_BYTES
+        sidx = np.concatenate([sidx, np.zeros(pad, sidx.dtype)])
         values = np.concatenate([values, np.zeros((values.shape[0], pad), values.dtype)], 1)
         ent32 = ((frequencies - 1) | (cum << 16)).astype(np.uint32).reshape(-1)
     else:

@@ -10,7 +10,7 @@ same symbols, states and word pointer (tested against each other, damaged stream
 included).
 
 These are generic LLVM intrinsics, correct on every target; they are fast where the
-target has AVX-512 gathers and VBMI2's ``vpexpandw`` (:data:`HOST_HAS_SIMD_DECODE`).
+target has AVX-512 gathers and VBMI2's ``vpexpandw`` (:data:`HOST_HAS_SIMD`).
 Elsewhere LLVM scalarises the expanding load, which would be slower than the scalar loop,
 so the decoder uses them only where the host has them.
 
@@ -40,8 +40,9 @@ def _host_features() -> set[str]:
     return {name for name, on in feats.items() if on}
 
 
-#: whether this host decodes faster through :func:`decode_step16` (AVX-512 with VBMI2)
-HOST_HAS_SIMD_DECODE = {"avx512f", "avx512bw", "avx512vbmi2"} <= _host_features()
+#: whether this host runs the vector steps faster than the scalar loops (AVX-512 with
+#: VBMI2's ``vpexpandw``/``vpcompressw``)
+HOST_HAS_SIMD = {"avx512f", "avx512bw", "avx512vbmi2"} <= _host_features()
 
 _I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 
@@ -59,17 +60,25 @@ def _function(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
+def _gather(builder, base, index64, itemsize, elem):
+    """``elem`` values (i32, i64 or double) read at ``base + index * itemsize`` for 16
+    int64 indices: one ``llvm.masked.gather`` (alignment 1 below 4-byte elements)."""
+    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64), _I64),
+                       builder.mul(index64, ir.Constant(_vec(_I64), [itemsize] * SIMD_LANES)))
+    ptrs = builder.inttoptr(addr, ir.VectorType(elem.as_pointer(), SIMD_LANES))
+    name = {_I32: "v16i32", _I64: "v16i64"}.get(elem, "v16f64")
+    gather = _function(builder, f"llvm.masked.gather.{name}.v16p0", _vec(elem),
+                       [ptrs.type, _I32, _vec(_I1), _vec(elem)])
+    zero = 0.0 if isinstance(elem, ir.DoubleType) else 0
+    return builder.call(gather, [ptrs, ir.Constant(_I32, 1 if itemsize < 4 else itemsize),
+                                 ir.Constant(_vec(_I1), [1] * SIMD_LANES),
+                                 ir.Constant(_vec(elem), [zero] * SIMD_LANES)])
+
+
 def _gather_u32(builder, base, index64, itemsize):
     """``base[index]`` for 16 int64 indices into an array of ``itemsize``-byte unsigned
     elements (1, 2 or 4), as i32: one gather of 4 bytes at each element, masked."""
-    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64), _I64),
-                       builder.mul(index64, ir.Constant(_vec(_I64), [itemsize] * SIMD_LANES)))
-    ptrs = builder.inttoptr(addr, ir.VectorType(_I32.as_pointer(), SIMD_LANES))
-    gather = _function(builder, "llvm.masked.gather.v16i32.v16p0", _vec(_I32),
-                       [ptrs.type, _I32, _vec(_I1), _vec(_I32)])
-    got = builder.call(gather, [ptrs, ir.Constant(_I32, 1 if itemsize < 4 else 4),
-                                ir.Constant(_vec(_I1), [1] * SIMD_LANES),
-                                ir.Constant(_vec(_I32), [0] * SIMD_LANES)])
+    got = _gather(builder, base, index64, itemsize, _I32)
     if itemsize < 4:
         keep = (1 << (8 * itemsize)) - 1
         got = builder.and_(got, ir.Constant(_vec(_I32), [keep] * SIMD_LANES))
@@ -111,6 +120,18 @@ def _store_symbols(builder, context, out_t, out, obase, values32):
     builder.store(v, vp, align=1)
 
 
+def _precision(builder, prec_v):
+    """``(P, 2**P - 1)`` as i32 scalars from the uint64 precision argument."""
+    prec32 = builder.trunc(prec_v, _I32)
+    return prec32, builder.sub(builder.shl(ir.Constant(_I32, 1), prec32), ir.Constant(_I32, 1))
+
+
+def _frequency(builder, e):
+    """``f`` from a packed entry ``(f - 1) | other << 16`` (i32 vector)."""
+    return builder.add(builder.and_(e, ir.Constant(_vec(_I32), [0xFFFF] * SIMD_LANES)),
+                       ir.Constant(_vec(_I32), [1] * SIMD_LANES))
+
+
 def _load_states(builder, context, st_t, st, lane0):
     sptr, _ = _element_ptr(builder, context, st_t, st, lane0)
     vp = builder.bitcast(sptr, _vec(_I32).as_pointer())
@@ -136,8 +157,7 @@ def decode_step16(typingctx, st, lane0, sidx, so, sstep, ent, io, astep, words, 
          obase_v, min_v, prec_v) = args
         ta = signature.args
         x, xp = _load_states(builder, context, ta[0], st_v, lane0_v)
-        prec32 = builder.trunc(prec_v, _I32)
-        mask = builder.sub(builder.shl(ir.Constant(_I32, 1), prec32), ir.Constant(_I32, 1))
+        prec32, mask = _precision(builder, prec_v)
         slot = builder.and_(x, _splat(builder, mask, _I32))
         _, sbase = _element_ptr(builder, context, ta[2], sidx_v, ir.Constant(_I64, 0))
         sidx_index = builder.add(_lane_offsets(builder, so_v, sstep_v),
@@ -146,8 +166,7 @@ def decode_step16(typingctx, st, lane0, sidx, so, sstep, ent, io, astep, words, 
         _, ebase = _element_ptr(builder, context, ta[5], ent_v, ir.Constant(_I64, 0))
         e = _gather_u32(builder, ebase, builder.add(_lane_offsets(builder, io_v, astep_v),
                                                     builder.zext(s, _vec(_I64))), 4)
-        f = builder.add(builder.and_(e, ir.Constant(_vec(_I32), [0xFFFF] * SIMD_LANES)),
-                        ir.Constant(_vec(_I32), [1] * SIMD_LANES))
+        f = _frequency(builder, e)
         cum = builder.lshr(e, ir.Constant(_vec(_I32), [16] * SIMD_LANES))
         x = builder.sub(builder.add(builder.mul(f, builder.lshr(x, _splat(builder, prec32,
                                                                              _I32))), slot),
@@ -174,15 +193,13 @@ def decode_direct_step16(typingctx, st, lane0, entries, values, words, ptr, out,
         st_v, lane0_v, ent_v, val_v, words_v, ptr_v, out_v, obase_v, prec_v = args
         ta = signature.args
         x, xp = _load_states(builder, context, ta[0], st_v, lane0_v)
-        prec32 = builder.trunc(prec_v, _I32)
-        mask = builder.sub(builder.shl(ir.Constant(_I32, 1), prec32), ir.Constant(_I32, 1))
+        prec32, mask = _precision(builder, prec_v)
         slot = builder.zext(builder.and_(x, _splat(builder, mask, _I32)), _vec(_I64))
         _, ebase = _element_ptr(builder, context, ta[2], ent_v, ir.Constant(_I64, 0))
         _, vbase = _element_ptr(builder, context, ta[3], val_v, ir.Constant(_I64, 0))
         e = _gather_u32(builder, ebase, slot, 4)
         v = _gather_u32(builder, vbase, slot, ta[3].dtype.bitwidth // 8)
-        f = builder.add(builder.and_(e, ir.Constant(_vec(_I32), [0xFFFF] * SIMD_LANES)),
-                        ir.Constant(_vec(_I32), [1] * SIMD_LANES))
+        f = _frequency(builder, e)
         x = builder.add(builder.mul(f, builder.lshr(x, _splat(builder, prec32, _I32))),
                         builder.lshr(e, ir.Constant(_vec(_I32), [16] * SIMD_LANES)))
         _store_symbols(builder, context, ta[6], out_v, obase_v, v)
@@ -195,19 +212,6 @@ def decode_direct_step16(typingctx, st, lane0, entries, values, words, ptr, out,
 
 #: bit of :func:`encode_step16`'s result that flags a symbol it could not code
 ENCODE_BAD_BIT = 63
-
-
-def _gather(builder, base, index64, elem):
-    """``base[index]`` for 16 int64 indices into an array of 8-byte ``elem`` elements."""
-    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64), _I64),
-                       builder.mul(index64, ir.Constant(_vec(_I64), [8] * SIMD_LANES)))
-    ptrs = builder.inttoptr(addr, ir.VectorType(elem.as_pointer(), SIMD_LANES))
-    name = "v16i64" if elem == _I64 else "v16f64"
-    gather = _function(builder, f"llvm.masked.gather.{name}.v16p0", _vec(elem),
-                       [ptrs.type, _I32, _vec(_I1), _vec(elem)])
-    return builder.call(gather, [ptrs, ir.Constant(_I32, 8),
-                                 ir.Constant(_vec(_I1), [1] * SIMD_LANES),
-                                 ir.Constant(_vec(elem), [0] * SIMD_LANES)])
 
 
 @intrinsic
@@ -249,8 +253,8 @@ def encode_step16(typingctx, st, lane0, sym, base, min_symbol, alphabet, loff, r
                           s)
         _, fbase = _element_ptr(builder, context, ta[8], ftab_v, ir.Constant(_I64, 0))
         _, rbase = _element_ptr(builder, context, ta[9], rcp_v, ir.Constant(_I64, 0))
-        g = _gather(builder, fbase, row, _I64)
-        r = _gather(builder, rbase, row, ir.DoubleType())
+        g = _gather(builder, fbase, row, 8, _I64)
+        r = _gather(builder, rbase, row, 8, ir.DoubleType())
         f = builder.and_(g, ir.Constant(_vec(_I64), [0xFFFFFFFF] * SIMD_LANES))
         cum = builder.lshr(g, ir.Constant(_vec(_I64), [32] * SIMD_LANES))
         codable = builder.and_(inside, builder.icmp_unsigned("!=", f, zero64))
