@@ -37,6 +37,7 @@ from numba import njit, prange
 from ..errors import CodecConfigError
 from .simd import (
     ENCODE_BAD_BIT,
+    ENCODE_ROOM_WORDS,
     GATHER_PAD_BYTES,
     HOST_HAS_SIMD,
     SIMD_LANES,
@@ -434,7 +435,9 @@ def _rans_encode_kernel(sym, min_symbol, period, alphabet, tab, rcp, loff, chunk
     for k in prange(nchunks):
         start = k * chunk_size
         stop = min(n, start + chunk_size)
-        region_end = np.uint64(stop + k + 1)
+        # each symbol emits at most one word; ENCODE_ROOM_WORDS below every region for the
+        # full-width stores of the vector steps
+        region_end = np.uint64(stop + (k + 1) * (1 + ENCODE_ROOM_WORDS))
         ptr = region_end
         st = np.empty(32, np.uint64)
         for l in range(32):
@@ -614,7 +617,7 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
            f"num_tables must be 1 or period={period}, found {num_tables}")
     n = symbols.shape[0]
     nchunks = _num_chunks(n, chunk_size)
-    scratch = np.empty(n + nchunks, dtype=np.uint16)
+    scratch = np.empty(n + nchunks * (1 + ENCODE_ROOM_WORDS), dtype=np.uint16)
     word_start = np.empty(nchunks, dtype=np.uint64)
     num_words = np.empty(nchunks, dtype=np.uint64)
     states = np.empty((nchunks, num_lanes), dtype=np.uint32)

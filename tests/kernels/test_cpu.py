@@ -15,6 +15,7 @@ import pytest
 
 from kvinfo.errors import CodecConfigError
 from kvinfo.kernels import cpu
+from kvinfo.kernels.simd import ENCODE_ROOM_WORDS
 
 _spec = importlib.util.spec_from_file_location(
     "kvinfo_ref_coders_kernels",
@@ -244,7 +245,7 @@ def test_rans_sparse_encoder_writes_the_general_loops_stream(seed):
         res = []
         for sparse, rare in ((False, False), (True, False), (True, True)):
             nch = -(-n // chunk)
-            scratch = np.zeros(n + nch, np.uint16)
+            scratch = np.zeros(n + nch * (1 + ENCODE_ROOM_WORDS), np.uint16)
             ws, nw = np.zeros(nch, np.uint64), np.zeros(nch, np.uint64)
             st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
             cpu._rans_encode_kernel(x, np.int64(0), np.int64(1), np.int64(4), tab, rcp,
@@ -299,7 +300,7 @@ def test_rans_encoder_lane_offset_table_matches_the_channel_counter(period):
         res = []
         for loff in (np.zeros((0, 0), np.uint64), (ch * a).astype(np.uint64)):
             nch = -(-n // chunk)
-            scratch = np.zeros(n + nch, np.uint16)
+            scratch = np.zeros(n + nch * (1 + ENCODE_ROOM_WORDS), np.uint16)
             ws, nw = np.zeros(nch, np.uint64), np.zeros(nch, np.uint64)
             st, status = np.zeros((nch, k), np.uint32), np.zeros(nch, np.int64)
             cpu._rans_encode_kernel(x, np.int64(0), np.int64(period), np.int64(a), tab, rcp,
