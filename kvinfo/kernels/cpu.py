@@ -41,6 +41,7 @@ from .simd import (
     GATHER_PAD_BYTES,
     HOST_HAS_SIMD,
     SIMD_LANES,
+    SIMD_MAX_INDEX,
     decode_direct_step16,
     decode_step16,
     encode_step16,
@@ -647,7 +648,7 @@ def rans_encode(symbols: np.ndarray, min_symbol: int, frequencies: np.ndarray,
     # vector steps of 16 lanes: 16 or 32 lanes, one table or a period up to 256 (a
     # lane-offset row per first channel of a step)
     simd = (bool(simd) and not sparse and num_lanes % SIMD_LANES == 0
-            and (num_tables == 1 or period <= 256))
+            and (num_tables == 1 or period <= 256) and f.size < SIMD_MAX_INDEX)
     ftab, voff, vrows = _EMPTY_U64, _EMPTY_U64, 1
     if simd:
         ftab = f | (tab[:, 1] << np.uint64(32))
@@ -1080,7 +1081,8 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     if simd is None:
         simd = RANS_SIMD_DECODE
     # vector steps of 16 lanes: 16 or 32 lanes, one table or one per lane's channel
-    simd = bool(simd) and K % SIMD_LANES == 0 and (num_tables == 1 or period % K == 0)
+    simd = (bool(simd) and K % SIMD_LANES == 0 and (num_tables == 1 or period % K == 0)
+            and sidx.size + GATHER_PAD_BYTES < SIMD_MAX_INDEX)
     sidx = sidx.reshape(-1)
     if simd:
         # the gathers read 4 bytes at an element: room after the last one

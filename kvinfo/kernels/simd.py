@@ -28,6 +28,8 @@ from numba.extending import intrinsic
 
 #: lanes per SIMD step
 SIMD_LANES = 16
+#: the gathers take 32-bit element indices: the vector steps serve tables of fewer elements
+SIMD_MAX_INDEX = 1 << 31
 #: bytes that a table read by :func:`decode_step16` must hold after its last element
 GATHER_PAD_BYTES = 4
 
@@ -44,7 +46,8 @@ def _host_features() -> set[str]:
 #: VBMI2's ``vpexpandw``/``vpcompressw``)
 HOST_HAS_SIMD = {"avx512f", "avx512bw", "avx512vbmi2"} <= _host_features()
 
-_I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_I1, _I8, _I16, _I32, _I64 = (ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32),
+                             ir.IntType(64))
 
 
 def _vec(t):
@@ -60,12 +63,33 @@ def _function(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
-def _gather(builder, base, index64, itemsize, elem):
-    """``elem`` values (i32, i64 or double) read at ``base + index * itemsize`` for 16
-    int64 indices: one ``llvm.masked.gather`` (alignment 1 below 4-byte elements)."""
-    addr = builder.add(_splat(builder, builder.ptrtoint(base, _I64), _I64),
-                       builder.mul(index64, ir.Constant(_vec(_I64), [itemsize] * SIMD_LANES)))
-    ptrs = builder.inttoptr(addr, ir.VectorType(elem.as_pointer(), SIMD_LANES))
+class _VectorGEP(ir.Instruction):
+    """``getelementptr inbounds elem, ptr base, <16 x i32> index``: 16 element pointers
+    from one base and 32-bit indices (llvmlite's builder takes scalar indices only). A
+    gather through it compiles to one ``vpgatherdd`` with a base register for 16 lanes,
+    where 64-bit addresses take two ``vpgatherqd``."""
+
+    def __init__(self, parent, base, index, elem_type):
+        # typed as i8 pointers whatever the element (LLVM's pointers are opaque): one
+        # declaration of each gather serves every table
+        super().__init__(parent, ir.VectorType(_I8.as_pointer(), SIMD_LANES), "getelementptr",
+                         [base, index])
+        self.elem_type = elem_type
+
+    def descr(self, buf):
+        base, index = self.operands
+        buf.append(f"getelementptr inbounds {self.elem_type}, {base.type} "
+                   f"{base.get_reference()}, {index.type} {index.get_reference()}\n")
+
+
+def _gather(builder, base, index, elem):
+    """``elem`` values (i32, i64 or double) read at element ``index`` of the array whose
+    data pointer is ``base``, for 16 i32 indices (each below 2**31: the callers only take
+    the vector path for tables that small): one ``llvm.masked.gather`` (alignment 1 below
+    4-byte array elements)."""
+    ptrs = _VectorGEP(builder.block, base, index, base.type.pointee)
+    builder._insert(ptrs)
+    itemsize = base.type.pointee.width // 8 if isinstance(base.type.pointee, ir.IntType) else 8
     name = {_I32: "v16i32", _I64: "v16i64"}.get(elem, "v16f64")
     gather = _function(builder, f"llvm.masked.gather.{name}.v16p0", _vec(elem),
                        [ptrs.type, _I32, _vec(_I1), _vec(elem)])
@@ -75,10 +99,11 @@ def _gather(builder, base, index64, itemsize, elem):
                                  ir.Constant(_vec(elem), [zero] * SIMD_LANES)])
 
 
-def _gather_u32(builder, base, index64, itemsize):
-    """``base[index]`` for 16 int64 indices into an array of ``itemsize``-byte unsigned
-    elements (1, 2 or 4), as i32: one gather of 4 bytes at each element, masked."""
-    got = _gather(builder, base, index64, itemsize, _I32)
+def _gather_u32(builder, base, index):
+    """``base[index]`` for 16 i32 indices into an array of 1-, 2- or 4-byte unsigned
+    elements, as i32: one gather of 4 bytes at each element, masked."""
+    got = _gather(builder, base, index, _I32)
+    itemsize = base.type.pointee.width // 8
     if itemsize < 4:
         keep = (1 << (8 * itemsize)) - 1
         got = builder.and_(got, ir.Constant(_vec(_I32), [keep] * SIMD_LANES))
@@ -86,10 +111,11 @@ def _gather_u32(builder, base, index64, itemsize):
 
 
 def _lane_offsets(builder, first, step):
-    """``first + i * step`` for i in 0..15, int64 vector (table offsets per lane)."""
-    lanes = ir.Constant(_vec(_I64), list(range(SIMD_LANES)))
-    return builder.add(_splat(builder, first, _I64),
-                       builder.mul(lanes, _splat(builder, step, _I64)))
+    """``first + i * step`` for i in 0..15 from uint64 scalars, as an i32 vector (table
+    offsets per lane; the tables of the vector path hold fewer than 2**31 elements)."""
+    lanes = ir.Constant(_vec(_I32), list(range(SIMD_LANES)))
+    return builder.add(_splat(builder, builder.trunc(first, _I32), _I32),
+                       builder.mul(lanes, _splat(builder, builder.trunc(step, _I32), _I32)))
 
 
 def _element_ptr(builder, context, arytype, ary, index):
@@ -160,12 +186,9 @@ def decode_step16(typingctx, st, lane0, sidx, so, sstep, ent, io, astep, words, 
         prec32, mask = _precision(builder, prec_v)
         slot = builder.and_(x, _splat(builder, mask, _I32))
         _, sbase = _element_ptr(builder, context, ta[2], sidx_v, ir.Constant(_I64, 0))
-        sidx_index = builder.add(_lane_offsets(builder, so_v, sstep_v),
-                                 builder.zext(slot, _vec(_I64)))
-        s = _gather_u32(builder, sbase, sidx_index, ta[2].dtype.bitwidth // 8)
+        s = _gather_u32(builder, sbase, builder.add(_lane_offsets(builder, so_v, sstep_v), slot))
         _, ebase = _element_ptr(builder, context, ta[5], ent_v, ir.Constant(_I64, 0))
-        e = _gather_u32(builder, ebase, builder.add(_lane_offsets(builder, io_v, astep_v),
-                                                    builder.zext(s, _vec(_I64))), 4)
+        e = _gather_u32(builder, ebase, builder.add(_lane_offsets(builder, io_v, astep_v), s))
         f = _frequency(builder, e)
         cum = builder.lshr(e, ir.Constant(_vec(_I32), [16] * SIMD_LANES))
         x = builder.sub(builder.add(builder.mul(f, builder.lshr(x, _splat(builder, prec32,
@@ -194,11 +217,11 @@ def decode_direct_step16(typingctx, st, lane0, entries, values, words, ptr, out,
         ta = signature.args
         x, xp = _load_states(builder, context, ta[0], st_v, lane0_v)
         prec32, mask = _precision(builder, prec_v)
-        slot = builder.zext(builder.and_(x, _splat(builder, mask, _I32)), _vec(_I64))
+        slot = builder.and_(x, _splat(builder, mask, _I32))
         _, ebase = _element_ptr(builder, context, ta[2], ent_v, ir.Constant(_I64, 0))
         _, vbase = _element_ptr(builder, context, ta[3], val_v, ir.Constant(_I64, 0))
-        e = _gather_u32(builder, ebase, slot, 4)
-        v = _gather_u32(builder, vbase, slot, ta[3].dtype.bitwidth // 8)
+        e = _gather_u32(builder, ebase, slot)
+        v = _gather_u32(builder, vbase, slot)
         f = _frequency(builder, e)
         x = builder.add(builder.mul(f, builder.lshr(x, _splat(builder, prec32, _I32))),
                         builder.lshr(e, ir.Constant(_vec(_I32), [16] * SIMD_LANES)))
@@ -280,8 +303,9 @@ def encode_step16(typingctx, st, lane0, sym, base, min_symbol, alphabet, loff, r
                           s)
         _, fbase = _element_ptr(builder, context, ta[8], ftab_v, ir.Constant(_I64, 0))
         _, rbase = _element_ptr(builder, context, ta[9], rcp_v, ir.Constant(_I64, 0))
-        g = _gather(builder, fbase, row, 8, _I64)
-        r = _gather(builder, rbase, row, 8, ir.DoubleType())
+        row32 = builder.trunc(row, _vec(_I32))
+        g = _gather(builder, fbase, row32, _I64)
+        r = _gather(builder, rbase, row32, ir.DoubleType())
         f = builder.and_(g, ir.Constant(_vec(_I64), [0xFFFFFFFF] * SIMD_LANES))
         cum = builder.lshr(g, ir.Constant(_vec(_I64), [32] * SIMD_LANES))
         codable = builder.and_(inside, builder.icmp_unsigned("!=", f, zero64))
