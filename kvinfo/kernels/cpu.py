@@ -42,6 +42,7 @@ from .simd import (
     HOST_HAS_SIMD,
     SIMD_LANES,
     SIMD_MAX_INDEX,
+    decode_binary_lanes4,
     decode_direct_step16,
     decode_step16,
     encode_step16,
@@ -67,6 +68,11 @@ __all__ = [
     "pack_frequency_tables",
     "warmup",
 ]
+
+#: sha256 of simd.py. Numba's cache keys these kernels on this file's text alone, so a change
+#: to the vector steps they inline must change this file too, or a stale kernel would load
+#: (tests/kernels/test_cpu.py checks that it matches)
+SIMD_SOURCE_SHA256 = "001d5483e13d6fe159785edb4b5b0f843030cca03bad247e36785d6d5c3e2aa1"
 
 RANS_LANES = 32
 RANS_STATE_LOWER = 1 << 16
@@ -824,7 +830,7 @@ def _rans_decode_sparse(words, ptr, end, st, K, rare, ent, min_symbol, out, star
 
 
 @njit(cache=True, parallel=True, nogil=True, error_model="numpy")
-def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare, simd,
+def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare, binary, simd,
                         entries, values, packed, sidx, info, ent32, num_tables, precision,
                         chunk_size, min_symbol, period, out, status):  # pragma: no cover - numba
     # ``words`` is padded with at least 32 words after the last chunk, and the pointer is
@@ -861,7 +867,13 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare
         nfull = (stop - start) // K
         bad = 0
         done = start
-        if direct and sparse:
+        if direct and sparse and binary:
+            # 4 lanes, two symbols: the states in one vector (packed = f0, f1)
+            ptr, bad = decode_binary_lanes4(words, ptr, end, st, out, np.uint64(start),
+                                            np.uint64(nfull), packed[0], packed[1],
+                                            min_symbol, P, rare)
+            done = start + K * nfull
+        elif direct and sparse:
             ptr, bad = _rans_decode_sparse(words, ptr, end, st, K, rare, packed, min_symbol,
                                            out, start, nfull, mask, P)
             done = start + K * nfull
@@ -1073,13 +1085,17 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     sparse = direct and K in RANS_SPARSE_LANES
     rare = sparse and 4 * K * total <= n
     packed = _EMPTY_U64
-    if sparse:  # f | (slot - cum) << 32 | symbol index << 48 per slot
+    if simd is None:
+        simd = RANS_SIMD_DECODE
+    # 4 lanes coding two symbols: the vector loop of kvinfo.kernels.simd
+    binary = bool(simd) and sparse and K == 4 and a == 2
+    if binary:  # the two frequencies
+        packed = frequencies[0].astype(np.uint64)
+    elif sparse:  # f | (slot - cum) << 32 | symbol index << 48 per slot
         s0 = sidx[0].astype(np.intp)
         bias = (np.arange(m) - cum[0, s0]).astype(np.uint64)  # slot - cum, in [0, f)
         packed = (frequencies[0, s0].astype(np.uint64) | (bias << np.uint64(32))
                   | (s0.astype(np.uint64) << np.uint64(48)))
-    if simd is None:
-        simd = RANS_SIMD_DECODE
     # vector steps of 16 lanes: 16 or 32 lanes, one table or one per lane's channel
     simd = (bool(simd) and K % SIMD_LANES == 0 and (num_tables == 1 or period % K == 0)
             and sidx.size + GATHER_PAD_BYTES < SIMD_MAX_INDEX)
@@ -1102,7 +1118,7 @@ def rans_decode(words: np.ndarray, num_words: np.ndarray, states: np.ndarray,
     if nchunks:
         with _threads_for(nchunks):
             _rans_decode_kernel(padded, offsets, num_words, states, direct, sparse, rare,
-                                simd, entries, values, packed, sidx, info.reshape(-1),
+                                binary, simd, entries, values, packed, sidx, info.reshape(-1),
                                 ent32,
                                 np.int64(num_tables), np.int64(precision_bits),
                                 np.int64(chunk_size), np.int64(min_symbol), np.int64(period),

@@ -396,6 +396,63 @@ def test_rans_vector_decoder_equals_the_scalar_loops_and_catches_damage(seed):
             np.testing.assert_array_equal(o0, o1)
 
 
+def test_cpu_kernels_record_the_vector_steps_source():
+    # Numba's cache keys the kernels of cpu.py on cpu.py's text: the vector steps they
+    # inline from simd.py must be recorded there by hash, or an edit to simd.py alone
+    # would leave stale compiled kernels in every cache
+    import hashlib
+
+    from kvinfo.kernels import simd
+
+    text = pathlib.Path(simd.__file__).read_bytes()
+    assert hashlib.sha256(text).hexdigest() == cpu.SIMD_SOURCE_SHA256, (
+        "kvinfo/kernels/simd.py changed: set cpu.SIMD_SOURCE_SHA256 to its sha256")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rans_binary_vector_loop_equals_the_register_loop_and_catches_damage(seed):
+    # 4 lanes coding two symbols take the vector loop of kvinfo.kernels.simd (the lane
+    # states in one vector, the symbol from a compare): it must give the register loop's
+    # symbols and status on every stream, sparse (rare renormalisation) or not, every
+    # symbol dtype and precision (1 bit included), chunk tails, and damaged words, states
+    # and word counts
+    from kvinfo.codecs.models import quantize_counts
+
+    rng = np.random.default_rng(600 + seed)
+    for _ in range(16):
+        n = int(rng.integers(1, 60_000))
+        p = float(rng.choice([0.0005, 0.005, 0.02, 0.2, 0.5]))
+        x = (rng.random(n) < p).astype(np.int64)
+        dtype = rng.choice([np.uint8, np.uint16, np.int32])
+        lo = int(rng.integers(-100, 100)) if dtype == np.int32 else int(rng.integers(0, 200))
+        prec = int(rng.choice([1, 8, 12, 15, 16]))
+        counts = np.bincount(x, minlength=2)
+        freq = quantize_counts(counts + (counts == 0), prec).reshape(1, -1).astype(np.int64)
+        sym = (x + lo).astype(dtype)
+        chunk = 4 * int(rng.integers(max(1, n // 12), n // 4 + 2))
+        words, nw, st = cpu.rans_encode(sym, lo, freq, prec, chunk, 1, num_lanes=4)
+        (o0, s0), (o1, s1) = _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo,
+                                                        1, n, dtype)
+        np.testing.assert_array_equal(o0, sym)
+        np.testing.assert_array_equal(o1, sym)
+        assert not s0.any() and not s1.any()
+        for _ in range(6):
+            w2, st2, nw2 = words.copy(), st.copy(), nw.copy()
+            r = rng.random()
+            if r < 0.5 and w2.size:
+                w2[rng.integers(0, w2.size)] ^= np.uint16(1 << int(rng.integers(0, 16)))
+            elif r < 0.8:
+                st2[rng.integers(0, st2.shape[0]), rng.integers(0, 4)] ^= np.uint32(
+                    1 << int(rng.integers(0, 16)))
+            elif nw2.size > 1 and nw2[0] > 0:  # words moved from one chunk to the next
+                nw2[0] -= 1
+                nw2[1] += 1
+            (o0, s0), (o1, s1) = _scalar_and_vector_decodes(w2, nw2, st2, freq, prec, chunk,
+                                                            lo, 1, n, dtype)
+            np.testing.assert_array_equal(s0, s1)
+            np.testing.assert_array_equal(o0, o1)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_rans_vector_encoder_writes_the_scalar_loops_stream(seed):
     # the encoder's 16-lane vector steps (gathers, a compressing word store) must write
