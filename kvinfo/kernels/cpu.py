@@ -72,7 +72,7 @@ __all__ = [
 #: sha256 of simd.py. Numba's cache keys these kernels on this file's text alone, so a change
 #: to the vector steps they inline must change this file too, or a stale kernel would load
 #: (tests/kernels/test_cpu.py checks that it matches)
-SIMD_SOURCE_SHA256 = "001d5483e13d6fe159785edb4b5b0f843030cca03bad247e36785d6d5c3e2aa1"
+SIMD_SOURCE_SHA256 = "debbba667e96647586ca387e54c67fa298ce0a5bd72b330f32848a420f723268"
 
 RANS_LANES = 32
 RANS_STATE_LOWER = 1 << 16

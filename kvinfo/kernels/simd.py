@@ -337,6 +337,15 @@ def encode_step16(typingctx, st, lane0, sym, base, min_symbol, alphabet, loff, r
     return sig, codegen
 
 
+def _phi(builder, ty, *incoming):
+    """A phi node of type ``ty`` with its ``(value, block)`` incoming edges (more may be
+    added later, for a loop's back edge)."""
+    node = builder.phi(ty)
+    for value, block in incoming:
+        node.add_incoming(value, block)
+    return node
+
+
 @intrinsic
 def decode_binary_lanes4(typingctx, words, ptr, end, st, out, start, nfull, f0, f1, min_symbol,
                          precision, rare):
@@ -390,12 +399,9 @@ def decode_binary_lanes4(typingctx, words, ptr, end, st, out, start, nfull, f0, 
         builder.branch(header)
 
         builder.position_at_end(header)
-        t = builder.phi(_I64)
-        x = builder.phi(v4)
-        p = builder.phi(_I64)
-        t.add_incoming(ir.Constant(_I64, 0), pre)
-        x.add_incoming(x_init, pre)
-        p.add_incoming(ptr_v, pre)
+        t = _phi(builder, _I64, (ir.Constant(_I64, 0), pre))
+        x = _phi(builder, v4, (x_init, pre))
+        p = _phi(builder, _I64, (ptr_v, pre))
         builder.cbranch(builder.icmp_unsigned(">=", t, nfull_v), exit_, check)
 
         builder.position_at_end(check)
@@ -432,12 +438,8 @@ def decode_binary_lanes4(typingctx, words, ptr, end, st, out, start, nfull, f0, 
         builder.branch(latch)
 
         builder.position_at_end(latch)
-        xl = builder.phi(v4)
-        pl = builder.phi(_I64)
-        xl.add_incoming(xn, body)
-        xl.add_incoming(xr, renorm)
-        pl.add_incoming(p, body)
-        pl.add_incoming(pr, renorm)
+        xl = _phi(builder, v4, (xn, body), (xr, renorm))
+        pl = _phi(builder, _I64, (p, body), (pr, renorm))
         t1 = builder.add(t, ir.Constant(_I64, 1))
         t.add_incoming(t1, latch)
         x.add_incoming(xl, latch)
@@ -445,15 +447,9 @@ def decode_binary_lanes4(typingctx, words, ptr, end, st, out, start, nfull, f0, 
         builder.branch(header)
 
         builder.position_at_end(exit_)
-        xe = builder.phi(v4)
-        pe = builder.phi(_I64)
-        bad = builder.phi(_I64)
-        xe.add_incoming(x, header)
-        xe.add_incoming(x, check)
-        pe.add_incoming(p, header)
-        pe.add_incoming(p, check)
-        bad.add_incoming(ir.Constant(_I64, 0), header)
-        bad.add_incoming(ir.Constant(_I64, 1), check)
+        xe = _phi(builder, v4, (x, header), (x, check))
+        pe = _phi(builder, _I64, (p, header), (p, check))
+        bad = _phi(builder, _I64, (ir.Constant(_I64, 0), header), (ir.Constant(_I64, 1), check))
         builder.store(builder.trunc(xe, ir.VectorType(_I32, 4)), sp, align=4)
         return context.make_tuple(builder, signature.return_type, [pe, bad])
 
