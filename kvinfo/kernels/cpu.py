@@ -72,7 +72,7 @@ __all__ = [
 #: sha256 of simd.py. Numba's cache keys these kernels on this file's text alone, so a change
 #: to the vector steps they inline must change this file too, or a stale kernel would load
 #: (tests/kernels/test_cpu.py checks that it matches)
-SIMD_SOURCE_SHA256 = "debbba667e96647586ca387e54c67fa298ce0a5bd72b330f32848a420f723268"
+SIMD_SOURCE_SHA256 = "db776025ef2cb83494ca91a512ced3c58e313202dcfeba09319a15b8ae759979"
 
 RANS_LANES = 32
 RANS_STATE_LOWER = 1 << 16
@@ -81,7 +81,7 @@ RANS_SPARSE_LANES = (1, 2, 4)
 #: whether :func:`rans_decode` takes the 16-lane vector steps of :mod:`kvinfo.kernels.simd`
 #: by default (hosts with AVX-512 and VBMI2; the scalar loops elsewhere)
 RANS_SIMD_DECODE = HOST_HAS_SIMD
-#: the same for :func:`rans_encode` (gathers and a compressing word store)
+#: the same for :func:`rans_encode` (gathers, the emitted words compressed in a register)
 RANS_SIMD_ENCODE = HOST_HAS_SIMD
 _EMPTY_U64 = np.zeros(1, np.uint64)
 _U32 = np.uint64(0xFFFFFFFF)
@@ -867,7 +867,7 @@ def _rans_decode_kernel(words, word_off, num_words, states, direct, sparse, rare
         nfull = (stop - start) // K
         bad = 0
         done = start
-        if direct and sparse and binary:
+        if binary:  # (implies direct and sparse)
             # 4 lanes, two symbols: the states in one vector (packed = f0, f1)
             ptr, bad = decode_binary_lanes4(words, ptr, end, st, out, np.uint64(start),
                                             np.uint64(nfull), packed[0], packed[1],

@@ -1,13 +1,15 @@
-"""Explicit SIMD steps for the CPU rANS decoder, written as LLVM IR through Numba intrinsics.
+"""Explicit SIMD steps for the CPU rANS coders, written as LLVM IR through Numba intrinsics.
 
-One call decodes one symbol in each of 16 consecutive interleaved lanes, the way the
-scalar loop of :mod:`kvinfo.kernels.cpu` does lane after lane: the 16 states are one
-vector, the table look-ups are gathers (``llvm.masked.gather``), and the renormalisation
-reads the lanes' words with one expanding load (``llvm.masked.expandload``): lane ``i``
-that needs a word takes ``words[ptr + (number of lanes below i that need one)]``, which is
-the order in which the scalar loop reads them, so the two decode the same streams to the
-same symbols, states and word pointer (tested against each other, damaged streams
-included).
+One call of :func:`decode_step16` or :func:`decode_direct_step16` decodes one symbol in
+each of 16 consecutive interleaved lanes, the way the scalar loop of
+:mod:`kvinfo.kernels.cpu` does lane after lane: the 16 states are one vector, the table
+look-ups are gathers (``llvm.masked.gather``), and the renormalisation reads the lanes'
+words with one expanding load (``llvm.masked.expandload``): lane ``i`` that needs a word
+takes ``words[ptr + (number of lanes below i that need one)]``, which is the order in
+which the scalar loop reads them, so the two decode the same streams to the same symbols,
+states and word pointer (tested against each other, damaged streams included).
+:func:`encode_step16` is the encoder's step of 16 lanes, and :func:`decode_binary_lanes4`
+the whole decode loop of a chunk of 4 lanes coding two symbols.
 
 These are generic LLVM intrinsics, correct on every target; they are fast where the
 target has AVX-512 gathers and VBMI2's ``vpexpandw`` (:data:`HOST_HAS_SIMD`).
@@ -54,9 +56,10 @@ def _vec(t):
     return ir.VectorType(t, SIMD_LANES)
 
 
-def _splat(builder, value, t):
-    v = builder.insert_element(ir.Constant(_vec(t), ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, v, ir.Constant(_vec(_I32), [0] * SIMD_LANES))
+def _splat(builder, value, t, lanes=SIMD_LANES):
+    vt = ir.VectorType(t, lanes)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, lanes), [0] * lanes))
 
 
 def _function(builder, name, ret, args):
@@ -123,19 +126,28 @@ def _element_ptr(builder, context, arytype, ary, index):
     return builder.gep(a.data, [index]), a.data
 
 
+def _take_words(builder, wptr, x, need):
+    """The lanes of state vector ``x`` (any lane count and integer width) flagged in
+    ``need`` shift in the next 16-bit words at ``wptr`` in lane order (one expanding load);
+    returns (states, number of words taken, i64)."""
+    lanes = x.type.count
+    w16 = ir.VectorType(_I16, lanes)
+    expand = _function(builder, f"llvm.masked.expandload.v{lanes}i16", w16,
+                       [wptr.type, ir.VectorType(_I1, lanes), w16])
+    w = builder.call(expand, [wptr, need, ir.Constant(w16, [0] * lanes)])
+    shifted = builder.or_(builder.shl(x, ir.Constant(x.type, [16] * lanes)),
+                          builder.zext(w, x.type))
+    bits = builder.zext(builder.bitcast(need, ir.IntType(lanes)), _I64)
+    popcount = _function(builder, "llvm.ctpop.i64", _I64, [_I64])
+    return builder.select(need, shifted, x), builder.call(popcount, [bits])
+
+
 def _renormalise(builder, context, x, words_t, words, ptr):
     """Lanes below 2**16 take the next words in lane order; returns (states, ptr)."""
     need = builder.icmp_unsigned("<", x, ir.Constant(_vec(_I32), [1 << 16] * SIMD_LANES))
     wptr, _ = _element_ptr(builder, context, words_t, words, ptr)
-    expand = _function(builder, "llvm.masked.expandload.v16i16", _vec(_I16),
-                       [wptr.type, _vec(_I1), _vec(_I16)])
-    w = builder.call(expand, [wptr, need, ir.Constant(_vec(_I16), [0] * SIMD_LANES)])
-    shifted = builder.or_(builder.shl(x, ir.Constant(_vec(_I32), [16] * SIMD_LANES)),
-                          builder.zext(w, _vec(_I32)))
-    x = builder.select(need, shifted, x)
-    bits = builder.zext(builder.bitcast(need, _I16), _I64)
-    popcount = _function(builder, "llvm.ctpop.i64", _I64, [_I64])
-    return x, builder.add(ptr, builder.call(popcount, [bits]))
+    x, taken = _take_words(builder, wptr, x, need)
+    return x, builder.add(ptr, taken)
 
 
 def _store_symbols(builder, context, out_t, out, obase, values32):
@@ -245,8 +257,8 @@ def _store_emitted(builder, context, scratch_t, scratch, ptr, w, need):
     reversed back, so the kept words end at ``ptr`` and the 16 - count words below them
     are scratch the next steps overwrite (the caller leaves 16 words of room below every
     chunk's region). A compressing store to memory (``llvm.masked.compressstore``, one
-    ``vpcompressw`` with a memory operand) is microcoded on AMD Zen 4 and measured 2.7x
-    slower there in the whole encoder."""
+    ``vpcompressw`` with a memory operand) is microcoded on AMD Zen 4: with it kv4's codec
+    encode took 14.9 ms there, against 8.9 ms with this."""
     compress = _function(builder, "llvm.experimental.vector.compress.v16i16", _vec(_I16),
                          [_vec(_I16), _vec(_I1), _vec(_I16)])
     packed = builder.call(compress, [_reverse(builder, w), _reverse(builder, need),
@@ -273,9 +285,9 @@ def encode_step16(typingctx, st, lane0, sym, base, min_symbol, alphabet, loff, r
     ``st`` is the uint64 lane-state array; the symbols are ``sym[base .. base + 15]``;
     lane ``lane0 + i`` codes with table row ``loff[ro + i] + symbol index`` of ``ftab``
     (uint64, ``f | cum << 32``) and ``rcp`` (float64, ``1 / f``). The lanes whose state
-    reaches ``f << (32 - precision)`` first emit their low 16 bits, stored with one
-    compressing store just below ``scratch[ptr]`` in ascending lane order (where the
-    scalar loop, walking the lanes down, puts them). Returns the new word pointer, with
+    reaches ``f << (32 - precision)`` first emit their low 16 bits, stored just below
+    ``scratch[ptr]`` in ascending lane order (where the scalar loop, walking the lanes
+    down, puts them) by :func:`_store_emitted`. Returns the new word pointer, with
     bit :data:`ENCODE_BAD_BIT` set when a symbol lies outside the alphabet or has
     frequency 0 (the states are then meaningless and the chunk is refused)."""
     sig = types.uint64(st, lane0, sym, base, min_symbol, alphabet, loff, ro, ftab, rcp,
@@ -366,11 +378,6 @@ def decode_binary_lanes4(typingctx, words, ptr, end, st, out, start, nfull, f0, 
          rare_v) = args
         ta = signature.args
         v4 = ir.VectorType(_I64, 4)
-        m4 = ir.VectorType(_I1, 4)
-
-        def splat4(value):
-            v = builder.insert_element(ir.Constant(v4, ir.Undefined), value, ir.Constant(_I32, 0))
-            return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 4), [0] * 4))
 
         sptr, _ = _element_ptr(builder, context, ta[3], st_v, ir.Constant(_I64, 0))
         sp = builder.bitcast(sptr, ir.VectorType(_I32, 4).as_pointer())
@@ -379,14 +386,9 @@ def decode_binary_lanes4(typingctx, words, ptr, end, st, out, start, nfull, f0, 
         _, obase = _element_ptr(builder, context, ta[4], out_v, ir.Constant(_I64, 0))
         width = ta[4].dtype.bitwidth
         low32 = ir.Constant(v4, [0xFFFFFFFF] * 4)
-        f0s, f1s = splat4(f0_v), splat4(f1_v)
-        mask = splat4(builder.sub(builder.shl(ir.Constant(_I64, 1), prec_v), ir.Constant(_I64, 1)))
-        prec = splat4(prec_v)
-        mins = splat4(min_v)
+        f0s, f1s, prec, mins = (_splat(builder, v, _I64, 4) for v in (f0_v, f1_v, prec_v, min_v))
+        mask = builder.sub(builder.shl(ir.Constant(v4, [1] * 4), prec), ir.Constant(v4, [1] * 4))
         lower = ir.Constant(v4, [1 << 16] * 4)
-        expand = _function(builder, "llvm.masked.expandload.v4i16", ir.VectorType(_I16, 4),
-                           [wbase.type, m4, ir.VectorType(_I16, 4)])
-        popcount = _function(builder, "llvm.ctpop.i64", _I64, [_I64])
 
         pre = builder.block
         fn = builder.function
@@ -430,11 +432,8 @@ def decode_binary_lanes4(typingctx, words, ptr, end, st, out, start, nfull, f0, 
         builder.cbranch(go, renorm, latch)
 
         builder.position_at_end(renorm)
-        w = builder.call(expand, [builder.gep(wbase, [p]), need,
-                                  ir.Constant(ir.VectorType(_I16, 4), [0] * 4)])
-        xr = builder.select(need, builder.or_(builder.shl(xn, ir.Constant(v4, [16] * 4)),
-                                              builder.zext(w, v4)), xn)
-        pr = builder.add(p, builder.call(popcount, [bits]))
+        xr, taken = _take_words(builder, builder.gep(wbase, [p]), xn, need)
+        pr = builder.add(p, taken)
         builder.branch(latch)
 
         builder.position_at_end(latch)

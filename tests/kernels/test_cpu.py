@@ -455,7 +455,8 @@ def test_rans_binary_vector_loop_equals_the_register_loop_and_catches_damage(see
 
 @pytest.mark.parametrize("seed", range(6))
 def test_rans_vector_encoder_writes_the_scalar_loops_stream(seed):
-    # the encoder's 16-lane vector steps (gathers, a compressing word store) must write
+    # the encoder's 16-lane vector steps (gathers, the emitted words compressed in a
+    # register and stored at full width) must write
     # exactly the scalar loops' words and final states: 16 or 32 lanes, one table or one
     # per channel over periods that are multiples, divisors or neither of the lane count,
     # every symbol dtype, chunk tails; and refuse the same inputs (a symbol outside the
