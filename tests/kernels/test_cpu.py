@@ -328,6 +328,34 @@ def _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo, period, n, 
     return outs
 
 
+def _check_vector_against_scalar(rng, sym, lo, freq, prec, chunk, period, lanes, damages):
+    """Encode ``sym``; both decoders must return it with a clean status, and on
+    ``damages`` copies with one word, final state or word count damaged they must agree
+    on every symbol and status."""
+    n, dtype = sym.size, sym.dtype
+    words, nw, st = cpu.rans_encode(sym, lo, freq, prec, chunk, period, num_lanes=lanes)
+    (o0, s0), (o1, s1) = _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo,
+                                                    period, n, dtype)
+    np.testing.assert_array_equal(o0, sym)
+    np.testing.assert_array_equal(o1, sym)
+    assert not s0.any() and not s1.any()
+    for _ in range(damages):
+        w2, st2, nw2 = words.copy(), st.copy(), nw.copy()
+        r = rng.random()
+        if r < 0.5 and w2.size:
+            w2[rng.integers(0, w2.size)] ^= np.uint16(1 << int(rng.integers(0, 16)))
+        elif r < 0.8:
+            st2[rng.integers(0, st2.shape[0]), rng.integers(0, lanes)] ^= np.uint32(
+                1 << int(rng.integers(0, 16)))
+        elif nw2.size > 1 and nw2[0] > 0:  # words moved from one chunk to the next
+            nw2[0] -= 1
+            nw2[1] += 1
+        (o0, s0), (o1, s1) = _scalar_and_vector_decodes(w2, nw2, st2, freq, prec, chunk, lo,
+                                                        period, n, dtype)
+        np.testing.assert_array_equal(s0, s1)
+        np.testing.assert_array_equal(o0, o1)
+
+
 def _random_coding_case(rng, periods, precisions, num_symbols):
     """A random stream for the vector-vs-scalar tests: ``(lanes, dtype, alphabet, period
     (1 with one table), number of tables, precision, channel of each symbol, symbol indices,
@@ -373,27 +401,7 @@ def test_rans_vector_decoder_equals_the_scalar_loops_and_catches_damage(seed):
         n = x.size
         sym = (x + lo).astype(dtype)
         chunk = lanes * int(rng.integers(max(1, n // (3 * lanes)), n // lanes + 2))
-        words, nw, st = cpu.rans_encode(sym, lo, freq, prec, chunk, per, num_lanes=lanes)
-        (o0, s0), (o1, s1) = _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo,
-                                                        per, n, dtype)
-        np.testing.assert_array_equal(o0, sym)
-        np.testing.assert_array_equal(o1, sym)
-        assert not s0.any() and not s1.any()
-        for _ in range(4):
-            w2, st2, nw2 = words.copy(), st.copy(), nw.copy()
-            r = rng.random()
-            if r < 0.5 and w2.size:
-                w2[rng.integers(0, w2.size)] ^= np.uint16(1 << int(rng.integers(0, 16)))
-            elif r < 0.8:
-                st2[rng.integers(0, st2.shape[0]), rng.integers(0, lanes)] ^= np.uint32(
-                    1 << int(rng.integers(0, 16)))
-            elif nw2.size > 1 and nw2[0] > 0:  # words moved from one chunk to the next
-                nw2[0] -= 1
-                nw2[1] += 1
-            (o0, s0), (o1, s1) = _scalar_and_vector_decodes(w2, nw2, st2, freq, prec, chunk,
-                                                            lo, per, n, dtype)
-            np.testing.assert_array_equal(s0, s1)
-            np.testing.assert_array_equal(o0, o1)
+        _check_vector_against_scalar(rng, sym, lo, freq, prec, chunk, per, lanes, 4)
 
 
 def test_cpu_kernels_record_the_vector_steps_source():
@@ -430,27 +438,7 @@ def test_rans_binary_vector_loop_equals_the_register_loop_and_catches_damage(see
         freq = quantize_counts(counts + (counts == 0), prec).reshape(1, -1).astype(np.int64)
         sym = (x + lo).astype(dtype)
         chunk = 4 * int(rng.integers(max(1, n // 12), n // 4 + 2))
-        words, nw, st = cpu.rans_encode(sym, lo, freq, prec, chunk, 1, num_lanes=4)
-        (o0, s0), (o1, s1) = _scalar_and_vector_decodes(words, nw, st, freq, prec, chunk, lo,
-                                                        1, n, dtype)
-        np.testing.assert_array_equal(o0, sym)
-        np.testing.assert_array_equal(o1, sym)
-        assert not s0.any() and not s1.any()
-        for _ in range(6):
-            w2, st2, nw2 = words.copy(), st.copy(), nw.copy()
-            r = rng.random()
-            if r < 0.5 and w2.size:
-                w2[rng.integers(0, w2.size)] ^= np.uint16(1 << int(rng.integers(0, 16)))
-            elif r < 0.8:
-                st2[rng.integers(0, st2.shape[0]), rng.integers(0, 4)] ^= np.uint32(
-                    1 << int(rng.integers(0, 16)))
-            elif nw2.size > 1 and nw2[0] > 0:  # words moved from one chunk to the next
-                nw2[0] -= 1
-                nw2[1] += 1
-            (o0, s0), (o1, s1) = _scalar_and_vector_decodes(w2, nw2, st2, freq, prec, chunk,
-                                                            lo, 1, n, dtype)
-            np.testing.assert_array_equal(s0, s1)
-            np.testing.assert_array_equal(o0, o1)
+        _check_vector_against_scalar(rng, sym, lo, freq, prec, chunk, 1, 4, 6)
 
 
 @pytest.mark.parametrize("seed", range(6))
